@@ -1,0 +1,296 @@
+"""The from-scratch GPT of *Build a Large Language Model From Scratch* as a Hugging Face model.
+
+Architecture exactly as the book's ``GPTModel`` (token + position embeddings, dropout, N pre-LayerNorm
+blocks of causal multi-head attention and a GELU(tanh) MLP with residuals, final LayerNorm, bias-free
+output head), written for speed with PyTorch's scaled-dot-product attention and transformers' KV
+``Cache``. Parameter names follow Hugging Face GPT-2 (``transformer.h.N.ln_1`` ...) except that the
+query/key/value projections are separate ``nn.Linear`` layers as in the book (``q_proj``/``k_proj``/
+``v_proj``), so that LoRA on "every linear layer" is the book's LoRA.
+
+Self-contained on purpose: ``save_pretrained`` copies this file into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_gpt import GPTConfig
+
+IGNORE_INDEX = -100
+
+
+class GPTAttention(nn.Module):
+    """Causal multi-head self-attention (the book's ``MultiHeadAttention``)."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        d = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = d // config.n_head
+        self.layer_idx = layer_idx
+        self.dropout_p = float(config.drop_rate)
+        self.q_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(d, d)  # the book's out_proj
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        shape = (B, T, self.n_head, self.head_dim)
+        q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
+        v = self.v_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, past+T, hs)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y)
+
+
+class GPTMLP(nn.Module):
+    """The book's ``FeedForward``: Linear(d, 4d) -> GELU (tanh approximation) -> Linear(4d, d)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner)
+        self.c_proj = nn.Linear(inner, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class GPTBlock(GradientCheckpointingLayer):
+    """The book's ``TransformerBlock``: pre-LayerNorm attention and MLP, each with dropout and a residual."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = GPTAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = GPTMLP(config)
+        self.drop = nn.Dropout(config.drop_rate)  # the book's drop_shortcut
+
+    def forward(self, x, attn_mask=None, is_causal=False, past_key_values=None):
+        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, past_key_values))
+        x = x + self.drop(self.mlp(self.ln_2(x)))
+        return x
+
+
+class GPTPreTrainedModel(PreTrainedModel):
+    config_class = GPTConfig
+    config: GPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GPTBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        # GPT-2's scaled init of the two residual projections per block.
+        if isinstance(module, (GPTAttention, GPTMLP)):
+            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, query_length: int, past_length: int
+) -> tuple[torch.Tensor | None, bool]:
+    """The mask for ``scaled_dot_product_attention`` and whether to use its ``is_causal`` fast path.
+
+    ``attention_mask`` is ``None``, a 2-D ``(B, past+T)`` padding mask (1 = real token), or a ready
+    4-D mask (boolean "may attend", or additive float) which is returned unchanged.
+    Returns a boolean ``(B, 1, T, past+T)`` mask where key ``j`` is visible to query ``i`` if it is
+    not padding and ``j <= past + i``. Every query may always see itself, so fully padded rows
+    (left padding) give finite, unused outputs instead of NaN.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask, False
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded:
+        if past_length == 0:
+            return None, True  # plain causal attention, no mask tensor at all
+        if query_length == 1:
+            return None, False  # one new token sees the whole cache
+    device = attention_mask.device if attention_mask is not None else None
+    kv_length = past_length + query_length
+    q_pos = torch.arange(past_length, kv_length, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(kv_length, device=device)[None, :]  # (1, past+T)
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, past+T)
+    if padded:
+        keep = attention_mask[:, None, None, -kv_length:].bool()  # (B, 1, 1, past+T)
+        mask = (mask & keep) | (k_pos == q_pos)[None, None]
+    return mask, False
+
+
+class GPTModel(GPTPreTrainedModel):
+    """Embeddings, the transformer blocks and the final LayerNorm; returns hidden states."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # the book's tok_emb
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # the book's pos_emb
+        self.drop = nn.Dropout(config.drop_rate)  # the book's drop_emb
+        self.h = nn.ModuleList([GPTBlock(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)  # the book's final_norm
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, d)
+        B, T = inputs_embeds.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if not use_cache:
+            past_key_values = None
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                # Left padding: positions count real tokens only (as if each prompt were alone).
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past_length, past_length + T, device=inputs_embeds.device)[None]
+        if T > 0 and int(position_ids.max()) >= self.config.n_positions:
+            raise ValueError(
+                f"Sequence too long: position {int(position_ids.max())} is beyond the model's context length "
+                f"of {self.config.n_positions} tokens. Shorten the input or max_new_tokens."
+            )
+
+        x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, d)
+        attn_mask, is_causal = build_attention_mask(attention_mask, T, past_length)
+        for block in self.h:
+            x = block(x, attn_mask, is_causal, past_key_values)
+        x = self.ln_f(x)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
+
+
+class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
+    """:class:`GPTModel` with the output head (the book's ``out_head``) and the causal LM loss.
+
+    ``labels`` are aligned with ``input_ids`` (Hugging Face convention: the model shifts them);
+    positions labelled -100 are ignored. The loss is the mean over all non-ignored target tokens
+    of the batch -- the book's ``cross_entropy(logits.flatten(0, 1), targets.flatten())`` -- or, when
+    ``num_items_in_batch`` is given (gradient accumulation / several processes), the sum divided by it.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.transformer = GPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state  # (B, T, d)
+        if logits_to_keep and labels is None:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # (B, T, vocab)
+
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy: logits at position t predict ``labels[t + 1]``; -100 is ignored.
+
+    Mean over the batch's target tokens (the book's loss), or sum / ``num_items_in_batch``.
+    A batch without any target token gives 0, not NaN.
+    """
+    shift_logits = logits[:, :-1].flatten(0, 1).float()  # (B*(T-1), vocab)
+    shift_labels = labels[:, 1:].flatten()  # (B*(T-1),)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if num_items_in_batch is None:
+        num_items_in_batch = (shift_labels != IGNORE_INDEX).sum()
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(total.device).clamp(min=1)
+    else:
+        num_items_in_batch = max(int(num_items_in_batch), 1)
+    return total / num_items_in_batch
+
+
+__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "causal_lm_loss"]

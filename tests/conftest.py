@@ -1,0 +1,52 @@
+"""Shared test set-up: offline Hugging Face, a private HF_HOME, the book's data, GPU skipping."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Offline and isolated before transformers/datasets are imported by any test module.
+_HF_HOME = tempfile.mkdtemp(prefix="gpt-sft-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME  # remote code is cached under $HF_HOME/modules
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """``../shared/data`` with the book's JSON files; tests using it skip in a user's clone."""
+    if not (SHARED_DATA / "instruction-data.json").is_file():
+        pytest.skip(f"the book's data sets are not at {SHARED_DATA} (only present in the project workspace)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def book_data_path(shared_data_dir) -> Path:
+    return shared_data_dir / "instruction-data.json"
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    return Path(_HF_HOME)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
