@@ -60,14 +60,22 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: a gzip-compressing server would otherwise make sizes and Range offsets meaningless
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     hint = f" {local_hint}" if local_hint else ""
     try:
         response = requests.get(url, stream=True, timeout=timeout, headers=headers)
     except requests.RequestException as err:
         raise DownloadError(f"Could not download {url}: {err.__class__.__name__}: {err}.{hint}") from err
     with response:
-        if response.status_code == 416 and have:  # Range not satisfiable: the .part is already whole
+        if response.status_code == 416 and have:  # Range not satisfiable: is the .part already whole?
+            remote = response.headers.get("Content-Range", "").rpartition("/")[2]
+            if not remote.isdigit() or int(remote) != have:
+                part.unlink()
+                raise DownloadError(
+                    f"{url}: the partial download {part} ({have} bytes) does not match the remote file "
+                    f"({remote or 'unknown'} bytes); removed it, run again to download afresh."
+                )
             total = have
         elif response.status_code not in (200, 206):
             raise DownloadError(f"Could not download {url}: HTTP {response.status_code} {response.reason}.{hint}")
