@@ -1,0 +1,274 @@
+"""The collator against the book's ``custom_collate_fn``, token for token, and the loss against the book's."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import gpt_sft.collator as collator_module
+from gpt_sft.collator import InstructionDataCollator, to_book_batch
+from gpt_sft.prompts import format_text
+from gpt_sft.tokenizer import get_tokenizer
+
+
+# ---- the book's code, verbatim ---------------------------------------------------------------------
+# ch07 main chapter code
+def custom_collate_fn(
+    batch,
+    pad_token_id=50256,
+    ignore_index=-100,
+    allowed_max_length=None,
+    device="cpu"
+):
+    # Find the longest sequence in the batch
+    batch_max_length = max(len(item)+1 for item in batch)
+
+    # Pad and prepare inputs and targets
+    inputs_lst, targets_lst = [], []
+
+    for item in batch:
+        new_item = item.copy()
+        # Add an <|endoftext|> token
+        new_item += [pad_token_id]
+        # Pad sequences to max_length
+        padded = (
+            new_item + [pad_token_id] *
+            (batch_max_length - len(new_item))
+        )
+        inputs = torch.tensor(padded[:-1])  # Truncate the last token for inputs
+        targets = torch.tensor(padded[1:])  # Shift +1 to the right for targets
+
+        # New: Replace all but the first padding tokens in targets by ignore_index
+        mask = targets == pad_token_id
+        indices = torch.nonzero(mask).squeeze()
+        if indices.numel() > 1:
+            targets[indices[1:]] = ignore_index
+
+        # New: Optionally truncate to maximum sequence length
+        if allowed_max_length is not None:
+            inputs = inputs[:allowed_max_length]
+            targets = targets[:allowed_max_length]
+
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+
+    # Convert list of inputs and targets to tensors and transfer to target device
+    inputs_tensor = torch.stack(inputs_lst).to(device)
+    targets_tensor = torch.stack(targets_lst).to(device)
+
+    return inputs_tensor, targets_tensor
+
+
+# exercise 7.2 solution ("instruction masking"): items are (instruction_length, token_ids)
+def custom_collate_fn_masked(
+    batch,
+    pad_token_id=50256,
+    ignore_index=-100,
+    allowed_max_length=None,
+    device="cpu"
+):
+    # Find the longest sequence in the batch
+    batch_max_length = max(len(item)+1 for instruction_length, item in batch)   # New: batch is now a tuple
+
+    # Pad and prepare inputs and targets
+    inputs_lst, targets_lst = [], []
+
+    for instruction_length, item in batch:  # New: batch is now a tuple
+        new_item = item.copy()
+        # Add an <|endoftext|> token
+        new_item += [pad_token_id]
+        # Pad sequences to max_length
+        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
+        inputs = torch.tensor(padded[:-1])  # Truncate the last token for inputs
+        targets = torch.tensor(padded[1:])  # Shift +1 to the right for targets
+
+        # Replace all but the first padding tokens in targets by ignore_index
+        mask = targets == pad_token_id
+        indices = torch.nonzero(mask).squeeze()
+        if indices.numel() > 1:
+            targets[indices[1:]] = ignore_index
+
+        ##########################################################################################
+        # New: Mask all input and instruction tokens in the targets
+        targets[:instruction_length-1] = -100
+        ##########################################################################################
+
+        # Optionally truncate to maximum sequence length
+        if allowed_max_length is not None:
+            inputs = inputs[:allowed_max_length]
+            targets = targets[:allowed_max_length]
+
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+
+    # Convert list of inputs and targets to tensors and transfer to target device
+    inputs_tensor = torch.stack(inputs_lst).to(device)
+    targets_tensor = torch.stack(targets_lst).to(device)
+
+    return inputs_tensor, targets_tensor
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+def book_batches(entries, style, mask, batch_size=8, allowed_max_length=1024):
+    """(book_inputs, book_targets, our_examples) per batch, tokenized the book's way."""
+    tokenizer = get_tokenizer()
+    items = []
+    for entry in entries:
+        prompt, full = format_text(entry, style)
+        items.append((len(tokenizer.encode(prompt)), tokenizer.encode(full)))
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        if mask:
+            inputs, targets = custom_collate_fn_masked(chunk, allowed_max_length=allowed_max_length)
+        else:
+            inputs, targets = custom_collate_fn([ids for _, ids in chunk], allowed_max_length=allowed_max_length)
+        examples = [{"input_ids": ids, "prompt_length": plen} for plen, ids in chunk]
+        yield inputs, targets, examples
+
+
+@pytest.fixture(scope="module")
+def book_entries(book_data_path):
+    return json.loads(book_data_path.read_text())
+
+
+def test_book_worked_example():
+    batch = InstructionDataCollator()([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    assert set(batch) == {"input_ids", "labels"}
+    assert batch["input_ids"].tolist() == [
+        [0, 1, 2, 3, 4, 50256],
+        [5, 6, 50256, 50256, 50256, 50256],
+        [7, 8, 9, 50256, 50256, 50256],
+    ]
+    assert batch["labels"].tolist() == [
+        [0, 1, 2, 3, 4, 50256],
+        [5, 6, 50256, -100, -100, -100],
+        [7, 8, 9, 50256, -100, -100],
+    ]
+    inputs, targets = to_book_batch(batch)
+    assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256], [7, 8, 9, 50256, 50256]]
+    assert targets.tolist() == [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100], [8, 9, 50256, -100, -100]]
+    book_inputs, book_targets = custom_collate_fn([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    assert torch.equal(inputs, book_inputs) and torch.equal(targets, book_targets)
+    assert batch["input_ids"].dtype == torch.long and batch["labels"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3"])
+@pytest.mark.parametrize("mask", [False, True], ids=["full", "mask_prompt"])
+def test_every_batch_matches_the_book_on_all_entries(book_entries, style, mask):
+    collate = InstructionDataCollator(mask_prompt=mask)
+    n_batches = 0
+    for book_inputs, book_targets, examples in book_batches(book_entries, style, mask):
+        batch = collate(examples)
+        assert batch["input_ids"].shape[1] < 1024  # no truncation on the book's data at 1024
+        assert torch.equal(batch["input_ids"][:, :-1], book_inputs)
+        assert torch.equal(batch["labels"][:, 1:], book_targets)
+        # the extra column only carries the last targets; it is all padding
+        assert (batch["input_ids"][:, -1] == 50256).all()
+        n_batches += 1
+    assert n_batches == 138
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["full", "mask_prompt"])
+@pytest.mark.parametrize("limit", [2, 17, 40])
+def test_truncation_equals_the_books_one_position_shorter(book_entries, mask, limit):
+    """Cut at L, our batch (L positions) shifted equals the book's batch cut at L - 1."""
+    collate = InstructionDataCollator(mask_prompt=mask, allowed_max_length=limit)
+    for book_inputs, book_targets, examples in book_batches(book_entries[:200], "alpaca", mask, allowed_max_length=limit - 1):
+        batch = collate(examples)
+        assert batch["input_ids"].shape[1] == limit
+        inputs, targets = to_book_batch(batch)
+        assert torch.equal(inputs, book_inputs) and torch.equal(targets, book_targets)
+
+
+def test_truncation_happens_after_masking():
+    # an over-long example loses its end-of-text target; a short one keeps it
+    batch = InstructionDataCollator(allowed_max_length=4)([[1, 2, 3, 4, 5], [6, 7]])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 50256, 50256]]
+    assert batch["labels"].tolist() == [[1, 2, 3, 4], [6, 7, 50256, -100]]
+    # tokens + end-of-text == limit: nothing lost
+    batch = InstructionDataCollator(allowed_max_length=4)([[1, 2, 3]])
+    assert batch["labels"].tolist() == [[1, 2, 3, 50256]]
+
+
+def test_pad_to_multiple_of(book_entries):
+    collate = InstructionDataCollator(pad_to_multiple_of=16, mask_prompt=True, return_attention_mask=True)
+    for book_inputs, book_targets, examples in book_batches(book_entries[:64], "phi3", True):
+        batch = collate(examples)
+        width = batch["input_ids"].shape[1]
+        assert width % 16 == 0 and width >= book_inputs.shape[1] + 1
+        n = book_inputs.shape[1]
+        assert torch.equal(batch["input_ids"][:, :n], book_inputs)
+        assert torch.equal(batch["labels"][:, 1 : n + 1], book_targets)
+        assert (batch["labels"][:, n + 1 :] == -100).all() and (batch["input_ids"][:, n + 1 :] == 50256).all()
+    # truncation wins over rounding up
+    batch = InstructionDataCollator(pad_to_multiple_of=8, allowed_max_length=5)([[1, 2], [3]])
+    assert batch["input_ids"].shape == (2, 5)
+
+
+def test_attention_mask_and_input_types():
+    collate = InstructionDataCollator(return_attention_mask=True)
+    examples = [
+        {"input_ids": torch.tensor([0, 1, 2, 3, 4])},
+        {"input_ids": np.array([5, 6])},
+        {"input_ids": [7, 8, 9], "instruction": "ignored extra column"},
+    ]
+    batch = collate(examples)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]]
+    assert batch["input_ids"].tolist()[1] == [5, 6, 50256, 50256, 50256, 50256]
+
+
+def test_mask_prompt_needs_prompt_length_and_bad_settings():
+    with pytest.raises(ValueError, match="prompt_length.*example 1"):
+        InstructionDataCollator(mask_prompt=True)([{"input_ids": [1], "prompt_length": 1}, {"input_ids": [2]}])
+    with pytest.raises(ValueError, match="allowed_max_length"):
+        InstructionDataCollator(allowed_max_length=1)
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        InstructionDataCollator(pad_to_multiple_of=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        InstructionDataCollator()([])
+
+
+def test_mask_prompt_edge_cases():
+    # prompt as long as the whole text: only the end-of-text is learned; zero prompt masks nothing
+    batch = InstructionDataCollator(mask_prompt=True)([{"input_ids": [1, 2, 3], "prompt_length": 3}, {"input_ids": [4, 5], "prompt_length": 0}])
+    assert batch["labels"].tolist() == [[-100, -100, -100, 50256], [4, 5, 50256, -100]]
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["full", "mask_prompt"])
+def test_model_loss_equals_the_books_loss(book_entries, mask):
+    from gpt_sft import GPTConfig, GPTForCausalLM
+
+    torch.manual_seed(123)
+    model = GPTForCausalLM(GPTConfig(n_embd=64, n_layer=2, n_head=4, n_positions=256)).eval()
+    with_mask = InstructionDataCollator(mask_prompt=mask, return_attention_mask=True)
+    checked = 0
+    # one batch each (a forward pass over the 50257-token vocabulary is slow on a busy 2-core CPU)
+    start = 8 if mask else 0
+    for book_inputs, book_targets, examples in book_batches(book_entries[start : start + 8], "alpaca", mask):
+        batch = with_mask(examples)
+        with torch.no_grad():
+            book_loss = torch.nn.functional.cross_entropy(model(book_inputs).logits.flatten(0, 1), book_targets.flatten())
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+            loss_with_attention_mask = model(**batch).loss
+        torch.testing.assert_close(loss, book_loss, rtol=0, atol=1e-5)
+        torch.testing.assert_close(loss_with_attention_mask, book_loss, rtol=0, atol=1e-5)
+        checked += 1
+    assert checked == 1
+
+
+def test_collator_is_picklable_for_worker_processes():
+    import pickle
+
+    collate = InstructionDataCollator(mask_prompt=True, allowed_max_length=512)
+    assert pickle.loads(pickle.dumps(collate)) == collate
+
+
+def test_module_doctests():
+    result = doctest.testmod(collator_module)
+    assert result.attempted >= 5 and result.failed == 0
