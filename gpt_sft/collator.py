@@ -15,12 +15,12 @@ it (the model shifts), masked the same way, so that::
 and ``model(**batch).loss`` equals the book's
 ``cross_entropy(model(book_inputs).logits.flatten(0, 1), book_targets.flatten())``.
 
-Truncation. ``allowed_max_length`` bounds the number of positions the model sees, here the columns
-of ``input_ids``. An example whose tokens plus the end-of-text exceed it is cut (and loses its
-end-of-text target, as in the book). Because the Hugging Face form carries one more column than the
-book's ``inputs``, a batch cut at ``allowed_max_length = L`` equals the book's batch cut at ``L - 1``
-once shifted; batches with nothing to cut (the usual case) are identical to the book's. The book's
-form would need ``L + 1`` positions, one more than a model with an ``L``-token context accepts.
+Truncation, exactly the book's. The book cuts its ``inputs`` and ``targets`` each to
+``allowed_max_length`` (``L``) positions after masking; in Hugging Face form that is ``L + 1``
+columns of ``input_ids`` and ``labels``, so that :func:`to_book_batch` of a batch equals the book's
+truncated ``(inputs, targets)`` for over-long examples too. An example is over-long when it has more
+than ``L`` tokens (without the appended end-of-text): the book then cuts its end-of-text target
+(``len == L`` keeps it, ``len == L + 1`` loses it).
 
 This module knows nothing of training or generation.
 """
@@ -40,12 +40,19 @@ __all__ = ["InstructionDataCollator", "to_book_batch"]
 class InstructionDataCollator:
     """Pad, shift-ready label and mask a batch of tokenized instruction examples.
 
+    The batch has at most ``allowed_max_length + 1`` columns: the model sees ``input_ids[:, :-1]``,
+    at most ``allowed_max_length`` tokens -- the book's inputs; gpt-sft's trainer feeds the model the
+    shifted form (``model(input_ids=batch['input_ids'][:, :-1], shift_labels=batch['labels'][:, 1:])``).
+    If you feed HF-form ``input_ids`` with ``labels`` straight to a model whose context is exactly
+    ``L``, use ``allowed_max_length = L - 1``.
+
     Args:
         pad_token_id: The end-of-text token, appended once to every example and used as padding
             (GPT-2: 50256).
         ignore_index: Label of positions without a loss (-100, PyTorch's default).
-        allowed_max_length: Keep at most this many positions (columns), after masking; ``None``
-            keeps everything. Default 1024, GPT-2's context.
+        allowed_max_length: The book's ``allowed_max_length``: keep at most this many input positions
+            and targets, i.e. ``allowed_max_length + 1`` columns of ``input_ids``/``labels``, cut
+            after masking; ``None`` keeps everything. Default 1024, GPT-2's context.
         mask_prompt: Exclude the prompt tokens from the loss (exercise 7.2); needs ``prompt_length``
             in every example (:func:`gpt_sft.data.tokenize_dataset` adds it; ``transformers.Trainer``
             drops it unless ``remove_unused_columns=False``).
@@ -80,6 +87,14 @@ class InstructionDataCollator:
 
     >>> InstructionDataCollator(mask_prompt=True)([{"input_ids": [0, 1, 2, 3, 4], "prompt_length": 3}])["labels"]
     tensor([[ -100,  -100,  -100,     3,     4, 50256]])
+
+    Truncation, as the book's ``allowed_max_length``: an example with more than
+    ``allowed_max_length`` tokens loses its end-of-text target:
+
+    >>> to_book_batch(InstructionDataCollator(allowed_max_length=3)([[1, 2, 3, 4], [5, 6, 7]]))
+    (tensor([[1, 2, 3],
+            [5, 6, 7]]), tensor([[    2,     3,     4],
+            [    6,     7, 50256]]))
     """
 
     pad_token_id: int = 50256
@@ -90,8 +105,8 @@ class InstructionDataCollator:
     return_attention_mask: bool = False
 
     def __post_init__(self) -> None:
-        if self.allowed_max_length is not None and self.allowed_max_length < 2:
-            raise ValueError(f"allowed_max_length must be at least 2 (or None), got {self.allowed_max_length}")
+        if self.allowed_max_length is not None and self.allowed_max_length < 1:
+            raise ValueError(f"allowed_max_length must be at least 1 (or None), got {self.allowed_max_length}")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
 
@@ -139,8 +154,10 @@ class InstructionDataCollator:
         if self.return_attention_mask:
             positions = torch.arange(width)[None, :]
             batch["attention_mask"] = (positions < torch.tensor(lengths)[:, None]).long()
-        if self.allowed_max_length is not None and width > self.allowed_max_length:
-            batch = {key: value[:, : self.allowed_max_length].contiguous() for key, value in batch.items()}
+        # The book: inputs[:L] and targets[:L] of padded[:-1] / padded[1:]  <=>  columns [:L + 1] here.
+        if self.allowed_max_length is not None and width > self.allowed_max_length + 1:
+            keep = self.allowed_max_length + 1
+            batch = {key: value[:, :keep].contiguous() for key, value in batch.items()}
         return batch
 
 

@@ -23,11 +23,12 @@ ordinary text, teach the model a fake end-of-text marker. With ``skip_invalid=Tr
 are skipped instead; how many and why is logged as a warning and returned in :class:`LoadStats`
 (``return_stats=True``). Nothing is dropped silently.
 
-**Over-long examples** (:func:`tokenize_dataset`): the collator appends one end-of-text token and
-keeps at most ``allowed_max_length`` positions, so an example is over-long when
-``len(input_ids) + 1 > allowed_max_length`` -- its end-of-text target is cut off. They are counted
-and logged; ``overlong="truncate"`` keeps them (the book's behaviour: they are cut in the collator)
-and ``overlong="drop"`` removes them. The counts are in :class:`TokenizationStats`
+**Over-long examples** (:func:`tokenize_dataset`): like the book's collate function, the collator
+keeps at most ``allowed_max_length`` input positions and targets (``allowed_max_length + 1`` columns
+in Hugging Face form), so an example is over-long when ``len(input_ids) > allowed_max_length``
+(equivalently, tokens plus the appended end-of-text > ``allowed_max_length + 1``) -- the book cuts
+its end-of-text target. They are counted and logged; ``overlong="truncate"`` keeps them (the book's
+behaviour: they are cut in the collator) and ``overlong="drop"`` removes them. The counts are in :class:`TokenizationStats`
 (``return_stats=True``).
 
 This module knows nothing of training or generation.
@@ -148,11 +149,14 @@ class TokenizationStats:
     Attributes:
         num_examples: Entries tokenized.
         num_kept: Entries in the returned data set.
-        num_overlong: Entries with ``len(input_ids) + 1 > allowed_max_length`` (they lose their
-            end-of-text target in the collator, or are dropped with ``overlong="drop"``).
+        num_overlong: Entries with ``len(input_ids) > allowed_max_length`` (tokens without the
+            end-of-text; they lose their end-of-text target in the collator, as in the book, or are
+            dropped with ``overlong="drop"``).
         num_dropped: Over-long entries removed (``overlong="drop"``).
-        num_truncated: Entries whose stored ``input_ids`` were cut to ``allowed_max_length`` tokens
-            (``overlong="truncate"``; the collator would cut them there anyway).
+        num_truncated: Entries whose stored ``input_ids`` were cut to ``allowed_max_length + 1``
+            tokens (``overlong="truncate"``; the collator builds the same batches from them as from
+            the full ids). An entry of exactly ``allowed_max_length + 1`` tokens is over-long but
+            not cut.
         longest: Longest ``len(input_ids) + 1`` seen (tokens plus the end-of-text).
         num_tokens: Total stored tokens (without end-of-text).
         allowed_max_length: The limit used (``None``: no limit).
@@ -180,8 +184,8 @@ class TokenizationStats:
         if self.num_overlong:
             action = "dropped" if self.overlong == "drop" else "kept and truncated"
             text += (
-                f"; {self.num_overlong} over-long (tokens + end-of-text > allowed_max_length="
-                f"{self.allowed_max_length}), {action}"
+                f"; {self.num_overlong} over-long (more than allowed_max_length={self.allowed_max_length} "
+                f"tokens: the end-of-text target is cut), {action}"
             )
         return text
 
@@ -788,11 +792,14 @@ def tokenize_dataset(
         tokenizer: A ``tiktoken.Encoding`` (default: :func:`gpt_sft.tokenizer.get_tokenizer`, GPT-2)
             or a transformers tokenizer.
         style: Prompt style name or :class:`~gpt_sft.prompts.PromptStyle`.
-        allowed_max_length: The collator's limit (default 1024); ``None`` for no limit. An entry is
-            over-long when ``len(input_ids) + 1 > allowed_max_length``.
+        allowed_max_length: The collator's limit, the book's ``allowed_max_length`` (default 1024);
+            ``None`` for no limit. An entry is over-long when ``len(input_ids) > allowed_max_length``
+            (tokens without the end-of-text): the book's collate function cuts its end-of-text
+            target.
         overlong: ``"truncate"`` (the book): keep over-long entries; their ``input_ids`` are stored
-            cut to ``allowed_max_length`` tokens, which gives exactly the batches the book's collate
-            function builds from the full sequence (the end-of-text target is lost).
+            cut to ``allowed_max_length + 1`` tokens, from which the collator builds exactly the
+            batches it (and the book's collate function) builds from the full sequence (the
+            end-of-text target is lost).
             ``"drop"``: remove them, so every kept example is trained to stop.
         keep_columns: Keep the text columns next to the new ones.
         batch_size: Entries per ``map`` batch.
@@ -807,8 +814,8 @@ def tokenize_dataset(
     """
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
-    if allowed_max_length is not None and allowed_max_length < 2:
-        raise ValueError(f"allowed_max_length must be at least 2 (or None), got {allowed_max_length}")
+    if allowed_max_length is not None and allowed_max_length < 1:
+        raise ValueError(f"allowed_max_length must be at least 1 (or None), got {allowed_max_length}")
     prompt_style = get_prompt_style(style)
     if num_threads is None:
         cpus = os.cpu_count() or 1
@@ -862,13 +869,18 @@ def tokenize_dataset(
             ids = full_ids[j]
             length = len(ids) + 1
             stats.longest = max(stats.longest, length)
-            if limit is not None and length > limit:
+            # The book keeps inputs[:limit] and targets[:limit]: the end-of-text target (index
+            # len(ids) - 1 of targets) survives iff len(ids) <= limit.
+            if limit is not None and len(ids) > limit:
                 stats.num_overlong += 1
                 if overlong == "drop":
                     stats.num_dropped += 1
                     continue
-                if len(ids) > limit:
-                    ids = ids[:limit]
+                # The collator keeps limit + 1 columns, all of them tokens of ids here: storing
+                # ids[:limit + 1] gives the same batches (ids[:limit] would put the end-of-text in
+                # column limit instead of ids[limit]).
+                if len(ids) > limit + 1:
+                    ids = ids[: limit + 1]
                     stats.num_truncated += 1
             stats.num_tokens += len(ids)
             keep.append(j)
@@ -898,6 +910,13 @@ def tokenize_dataset(
     )
     stats.seconds = time.perf_counter() - start
     stats.num_kept = len(result)
+    if stats.num_kept == 0:
+        raise InstructionDataError(
+            source,
+            f"all {stats.num_examples} entries are over-long (more than allowed_max_length={limit} tokens) "
+            "and overlong='drop' removed them all: nothing is left; raise allowed_max_length or use "
+            "overlong='truncate'",
+        )
     if keep_columns:
         result = result.select_columns([*columns, "input_ids", "prompt_length"])
     if stats.num_overlong:

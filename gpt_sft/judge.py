@@ -135,18 +135,12 @@ class JudgeUnavailableError(JudgeError):
 def _book_judge_input(entry: Mapping[str, Any]) -> str:
     """The book's ``format_input(entry)``: the Alpaca-style instruction (+ input) text.
 
-    Private stand-in until ``gpt_sft.prompts.format_prompt(entry, style="alpaca")`` lands; the lead
-    will switch this to it. Kept byte-identical to the book (an empty or missing ``input`` adds no
-    ``### Input`` section).
+    That is :func:`gpt_sft.prompts.format_prompt` with the ``"alpaca"`` style, byte-identical to the
+    book (an empty, missing or null ``input`` adds no ``### Input`` section).
     """
-    instruction_text = (
-        "Below is an instruction that describes a task. "
-        "Write a response that appropriately completes the request."
-        f"\n\n### Instruction:\n{entry['instruction']}"
-    )
-    input_value = entry.get("input") or ""
-    input_text = f"\n\n### Input:\n{input_value}" if input_value else ""
-    return instruction_text + input_text
+    from .prompts import format_prompt  # lazy: the judge module imports nothing of gpt_sft eagerly
+
+    return format_prompt(entry, "alpaca")
 
 
 def build_judge_prompt(entry: Mapping[str, Any], response: str) -> str:

@@ -158,42 +158,105 @@ def test_book_worked_example():
     assert batch["input_ids"].dtype == torch.long and batch["labels"].device.type == "cpu"
 
 
-@pytest.mark.parametrize("style", ["alpaca", "phi3"])
-@pytest.mark.parametrize("mask", [False, True], ids=["full", "mask_prompt"])
-def test_every_batch_matches_the_book_on_all_entries(book_entries, style, mask):
-    collate = InstructionDataCollator(mask_prompt=mask)
-    n_batches = 0
-    for book_inputs, book_targets, examples in book_batches(book_entries, style, mask):
+@pytest.mark.parametrize(
+    "style, mask, limit",
+    [
+        ("alpaca", False, 1024),
+        ("alpaca", True, 1024),
+        ("phi3", False, 1024),
+        ("phi3", True, 1024),
+        # small L: many examples are over-long and lose their end-of-text target, as in the book
+        ("alpaca", True, 64),
+        ("phi3", False, 64),
+    ],
+    ids=lambda v: {False: "full", True: "mask_prompt"}.get(v, str(v)) if isinstance(v, bool) else str(v),
+)
+def test_every_batch_matches_the_book_on_all_entries(book_entries, style, mask, limit):
+    collate = InstructionDataCollator(mask_prompt=mask, allowed_max_length=limit)
+    n_batches = n_overlong = 0
+    for book_inputs, book_targets, examples in book_batches(book_entries, style, mask, allowed_max_length=limit):
         batch = collate(examples)
-        assert batch["input_ids"].shape[1] < 1024  # no truncation on the book's data at 1024
+        assert batch["input_ids"].shape[1] <= limit + 1
         assert torch.equal(batch["input_ids"][:, :-1], book_inputs)
         assert torch.equal(batch["labels"][:, 1:], book_targets)
-        # the extra column only carries the last targets; it is all padding
-        assert (batch["input_ids"][:, -1] == 50256).all()
+        overlong = [len(e["input_ids"]) > limit for e in examples]
+        n_overlong += sum(overlong)
+        if not any(overlong):
+            # nothing cut: the extra column only carries the last targets; it is all padding
+            assert (batch["input_ids"][:, -1] == 50256).all()
+        # exactly the over-long examples lose their end-of-text target
+        assert ((batch["labels"][:, 1:] == 50256).any(dim=1) == ~torch.tensor(overlong)).all()
         n_batches += 1
     assert n_batches == 138
+    if limit == 1024:
+        assert n_overlong == 0  # no truncation on the book's data at 1024
+    else:
+        assert n_overlong > 10  # over-long examples at L = 64 (alpaca: the most, its prompt is long)
 
 
 @pytest.mark.parametrize("mask", [False, True], ids=["full", "mask_prompt"])
-@pytest.mark.parametrize("limit", [2, 17, 40])
-def test_truncation_equals_the_books_one_position_shorter(book_entries, mask, limit):
-    """Cut at L, our batch (L positions) shifted equals the book's batch cut at L - 1."""
+@pytest.mark.parametrize("limit", [1, 2, 17, 40])
+def test_truncation_equals_the_books(book_entries, mask, limit):
+    """Cut at L, our batch (L + 1 columns) shifted equals the book's batch cut at L."""
     collate = InstructionDataCollator(mask_prompt=mask, allowed_max_length=limit)
-    for book_inputs, book_targets, examples in book_batches(book_entries[:200], "alpaca", mask, allowed_max_length=limit - 1):
+    for book_inputs, book_targets, examples in book_batches(book_entries[:200], "alpaca", mask, allowed_max_length=limit):
         batch = collate(examples)
-        assert batch["input_ids"].shape[1] == limit
+        assert batch["input_ids"].shape[1] == limit + 1
         inputs, targets = to_book_batch(batch)
+        assert inputs.shape[1] == limit
         assert torch.equal(inputs, book_inputs) and torch.equal(targets, book_targets)
 
 
+@pytest.mark.parametrize("mask", [False, True], ids=["full", "mask_prompt"])
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 4])
+def test_overlong_examples_match_the_book_exactly(mask, pad_to_multiple_of):
+    """L = 8, sequences of 5, 8, 9 and 12 tokens, in every combination (so with and without padding
+    and truncation in the batch): the shifted batch equals the book's tensors exactly."""
+    import itertools
+
+    limit = 8
+    generator = torch.Generator().manual_seed(0)
+    lengths = [5, 8, 9, 12]
+    sequences = [torch.randint(0, 50000, (n,), generator=generator).tolist() for n in lengths]
+    prompt_lengths = [3, 8, 10, 1]  # a prompt longer than L, and one that masks nothing
+    collate = InstructionDataCollator(allowed_max_length=limit, mask_prompt=mask, pad_to_multiple_of=pad_to_multiple_of)
+    checked = 0
+    for r in range(1, 5):
+        for rows in itertools.permutations(range(4), r):
+            examples = [{"input_ids": sequences[i], "prompt_length": prompt_lengths[i]} for i in rows]
+            if mask:
+                book_inputs, book_targets = custom_collate_fn_masked(
+                    [(prompt_lengths[i], sequences[i]) for i in rows], allowed_max_length=limit
+                )
+            else:
+                book_inputs, book_targets = custom_collate_fn([sequences[i] for i in rows], allowed_max_length=limit)
+            batch = collate(examples)
+            inputs, targets = to_book_batch(batch)
+            if pad_to_multiple_of is None or max(lengths[i] for i in rows) > limit:
+                assert torch.equal(inputs, book_inputs) and torch.equal(targets, book_targets), rows
+            else:  # rounded up, not cut: the book's batch plus padding columns without a loss
+                n = book_inputs.shape[1]
+                assert torch.equal(inputs[:, :n], book_inputs) and torch.equal(targets[:, :n], book_targets)
+                assert (targets[:, n:] == -100).all() and (inputs[:, n:] == 50256).all()
+            assert inputs.shape[1] <= limit
+            for row, i in enumerate(rows):
+                has_stop = bool((targets[row] == 50256).any())
+                # len == L keeps its end-of-text target; len == L + 1 (or more) loses it
+                assert has_stop == (lengths[i] <= limit), (rows, lengths[i])
+            checked += 1
+    assert checked == 64
+
+
 def test_truncation_happens_after_masking():
-    # an over-long example loses its end-of-text target; a short one keeps it
+    # an over-long example (more than L tokens) loses its end-of-text target; a short one keeps it
     batch = InstructionDataCollator(allowed_max_length=4)([[1, 2, 3, 4, 5], [6, 7]])
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 50256, 50256]]
-    assert batch["labels"].tolist() == [[1, 2, 3, 4], [6, 7, 50256, -100]]
-    # tokens + end-of-text == limit: nothing lost
-    batch = InstructionDataCollator(allowed_max_length=4)([[1, 2, 3]])
-    assert batch["labels"].tolist() == [[1, 2, 3, 50256]]
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 50256, 50256, 50256]]
+    assert batch["labels"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 50256, -100, -100]]
+    assert to_book_batch(batch)[1].tolist() == [[2, 3, 4, 5], [7, 50256, -100, -100]]
+    # exactly L tokens: nothing lost, the end-of-text is the last target
+    batch = InstructionDataCollator(allowed_max_length=4)([[1, 2, 3, 4]])
+    assert batch["labels"].tolist() == [[1, 2, 3, 4, 50256]]
+    assert to_book_batch(batch)[1].tolist() == [[2, 3, 4, 50256]]
 
 
 def test_pad_to_multiple_of(book_entries):
@@ -208,7 +271,7 @@ def test_pad_to_multiple_of(book_entries):
         assert (batch["labels"][:, n + 1 :] == -100).all() and (batch["input_ids"][:, n + 1 :] == 50256).all()
     # truncation wins over rounding up
     batch = InstructionDataCollator(pad_to_multiple_of=8, allowed_max_length=5)([[1, 2], [3]])
-    assert batch["input_ids"].shape == (2, 5)
+    assert batch["input_ids"].shape == (2, 6)
 
 
 def test_attention_mask_and_input_types():
@@ -227,7 +290,7 @@ def test_mask_prompt_needs_prompt_length_and_bad_settings():
     with pytest.raises(ValueError, match="prompt_length.*example 1"):
         InstructionDataCollator(mask_prompt=True)([{"input_ids": [1], "prompt_length": 1}, {"input_ids": [2]}])
     with pytest.raises(ValueError, match="allowed_max_length"):
-        InstructionDataCollator(allowed_max_length=1)
+        InstructionDataCollator(allowed_max_length=0)
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         InstructionDataCollator(pad_to_multiple_of=0)
     with pytest.raises(ValueError, match="empty batch"):
@@ -271,4 +334,4 @@ def test_collator_is_picklable_for_worker_processes():
 
 def test_module_doctests():
     result = doctest.testmod(collator_module)
-    assert result.attempted >= 5 and result.failed == 0
+    assert result.attempted >= 6 and result.failed == 0

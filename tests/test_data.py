@@ -15,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from gpt_sft.collator import InstructionDataCollator
+from gpt_sft.collator import InstructionDataCollator, to_book_batch
 from gpt_sft.data import (
     InstructionDataError,
     LoadStats,
@@ -376,21 +376,35 @@ def test_overlong_truncate_and_drop(book, caplog):
     full = tokenize_dataset(book, allowed_max_length=None)
     lengths = [len(ids) for ids in full["input_ids"]]
     limit = 60
-    n_overlong = sum(n + 1 > limit for n in lengths)
-    n_longer = sum(n > limit for n in lengths)
+    # over-long: more than L tokens (the book cuts the end-of-text target); stored cut: more than L + 1
+    n_overlong = sum(n > limit for n in lengths)
+    n_longer = sum(n > limit + 1 for n in lengths)
     assert 0 < n_longer < n_overlong < 1100
     with caplog.at_level(logging.WARNING, logger="gpt_sft.data"):
         truncated, stats = tokenize_dataset(book, allowed_max_length=limit, return_stats=True)
     assert f"{n_overlong} over-long" in caplog.text and "kept and truncated" in caplog.text
     assert (stats.num_overlong, stats.num_truncated, stats.num_dropped, stats.num_kept) == (n_overlong, n_longer, 0, 1100)
     assert stats.longest == max(lengths) + 1
-    assert [len(ids) for ids in truncated["input_ids"]] == [min(n, limit) for n in lengths]
-    # storing the ids cut to the limit gives exactly the batches the full ids give
-    collate = InstructionDataCollator(allowed_max_length=limit, mask_prompt=True)
-    for start in range(0, 1100, 8):
-        a = collate(full.select(range(start, min(start + 8, 1100))))
-        b = collate(truncated.select(range(start, min(start + 8, 1100))))
-        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    assert [len(ids) for ids in truncated["input_ids"]] == [min(n, limit + 1) for n in lengths]
+    assert stats.num_tokens == sum(min(n, limit + 1) for n in lengths)
+    # storing the ids cut to L + 1 gives exactly the batches the full ids give (with and without
+    # prompt masking and padding to a multiple), and those equal the book's
+    for collate in (
+        InstructionDataCollator(allowed_max_length=limit, mask_prompt=True),
+        InstructionDataCollator(allowed_max_length=limit, pad_to_multiple_of=16, return_attention_mask=True),
+    ):
+        for start in range(0, 1100, 8):
+            rows = range(start, min(start + 8, 1100))
+            a = collate(full.select(rows))
+            b = collate(truncated.select(rows))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ... while cutting to L tokens would not: the end-of-text would replace token L + 1
+    cut_short = truncated.map(lambda row: {"input_ids": row["input_ids"][:limit]})
+    collate = InstructionDataCollator(allowed_max_length=limit)
+    assert any(
+        not torch.equal(collate(full.select(range(s, s + 8)))["input_ids"], collate(cut_short.select(range(s, s + 8)))["input_ids"])
+        for s in range(0, 1096, 8)
+    )
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="gpt_sft.data"):
@@ -398,19 +412,42 @@ def test_overlong_truncate_and_drop(book, caplog):
     assert "dropped" in caplog.text
     assert (stats.num_overlong, stats.num_dropped, stats.num_kept) == (n_overlong, n_overlong, 1100 - n_overlong)
     assert len(dropped) == 1100 - n_overlong
-    kept = [i for i, n in enumerate(lengths) if n + 1 <= limit]
+    kept = [i for i, n in enumerate(lengths) if n <= limit]
     assert dropped["instruction"] == [book[i]["instruction"] for i in kept]
     assert dropped["input_ids"] == [full[i]["input_ids"] for i in kept]
+    # every kept example keeps its end-of-text target
+    collate = InstructionDataCollator(allowed_max_length=limit)
+    for start in range(0, len(dropped), 8):
+        targets = to_book_batch(collate(dropped.select(range(start, min(start + 8, len(dropped))))))[1]
+        assert (targets == 50256).any(dim=1).all()
     with pytest.raises(ValueError, match="overlong must be"):
         tokenize_dataset(book, overlong="cut")
 
 
-def test_overlong_boundary_is_tokens_plus_end_of_text():
+def test_overlong_boundary_is_more_than_allowed_max_length_tokens():
     ds = Dataset.from_list([{"instruction": "a", "input": "", "output": "b"}])
     n = len(tokenize_dataset(ds)["input_ids"][0])
-    assert tokenize_dataset(ds, allowed_max_length=n + 1, return_stats=True)[1].num_overlong == 0
+    collate = InstructionDataCollator
+    # len == L: not over-long, keeps its end-of-text target
     out, stats = tokenize_dataset(ds, allowed_max_length=n, return_stats=True)
+    assert stats.num_overlong == 0 and len(out["input_ids"][0]) == n
+    assert to_book_batch(collate(allowed_max_length=n)(out))[1][0, -1] == 50256
+    assert len(tokenize_dataset(ds, allowed_max_length=n, overlong="drop")) == 1
+    # len == L + 1: over-long (loses its end-of-text target), stored whole, dropped with "drop"
+    out, stats = tokenize_dataset(ds, allowed_max_length=n - 1, return_stats=True)
     assert (stats.num_overlong, stats.num_truncated) == (1, 0) and len(out["input_ids"][0]) == n
+    assert "1 over-long (more than allowed_max_length=" in str(stats)
+    assert not (to_book_batch(collate(allowed_max_length=n - 1)(out))[1] == 50256).any()
+    with pytest.raises(InstructionDataError, match="all 1 entries are over-long .*nothing is left"):
+        tokenize_dataset(ds, allowed_max_length=n - 1, overlong="drop")
+    two = Dataset.from_list([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "a", "input": "", "output": "bb cc"}])
+    out, stats = tokenize_dataset(two, allowed_max_length=n, overlong="drop", return_stats=True)
+    assert (len(out), stats.num_dropped, out["input_ids"][0]) == (1, 1, tokenize_dataset(ds)["input_ids"][0])
+    # len == L + 2: over-long and stored cut to L + 1 tokens
+    out, stats = tokenize_dataset(ds, allowed_max_length=n - 2, return_stats=True)
+    assert (stats.num_overlong, stats.num_truncated) == (1, 1) and len(out["input_ids"][0]) == n - 1
+    with pytest.raises(ValueError, match="allowed_max_length must be at least 1"):
+        tokenize_dataset(ds, allowed_max_length=0)
 
 
 def test_end_of_text_in_unvalidated_data_is_rejected_with_index():
