@@ -252,8 +252,17 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        loss_only: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """``labels``: aligned with ``input_ids`` (shifted here). ``shift_labels``: already shifted, i.e.
+        ``shift_labels[:, t]`` is the target of position ``t`` -- the book's ``(inputs, targets)`` form,
+        which needs no forward pass over a final position whose logits would be unused.
+        ``num_items_in_batch``: divide the summed loss by this instead of the batch's target count.
+        ``loss_only``: with ``shift_labels``, apply the output head only at positions that have a target
+        (not -100) and return ``logits=None``: the same loss without the vocabulary projection of
+        padding and masked prompt positions, usually the largest cost of a small GPT."""
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -263,12 +272,22 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
         )
         hidden = out.last_hidden_state  # (B, T, d)
-        if logits_to_keep and labels is None:
+        if loss_only:
+            if shift_labels is None:
+                raise ValueError("loss_only=True needs shift_labels")
+            targets = shift_labels.to(hidden.device)
+            keep = targets != IGNORE_INDEX  # (B, T)
+            logits = self.lm_head(hidden[keep])  # (N, vocab) for the N target positions
+            loss = token_loss(logits[None], targets[keep][None], num_items_in_batch)
+            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
+        if logits_to_keep and labels is None and shift_labels is None:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # (B, T, vocab)
 
         loss = None
-        if labels is not None:
+        if shift_labels is not None:
+            loss = token_loss(logits, shift_labels.to(logits.device), num_items_in_batch)
+        elif labels is not None:
             loss = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
@@ -281,11 +300,17 @@ def causal_lm_loss(
     Mean over the batch's target tokens (the book's loss), or sum / ``num_items_in_batch``.
     A batch without any target token gives 0, not NaN.
     """
-    shift_logits = logits[:, :-1].flatten(0, 1).float()  # (B*(T-1), vocab)
-    shift_labels = labels[:, 1:].flatten()  # (B*(T-1),)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return token_loss(logits[:, :-1], labels[:, 1:], num_items_in_batch)
+
+
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, T, vocab) against ``targets`` (B, T) at the same positions."""
+    flat_targets = targets.flatten()  # (B*T,)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if num_items_in_batch is None:
-        num_items_in_batch = (shift_labels != IGNORE_INDEX).sum()
+        num_items_in_batch = (flat_targets != IGNORE_INDEX).sum()
     if isinstance(num_items_in_batch, torch.Tensor):
         num_items_in_batch = num_items_in_batch.to(total.device).clamp(min=1)
     else:
@@ -293,4 +318,4 @@ def causal_lm_loss(
     return total / num_items_in_batch
 
 
-__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "causal_lm_loss"]
+__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "causal_lm_loss", "token_loss"]

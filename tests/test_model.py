@@ -124,10 +124,28 @@ def test_loss_is_book_loss_and_accumulation_form():
         book = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         n = int((labels[:, 1:] != -100).sum())
         summed = model(x, labels=labels, num_items_in_batch=2 * n).loss
+        shifted = model(x[:, :-1], shift_labels=labels[:, 1:]).loss
+        sparse = model(x[:, :-1], shift_labels=labels[:, 1:], loss_only=True)
+        sparse_sum = model(x[:, :-1], shift_labels=labels[:, 1:], loss_only=True, num_items_in_batch=2 * n).loss
     assert torch.allclose(out.loss, book, atol=1e-6)
+    assert sparse.logits is None and torch.allclose(sparse.loss, book, atol=1e-6)
+    assert torch.allclose(sparse_sum, book / 2, atol=1e-6)
+    assert torch.allclose(shifted, book, atol=1e-6)
     assert torch.allclose(summed, book / 2, atol=1e-6)
     # A batch without targets gives 0 (not NaN)
     assert causal_lm_loss(out.logits, torch.full_like(labels, -100)).item() == 0.0
+
+
+def test_loss_only_gradients_equal_full_logits():
+    x = torch.randint(0, 50257, (2, 10))
+    targets = x[:, 1:].clone()
+    targets[0, :4] = -100
+    grads = []
+    for loss_only in (False, True):
+        model = tiny_model(seed=2).train()
+        model(x[:, :-1], shift_labels=targets, loss_only=loss_only).loss.backward()
+        grads.append(torch.cat([model.lm_head.weight.grad.flatten(), model.transformer.wte.weight.grad.flatten()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_context_length_overflow_is_a_clear_error():
