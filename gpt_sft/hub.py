@@ -103,3 +103,123 @@ def save_checkpoint(
         if write_extra is not None:
             write_extra(tmp)
     return Path(output_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# model card
+
+
+def model_card_template_path() -> Path:
+    """``model_cards/gpt-sft.md`` of a source checkout, or the copy installed under ``<prefix>/share``."""
+    import sys
+
+    override = os.environ.get("GPT_SFT_MODEL_CARD_TEMPLATE")
+    candidates = [Path(override)] if override else []
+    candidates += [
+        Path(__file__).resolve().parents[1] / "model_cards" / "gpt-sft.md",
+        Path(sys.prefix) / "share" / "gpt-sft" / "model_cards" / "gpt-sft.md",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("model card template not found; looked in: " + ", ".join(map(str, candidates)))
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
+    """The model card (Hub metadata + hyperparameters, losses, hardware, time, judge score if any)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .configuration_gpt import resolve_preset_name
+    from .prompts import format_prompt
+
+    preset = resolve_preset_name(cfg.model) if cfg.model != "scratch" else None
+    hub_base = {
+        "gpt2-small (124M)": "openai-community/gpt2", "gpt2-medium (355M)": "openai-community/gpt2-medium",
+        "gpt2-large (774M)": "openai-community/gpt2-large", "gpt2-xl (1558M)": "openai-community/gpt2-xl",
+    }.get(preset or "")
+    base_model = hub_base or (cfg.model if "/" in cfg.model and not Path(cfg.model).exists() else None)
+    datasets = [cfg.data] if ("/" in cfg.data and "://" not in cfg.data and not Path(cfg.data).exists()) else None
+    card_data = ModelCardData(
+        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation",
+        base_model=base_model, datasets=datasets,
+        tags=["gpt-sft", "gpt2", "instruction-tuning", "sft", "llms-from-scratch", "custom_code"]
+        + (["lora", "peft"] if cfg.lora_rank else []),
+    )
+    repo_id = repo_id or cfg.push_to_hub or Path(cfg.output_dir).name
+    method = "full fine-tuning"
+    if cfg.lora_rank:
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 16 * cfg.lora_rank
+        method = (f"LoRA r={cfg.lora_rank}, lora_alpha={alpha:g} on {', '.join(cfg.lora_target_modules)}"
+                  f" ({'merged' if cfg.merge_lora else 'adapter'})")
+    example = format_prompt({"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast."},
+                            cfg.prompt_style)
+    judge = metrics.get("judge")
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(model_card_template_path()),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base_description=preset or cfg.model,
+        base_model=base_model or cfg.model,
+        lora=bool(cfg.lora_rank),
+        example_prompt=repr(example),
+        prompt_style=cfg.prompt_style,
+        data=cfg.data,
+        mask_prompt="yes" if cfg.mask_prompt else "no",
+        epochs=cfg.epochs,
+        global_step=_fmt(metrics.get("global_step")),
+        batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        processes=metrics.get("processes", 1),
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        allowed_max_length=cfg.allowed_max_length,
+        method=method,
+        seed=cfg.seed,
+        hardware=metrics.get("hardware", "–"),
+        train_minutes=_fmt(metrics.get("train_minutes"), 2),
+        tokens_seen=_fmt(metrics.get("tokens_seen")),
+        initial_train_loss=_fmt(metrics.get("initial_train_loss")),
+        initial_val_loss=_fmt(metrics.get("initial_val_loss")),
+        final_train_loss=_fmt(metrics.get("final_train_loss")),
+        final_val_loss=_fmt(metrics.get("final_val_loss")),
+        judge_score=None if not judge else _fmt(judge.get("average_score"), 2),
+        judge_details=None if not judge else f"{judge.get('judge_model')}, {judge.get('num_scored')} of {judge.get('num_entries')} scored",
+    )
+    return str(card)
+
+
+# --------------------------------------------------------------------------------------------------
+# push
+
+
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, api=None,
+                       commit_message: str = "Upload gpt-sft fine-tuned model") -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` (without training checkpoints or logs).
+
+    The token comes from huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``); it is never
+    printed. ``api`` defaults to ``huggingface_hub.HfApi()``; tests pass a local stand-in.
+    """
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json); nothing pushed")
+    repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
+        ignore_patterns=["checkpoints/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*"],
+    )
+    return str(getattr(repo, "url", None) or f"https://huggingface.co/{repo_id}")

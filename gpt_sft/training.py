@@ -1,0 +1,636 @@
+"""Instruction fine-tuning with Accelerate: the book's chapter 7 recipe, end to end.
+
+``accelerate launch scripts/train.py`` with no arguments runs the book's recipe (gpt2-medium, the
+book's data set, Alpaca prompts, batch 8, AdamW lr 5e-5 / weight decay 0.1, 2 epochs, seed 123,
+evaluation of 5 train and 5 validation batches every 5 steps, a greedy sample after each epoch).
+Every option is a field of :class:`TrainConfig`, settable by ``--kebab-case`` flag or YAML.
+
+Shape: :func:`setup` (accelerator, model, data) -> :func:`fit` (the loop, checkpoints, resume)
+-> :func:`finish` (final checkpoint folder, plot, model card, test-set responses, push).
+
+Loss: every optimizer step averages the cross-entropy over all target tokens of all micro-batches
+of that step on all processes (a token-level mean), so gradient accumulation and data parallelism
+give the loss and the update of one large batch. With batch 8 on one process this is exactly the
+book's per-batch ``cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .config_cli import config_to_dict, parse_config
+from .hub import atomic_directory, write_json_atomic
+
+BOOK_DATA_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
+)
+LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "c_proj", "c_fc", "lm_head"]
+STATE_FILE = "trainer_state.json"
+
+
+def _f(default, help: str, **extra):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Instruction fine-tuning of GPT-2 (the book's chapter 7 recipe by default)."""
+
+    # --- model
+    model: str = _f("gpt2-medium (355M)", "Preset name (124M, gpt2-medium, ...), Hub id, local HF GPT-2 folder, "
+                    "OpenAI checkpoint folder, book .pth, our checkpoint folder, or 'scratch' for a fresh random model")
+    model_format: str = _f("hf", "Where preset weights come from: 'hf' (Hugging Face Hub) or 'openai' (OpenAI's "
+                           "TensorFlow checkpoints, the book's route; needs gpt-sft[tf])", choices=["hf", "openai"])
+    n_layers: int = _f(12, "--model scratch: number of transformer blocks")
+    emb_dim: int = _f(768, "--model scratch: embedding width")
+    n_heads: int = _f(12, "--model scratch: attention heads")
+    context_length: int = _f(1024, "--model scratch: context length")
+    drop_rate: float = _f(0.0, "Dropout rate (the book uses 0.0 in chapter 7)")
+    tie_word_embeddings: bool = _f(False, "Tie the output head to the token embedding (the book unties them)")
+    # --- data
+    data: str = _f(BOOK_DATA_URL, "Instruction data: URL, .json/.jsonl file or Hub data set name")
+    prompt_style: str = _f("alpaca", "Prompt style: alpaca, phi3 or a registered one")
+    mask_prompt: bool = _f(False, "Exclude the prompt tokens from the loss (exercise 7.2)")
+    allowed_max_length: int = _f(1024, "Longest training sequence in tokens; longer examples are truncated")
+    drop_overlong: bool = _f(False, "Drop over-long examples instead of truncating them (counted either way)")
+    train_fraction: float = _f(0.85, "Fraction of the data for training (file order, like the book)")
+    test_fraction: float = _f(0.10, "Fraction for the test split; the rest is validation")
+    shuffle_split: bool = _f(False, "Shuffle (seeded) before splitting instead of keeping file order")
+    skip_invalid: bool = _f(False, "Skip invalid entries (counted and reported) instead of failing")
+    # --- optimisation
+    epochs: int = _f(2, "Number of passes over the training split")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: no limit)")
+    batch_size: int = _f(8, "Micro-batch size per process")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step")
+    learning_rate: float = _f(5e-5, "AdamW learning rate")
+    weight_decay: float = _f(0.1, "AdamW weight decay")
+    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up", choices=["constant", "linear", "cosine"])
+    warmup_steps: int = _f(0, "Linear warm-up steps")
+    max_grad_norm: float = _f(0.0, "Clip the gradient norm to this value (0: no clipping, like the book)")
+    seed: int = _f(123, "Random seed (model init, data order, dropout)")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory")
+    # --- evaluation and logging
+    eval_every: int = _f(5, "Evaluate train/val loss every N optimizer steps (step 0 included)")
+    eval_batches: int = _f(5, "Batches used for each train and val loss estimate")
+    sample_every_epoch: bool = _f(True, "Print a greedy 50-token sample for the first validation prompt per epoch")
+    log_with: str | None = _f(None, "Accelerate tracker, e.g. 'tensorboard' (written under the output dir)")
+    # --- LoRA
+    lora_rank: int = _f(0, "LoRA rank (0: full fine-tuning)")
+    lora_alpha: float | None = _f(None, "peft lora_alpha; default 16 * rank, which equals the book's alpha=16 "
+                                  "scaling (the book scales by alpha, peft by alpha / rank)")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = _f(LORA_ALL_LINEAR, "Modules that get LoRA adapters (default: every Linear)")
+    merge_lora: bool = _f(True, "Merge LoRA into the weights when saving (else save the adapter)")
+    # --- output
+    output_dir: str = _f("outputs/gpt2-medium-sft", "Where the checkpoint folder and everything else goes")
+    save_every: int = _f(0, "Save a resumable training checkpoint every N optimizer steps (0: only on Ctrl-C)")
+    keep_checkpoints: int = _f(2, "How many periodic checkpoints to keep")
+    resume_from_checkpoint: str | None = _f(None, "A checkpoint folder, or 'latest' in <output-dir>/checkpoints")
+    generate: bool = _f(True, "Generate test-set responses at the end (--no-generate skips it)")
+    max_new_tokens: int = _f(256, "New tokens per test-set response")
+    push_to_hub: str | None = _f(None, "Hub repo id to upload the final folder to (token from HF login/env)")
+    hub_private: bool = _f(False, "Create the Hub repo as private")
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "gradient_accumulation_steps", "allowed_max_length", "n_layers",
+                    "emb_dim", "n_heads", "context_length", "max_new_tokens", "eval_batches")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "save_every", "warmup_steps", "lora_rank", "eval_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+# --------------------------------------------------------------------------------------------------
+# setup
+
+
+class EpochSampler(Sampler[int]):
+    """Example order that depends only on ``(seed, epoch)``: a resumed run sees the same order."""
+
+    def __init__(self, num_examples: int, shuffle: bool, seed: int):
+        self.num_examples, self.shuffle, self.seed, self.epoch = num_examples, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.num_examples))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_examples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+@dataclass
+class TrainingData:
+    train: DataLoader
+    val: DataLoader
+    val_entries: list[dict]
+    test_entries: list[dict]
+    sampler: EpochSampler
+    report: str
+
+
+def build_model(cfg: TrainConfig):
+    """The model to fine-tune (a fresh random one for ``--model scratch``)."""
+    from .configuration_gpt import GPTConfig
+    from .modeling_gpt import GPTForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "scratch":
+        config = GPTConfig(
+            n_embd=cfg.emb_dim, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_positions=cfg.context_length,
+            drop_rate=cfg.drop_rate, tie_word_embeddings=cfg.tie_word_embeddings,
+        )
+        model = GPTForCausalLM(config)
+    else:
+        from .weights import load_pretrained
+
+        model = load_pretrained(cfg.model, format=cfg.model_format, tie_word_embeddings=cfg.tie_word_embeddings,
+                                drop_rate=cfg.drop_rate)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 16.0 * cfg.lora_rank
+        targets = list(cfg.lora_target_modules)
+        if model.config.tie_word_embeddings and "lm_head" in targets:
+            # Merging an lm_head adapter into a head tied to wte would change the input embedding too.
+            targets.remove("lm_head")
+            print("LoRA: lm_head is tied to the token embedding, so it gets no adapter "
+                  "(use --no-tie-word-embeddings, the book's choice, to adapt it)", file=sys.stderr)
+        lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets)
+        model = get_peft_model(model, lora)
+    return model
+
+
+def build_data(cfg: TrainConfig, num_processes: int = 1) -> TrainingData:
+    """Load, validate, split and tokenize the data; the book's loaders (train shuffled, drop_last)."""
+    from .collator import InstructionDataCollator
+    from .data import load_instruction_data, split_dataset, tokenize_dataset
+
+    dataset, load_stats = load_instruction_data(cfg.data, skip_invalid=cfg.skip_invalid, return_stats=True)
+    splits = split_dataset(dataset, cfg.train_fraction, cfg.test_fraction, shuffle=cfg.shuffle_split, seed=cfg.seed)
+    tokenized, stats = {}, {}
+    for name in ("train", "validation"):
+        tokenized[name], stats[name] = tokenize_dataset(
+            splits[name], style=cfg.prompt_style, allowed_max_length=cfg.allowed_max_length,
+            overlong="drop" if cfg.drop_overlong else "truncate", keep_columns=False, return_stats=True,
+        )
+    collator = InstructionDataCollator(allowed_max_length=cfg.allowed_max_length, mask_prompt=cfg.mask_prompt)
+    columns = ["input_ids", "prompt_length"]
+    train_set = tokenized["train"].with_format(columns=columns)
+    val_set = tokenized["validation"].with_format(columns=columns)
+    if len(train_set) < cfg.batch_size * num_processes:
+        raise ValueError(f"{cfg.data}: {len(train_set)} training examples are fewer than one batch "
+                         f"({cfg.batch_size} x {num_processes} processes)")
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.seed)
+    # Own generators: creating a loader iterator would otherwise draw from the global torch RNG, so a
+    # resumed run (which creates its iterator at a different moment) would see other dropout masks.
+    train = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, collate_fn=collator,
+                       generator=torch.Generator().manual_seed(cfg.seed))
+    val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, drop_last=False, collate_fn=collator,
+                     generator=torch.Generator().manual_seed(cfg.seed))
+    report = (f"data: {load_stats}; split {len(splits['train'])}/{len(splits['validation'])}/{len(splits['test'])} "
+              f"train/val/test; train: {stats['train']}; val: {stats['validation']}")
+    return TrainingData(train, val, [dict(e) for e in splits["validation"]], [dict(e) for e in splits["test"]], sampler, report)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(total_steps, 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainerState:
+    """Progress that a resumed run continues from (saved as ``trainer_state.json``)."""
+
+    epoch: int = 0
+    micro_batches_in_epoch: int = 0
+    global_step: int = 0
+    tokens_seen: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    track_tokens_seen: list[int] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    initial_train_loss: float | None = None
+    initial_val_loss: float | None = None
+    train_seconds: float = 0.0
+
+
+def evaluate_loss(model, loader, num_batches: int, accelerator) -> float:
+    """Mean per-batch loss over the first ``num_batches`` batches (the book's ``calc_loss_loader``)."""
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i >= num_batches:
+                break
+            out = model(input_ids=batch["input_ids"][:, :-1], shift_labels=batch["labels"][:, 1:], loss_only=True)
+            losses.append(out.loss.float())
+    model.train()
+    if not losses:
+        return float("nan")
+    mean = torch.stack(losses).mean()
+    return accelerator.reduce(mean, "mean").item() if accelerator.num_processes > 1 else mean.item()
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume_from_checkpoint:
+        return None
+    if cfg.resume_from_checkpoint == "latest":
+        found = checkpoint_dirs(Path(cfg.output_dir))
+        if not found:
+            raise FileNotFoundError(f"--resume-from-checkpoint latest: no checkpoint in {cfg.output_dir}/checkpoints")
+        return found[-1]
+    path = Path(cfg.resume_from_checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a training checkpoint (no {STATE_FILE})")
+    return path
+
+
+def save_training_checkpoint(accelerator, state: TrainerState, cfg: TrainConfig) -> Path:
+    """Model, optimizer, scheduler, RNG states and :class:`TrainerState`, atomically, pruning old ones."""
+    final = Path(cfg.output_dir) / "checkpoints" / f"step-{state.global_step:06d}"
+    if accelerator.is_main_process:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes == 1:
+        with atomic_directory(final) as tmp:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            write_json_atomic(tmp / STATE_FILE, dataclasses.asdict(state))
+    else:  # every process writes its RNG state: share one staging folder, rename on the main process
+        tmp = final.with_name(f".{final.name}.tmp")
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / STATE_FILE, dataclasses.asdict(state))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and cfg.keep_checkpoints > 0:
+        for old in checkpoint_dirs(Path(cfg.output_dir))[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _print(accelerator, *args, **kwargs):
+    if accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        tqdm.write(" ".join(str(a) for a in args), **kwargs)
+
+
+def print_sample(accelerator, model, prompt: str, max_new_tokens: int = 50) -> None:
+    """The book's ``generate_and_print_sample``: greedy continuation, newlines shown as spaces."""
+    from .tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    unwrapped = accelerator.unwrap_model(model)
+    ids = torch.tensor([tok.encode(prompt)], device=accelerator.device)
+    budget = unwrapped.config.n_positions - ids.shape[1]
+    unwrapped.eval()
+    with torch.no_grad():
+        out = unwrapped.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max(1, min(max_new_tokens, budget)),
+                                 do_sample=False, eos_token_id=50256, pad_token_id=50256)
+    unwrapped.train()
+    _print(accelerator, tok.decode(out[0].tolist()).replace("\n", " "))
+
+
+def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: TrainingData, state: TrainerState):
+    """Run the epochs; checkpoints on schedule and on Ctrl-C/SIGTERM; stops on a NaN loss."""
+    from tqdm.auto import tqdm
+
+    accum = cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(data.train) / accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    world = accelerator.num_processes
+
+    if state.initial_train_loss is None:
+        state.initial_train_loss = evaluate_loss(model, data.train, cfg.eval_batches, accelerator)
+        state.initial_val_loss = evaluate_loss(model, data.val, cfg.eval_batches, accelerator)
+        _print(accelerator, f"Initial losses: training loss {state.initial_train_loss:.3f}, "
+                            f"validation loss {state.initial_val_loss:.3f}")
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # finish the current step, then checkpoint and exit
+        stop["signal"] = signum
+
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    # disable=None: shown on a terminal, hidden in logs (and with TQDM_DISABLE=1)
+    bar = tqdm(total=total_steps, initial=state.global_step, desc="training",
+               disable=None if accelerator.is_main_process else True,
+               dynamic_ncols=True)
+    last_good: Path | None = None
+    started = time.perf_counter()
+    window_tokens, window_start = 0, time.perf_counter()
+    model.train()
+    try:
+        while state.epoch < cfg.epochs and not (cfg.max_steps and state.global_step >= cfg.max_steps):
+            data.sampler.set_epoch(state.epoch)
+            loader = data.train
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(state.epoch)
+            if state.micro_batches_in_epoch:
+                loader = accelerator.skip_first_batches(loader, state.micro_batches_in_epoch)
+            batches = iter(loader)
+            while True:
+                window = []
+                for _ in range(accum):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    window.append(batch)
+                if not window:
+                    break
+                # Token-level mean over the whole optimizer step, on all processes.
+                n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+                n_global = accelerator.reduce(torch.tensor(n_local, device=accelerator.device), "sum")
+                step_loss = torch.zeros((), device=accelerator.device)
+                for i, batch in enumerate(window):
+                    sync = i == len(window) - 1
+                    ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+                    with ctx:
+                        out = model(input_ids=batch["input_ids"][:, :-1], shift_labels=batch["labels"][:, 1:],
+                                    num_items_in_batch=n_global, loss_only=True)
+                        # DDP averages gradients over processes; undo that to keep the global token mean.
+                        accelerator.backward(out.loss * world)
+                    step_loss += out.loss.detach().float()
+                    tokens = batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+                    state.tokens_seen += tokens * world
+                    window_tokens += tokens * world
+                loss_value = accelerator.reduce(step_loss, "sum").item() if world > 1 else step_loss.item()
+                if not math.isfinite(loss_value):
+                    where = f"epoch {state.epoch + 1}, step {state.global_step}"
+                    kept = f"; last good checkpoint: {last_good}" if last_good else ""
+                    raise TrainingDiverged(
+                        f"Loss became {loss_value} at {where}: training stopped without saving this state{kept}. "
+                        "Try a lower --learning-rate, --max-grad-norm 1.0 or full precision."
+                    )
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.micro_batches_in_epoch += len(window)
+                step = state.global_step  # the book counts from 0
+                state.global_step += 1
+                elapsed = time.perf_counter() - window_start
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}")
+                bar.update(1)
+                window_tokens, window_start = 0, time.perf_counter()
+
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    train_loss = evaluate_loss(model, data.train, cfg.eval_batches, accelerator)
+                    val_loss = evaluate_loss(model, data.val, cfg.eval_batches, accelerator)
+                    state.train_losses.append(train_loss)
+                    state.val_losses.append(val_loss)
+                    state.track_tokens_seen.append(state.tokens_seen)
+                    state.eval_steps.append(step)
+                    _print(accelerator, f"Ep {state.epoch + 1} (Step {step:06d}): "
+                                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+                    accelerator.log({"train/loss": train_loss, "val/loss": val_loss, "train/step_loss": loss_value,
+                                     "tokens_seen": state.tokens_seen, "lr": scheduler.get_last_lr()[0]}, step=step)
+                state.train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                if cfg.save_every and state.global_step % cfg.save_every == 0:
+                    last_good = save_training_checkpoint(accelerator, state, cfg)
+                if stop["signal"] is not None:
+                    raise KeyboardInterrupt
+                if cfg.max_steps and state.global_step >= cfg.max_steps:
+                    break
+            if cfg.max_steps and state.global_step >= cfg.max_steps and state.micro_batches_in_epoch < len(data.train):
+                break
+            if cfg.sample_every_epoch and data.val_entries:
+                from .prompts import format_prompt
+
+                print_sample(accelerator, model, format_prompt(data.val_entries[0], cfg.prompt_style))
+            state.epoch += 1
+            state.micro_batches_in_epoch = 0
+    except KeyboardInterrupt:
+        bar.close()
+        path = save_training_checkpoint(accelerator, state, cfg)
+        _print(accelerator, f"Interrupted: saved a resumable checkpoint to {path}; continue with "
+                            f"--resume-from-checkpoint {path}")
+        raise
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, old_term)
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+
+
+def plot_losses(state: TrainerState, epochs: int, path_stem: Path) -> list[Path]:
+    """The book's ``plot_losses``: train/val loss against epochs, tokens seen on a second x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not state.train_losses:
+        return []
+    epochs_seen = torch.linspace(0, epochs, len(state.train_losses)).tolist()
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, state.train_losses, label="Training loss")
+    ax1.plot(epochs_seen, state.val_losses, linestyle="-.", label="Validation loss")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    ax2 = ax1.twiny()
+    ax2.plot(state.track_tokens_seen, state.train_losses, alpha=0)
+    ax2.set_xlabel("Tokens seen")
+    fig.tight_layout()
+    paths = [path_stem.with_suffix(".pdf"), path_stem.with_suffix(".png")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def hardware_description(accelerator) -> str:
+    import platform
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"{accelerator.num_processes} x {name}"
+    return f"{accelerator.num_processes} process(es) on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: TrainerState) -> Path:
+    """Write the final checkpoint folder (weights, tokenizer, args, metrics, plot, card) and responses."""
+    from .hub import render_model_card, save_checkpoint
+
+    output_dir = Path(cfg.output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    if cfg.lora_rank and cfg.merge_lora:
+        unwrapped = unwrapped.merge_and_unload()
+    metrics = {
+        "initial_train_loss": state.initial_train_loss, "initial_val_loss": state.initial_val_loss,
+        "final_train_loss": state.train_losses[-1] if state.train_losses else None,
+        "final_val_loss": state.val_losses[-1] if state.val_losses else None,
+        "global_step": state.global_step, "tokens_seen": state.tokens_seen,
+        "train_minutes": state.train_seconds / 60, "hardware": hardware_description(accelerator),
+        "trainable_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters() if p.requires_grad),
+        "history": {"step": state.eval_steps, "train_loss": state.train_losses, "val_loss": state.val_losses,
+                    "tokens_seen": state.track_tokens_seen},
+    }
+    responses_path = output_dir / "test-responses.json"
+    if accelerator.is_main_process:
+        def extras(tmp: Path):
+            plot_losses(state, cfg.epochs, tmp / "loss-plot")
+            (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
+
+        stage = output_dir / ".final-stage"
+        save_checkpoint(unwrapped, stage, extra_json={"training_args.json": config_to_dict(cfg), "metrics.json": metrics},
+              write_extra=extras)
+        publish_folder(stage, output_dir)
+    accelerator.wait_for_everyone()
+    if cfg.generate and data.test_entries and accelerator.is_main_process:
+        from .generation import GenerationSettings, add_responses, generate_responses
+        from .tokenizer import get_tokenizer
+
+        unwrapped.eval()
+        responses = generate_responses(unwrapped, get_tokenizer(), data.test_entries,
+                                       GenerationSettings(max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style))
+        write_json_atomic(responses_path, add_responses(data.test_entries, responses), indent=4)
+        _print(accelerator, f"Wrote {len(responses)} test-set responses to {responses_path}")
+    return output_dir
+
+
+def publish_folder(stage: Path, output_dir: Path) -> None:
+    """Move the complete staged checkpoint's files into ``output_dir``, each with an atomic rename.
+
+    ``config.json`` is removed first and moved last, so at no moment does ``output_dir`` look like a
+    loadable checkpoint with a mix of old and new files.
+    """
+    stale = output_dir / "config.json"
+    if stale.exists():
+        stale.unlink()
+    names = sorted(p.name for p in stage.iterdir())
+    names.sort(key=lambda n: n == "config.json")
+    for name in names:
+        target = output_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(stage / name, target)
+    stage.rmdir()
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+
+
+def setup(cfg: TrainConfig):
+    """Accelerator, model, optimizer, scheduler, data, and the resumed state if any."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    output_dir = Path(cfg.output_dir)
+    # Several processes (torchrun / accelerate launch) without a GPU: Accelerate only uses gloo data
+    # parallelism when told it runs on the CPU; otherwise every process would train alone.
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(log_with=cfg.log_with, project_dir=str(output_dir), cpu=cpu_processes or None)
+    set_seed(cfg.seed)
+    data = build_data(cfg, accelerator.num_processes)
+    _print(accelerator, data.report)
+    model = build_model(cfg)
+    # The book decays every parameter (AdamW(model.parameters(), weight_decay=0.1)).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(data.train) / max(1, accelerator.num_processes) / cfg.gradient_accumulation_steps) * cfg.epochs
+    scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.max_steps) if cfg.max_steps else steps)
+    model, optimizer, data.train, data.val, scheduler = accelerator.prepare(model, optimizer, data.train, data.val, scheduler)
+    if cfg.log_with:
+        accelerator.init_trackers("gpt-sft", config={k: str(v) for k, v in config_to_dict(cfg).items()})
+    state = TrainerState()
+    resume = resolve_resume(cfg)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = TrainerState(**json.loads((resume / STATE_FILE).read_text()))
+        _print(accelerator, f"Resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
+    return accelerator, model, optimizer, scheduler, data, state
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Fine-tune as configured; returns the output folder."""
+    accelerator, model, optimizer, scheduler, data, state = setup(cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    _print(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}")
+    state = fit(cfg, accelerator, model, optimizer, scheduler, data, state)
+    _print(accelerator, f"Training completed in {state.train_seconds / 60:.2f} minutes.")
+    output_dir = finish(cfg, accelerator, model, data, state)
+    if cfg.push_to_hub and accelerator.is_main_process:
+        from .hub import push_folder_to_hub
+
+        url = push_folder_to_hub(output_dir, cfg.push_to_hub, private=cfg.hub_private)
+        _print(accelerator, f"Pushed to {url}")
+    accelerator.end_training()
+    return output_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(TrainConfig, argv)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        return 130
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Training with Accelerate: CLI/YAML config, accumulation, resume, interruption, LoRA, outputs, push."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt_sft.synthetic_data import make_synthetic_instructions
+from gpt_sft.training import TrainConfig, TrainingDiverged, main, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARGS = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
+                 generate=False, sample_every_epoch=False, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tasks.json"
+    path.write_text(json.dumps(make_synthetic_instructions(100, seed=1)))
+    return path  # 85 train -> 10 batches of 8 per epoch, 5 val, 10 test
+
+
+def run(tmp_path: Path, name: str, data_file: Path, **overrides) -> Path:
+    cfg = TrainConfig(**{**TINY_ARGS, "data": str(data_file), "output_dir": str(tmp_path / name), **overrides})
+    return train(cfg)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= atol, f"max weight difference {worst}"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_flags_yaml_and_defaults(tmp_path):
+    from gpt_sft.config_cli import parse_config
+
+    defaults = parse_config(TrainConfig, [])
+    # the book's recipe
+    assert (defaults.model, defaults.batch_size, defaults.learning_rate, defaults.weight_decay, defaults.epochs,
+            defaults.seed, defaults.eval_every, defaults.eval_batches, defaults.prompt_style) == (
+        "gpt2-medium (355M)", 8, 5e-5, 0.1, 2, 123, 5, 5, "alpaca")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 3\nbatch_size: 4\nmask_prompt: true\nlora_target_modules: [q_proj, v_proj]\n")
+    cfg = parse_config(TrainConfig, ["--config", str(recipe), "--batch-size", "2", "--no-generate",
+                                     "--learning-rate", "1e-4", "--push-to-hub", "me/model"])
+    assert (cfg.epochs, cfg.batch_size, cfg.mask_prompt, cfg.generate, cfg.learning_rate, cfg.push_to_hub) == (
+        3, 2, True, False, 1e-4, "me/model")
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("epochz: 3\n", "unknown option 'epochz'"),
+    ("epochs: three\n", "'epochs' must be int"),
+    ("mask_prompt: maybe\n", "must be true or false"),
+    ("- a\n- b\n", "must be a mapping"),
+])
+def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, message):
+    from gpt_sft.config_cli import parse_config
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--config", str(recipe)])
+    err = capsys.readouterr().err
+    assert message in err and str(recipe) in err
+
+
+def test_help_lists_every_required_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--data", "--output-dir", "--prompt-style", "--mask-prompt", "--allowed-max-length",
+                 "--epochs", "--batch-size", "--gradient-accumulation-steps", "--learning-rate", "--weight-decay",
+                 "--eval-every", "--eval-batches", "--seed", "--save-every", "--resume-from-checkpoint",
+                 "--lora-rank", "--lora-alpha", "--push-to-hub", "--no-generate", "--n-layers", "--emb-dim",
+                 "--n-heads", "--context-length", "--gradient-checkpointing", "--lr-scheduler", "--warmup-steps",
+                 "--config"):
+        assert flag in text, flag
+
+
+# ---------------------------------------------------------------- equivalences
+
+
+def test_gradient_accumulation_equals_big_batch(tmp_path, data_file):
+    big = run(tmp_path, "big", data_file, batch_size=8, max_steps=4)
+    accumulated = run(tmp_path, "acc", data_file, batch_size=4, gradient_accumulation_steps=2, max_steps=4)
+    small = run(tmp_path, "small", data_file, batch_size=4, max_steps=4)
+    assert_same_weights(big, accumulated, atol=2e-6)
+    with pytest.raises(AssertionError):  # the comparison can fail: batch 4 without accumulation differs
+        assert_same_weights(big, small, atol=2e-6)
+
+
+def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
+    """10 steps per epoch; stop at step 7, resume to step 13 (crossing into epoch 2), with dropout on."""
+    common = dict(batch_size=8, max_steps=13, epochs=2, drop_rate=0.1, save_every=7, eval_every=3)
+    straight = run(tmp_path, "straight", data_file, **common)
+    run(tmp_path, "resumed", data_file, **{**common, "max_steps": 7})
+    ckpt = tmp_path / "resumed" / "checkpoints" / "step-000007"
+    assert (ckpt / "trainer_state.json").is_file()
+    resumed = run(tmp_path, "resumed", data_file, **common, resume_from_checkpoint="latest")
+    assert_same_weights(straight, resumed)
+    a = json.loads((straight / "metrics.json").read_text())["history"]
+    b = json.loads((resumed / "metrics.json").read_text())["history"]
+    assert a == b, "the loss history of the resumed run equals the uninterrupted one"
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path, data_file):
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=r"Loss became (nan|inf).*last good checkpoint: .*step-000001"):
+        run(tmp_path, "nan", data_file, learning_rate=1e12, save_every=1, max_steps=20, eval_every=0)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts and all(not n.startswith(".") for n in ckpts)
+    state = json.loads((out / "checkpoints" / ckpts[-1] / "trainer_state.json").read_text())
+    assert state["global_step"] >= 1
+    assert not (out / "config.json").exists(), "no final checkpoint from a diverged run"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, data_file):
+    out = tmp_path / "interrupted"
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--model", "scratch", "--n-layers", "1",
+            "--emb-dim", "32", "--n-heads", "2", "--context-length", "64", "--data", str(data_file),
+            "--output-dir", str(out), "--epochs", "200", "--eval-every", "0", "--no-generate",
+            "--no-sample-every-epoch", "--save-every", "5", "--tie-word-embeddings"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoints" / "step-000005").exists():
+        time.sleep(0.5)
+    assert (out / "checkpoints" / "step-000005").exists(), "training never reached step 5"
+    proc.send_signal(signal.SIGINT)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log[-2000:]
+    assert "Interrupted: saved a resumable checkpoint" in log
+    steps = [int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]
+    assert max(steps) >= 5
+    assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir()), "no half-written checkpoint"
+    state = json.loads((out / "checkpoints" / f"step-{max(steps):06d}" / "trainer_state.json").read_text())
+    target = state["global_step"] + 3
+    resumed = run(tmp_path, "interrupted", data_file, epochs=200, eval_every=0, save_every=5,
+                  resume_from_checkpoint="latest", max_steps=target)
+    straight = run(tmp_path, "straight", data_file, epochs=200, eval_every=0, max_steps=target)
+    assert_same_weights(straight, resumed)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_outputs_checkpoint_card_plot_and_responses(tmp_path, data_file, capsys):
+    out = run(tmp_path, "full", data_file, max_steps=6, eval_every=5, generate=True, max_new_tokens=4,
+              sample_every_epoch=True, epochs=1)
+    log = capsys.readouterr()
+    text = log.out + log.err
+    assert "Initial losses: training loss" in text
+    assert "Ep 1 (Step 000000): Train loss" in text and "Ep 1 (Step 000005)" in text
+    names = set(os.listdir(out))
+    assert {"config.json", "model.safetensors", "configuration_gpt.py", "modeling_gpt.py", "tokenizer.json",
+            "generation_config.json", "training_args.json", "metrics.json", "loss-plot.pdf", "loss-plot.png",
+            "README.md", "test-responses.json"} <= names
+    assert not any(n.startswith(".") for n in names), "no staging folders left"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 50256
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 6 and metrics["history"]["step"] == [0, 5]
+    assert metrics["final_val_loss"] < metrics["initial_val_loss"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: text-generation" in card and "gpt-sft" in card
+    assert "library_name: transformers" in card and "5e-05" not in card.split("---")[1]
+    assert f"{metrics['initial_val_loss']:.3f}" in card and "lr 5e-05" in card
+    responses = json.loads((out / "test-responses.json").read_text())
+    assert len(responses) == 10 and all(isinstance(r["model_response"], str) for r in responses)
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["max_steps"] == 6 and args["model"] == "scratch"
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert model.config.n_embd == 32
+
+
+def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_path, data_file, capsys, monkeypatch):
+    """The Hub is unreachable here: a local stand-in of HfApi records the calls and copies the files."""
+    import shutil
+
+    import huggingface_hub
+
+    secret = "hf_SECRETtokenTHATmustNEVERbePRINTED"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    uploaded = tmp_path / "hub"
+    calls = []
+
+    class LocalHubStandIn:
+        def create_repo(self, repo_id, repo_type, private, exist_ok):
+            calls.append(("create_repo", repo_id, private))
+            return type("RepoUrl", (), {"url": f"http://127.0.0.1/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, repo_type, commit_message, ignore_patterns):
+            calls.append(("upload_folder", repo_id))
+            import fnmatch
+
+            for path in Path(folder_path).rglob("*"):
+                rel = path.relative_to(folder_path).as_posix()
+                if path.is_file() and not any(fnmatch.fnmatch(rel, p) for p in ignore_patterns):
+                    (uploaded / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, uploaded / rel)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", LocalHubStandIn)
+    out = run(tmp_path, "push", data_file, max_steps=2, save_every=1, push_to_hub="me/tiny-sft", hub_private=True)
+    assert calls == [("create_repo", "me/tiny-sft", True), ("upload_folder", "me/tiny-sft")]
+    files = {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()}
+    assert {"README.md", "model.safetensors", "config.json", "modeling_gpt.py", "tokenizer.json"} <= files
+    assert not any(f.startswith("checkpoints/") for f in files)
+    assert (out / "checkpoints").is_dir()
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    assert all(secret not in p.read_text(errors="ignore") for p in uploaded.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def test_lora_trains_only_adapters_and_the_merged_model_reloads(tmp_path, data_file):
+    from transformers import AutoModelForCausalLM
+
+    from gpt_sft.training import build_model
+
+    untied = {**TINY_ARGS, "tie_word_embeddings": False, "data": str(data_file)}
+    peft_model = build_model(TrainConfig(**untied, lora_rank=4))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("lm_head" in n for n in trainable) and any("c_fc" in n for n in trainable)
+    assert peft_model.peft_config["default"].lora_alpha == 64  # 16 * rank: the book's scaling
+
+    initial = {k: v.clone() for k, v in build_model(TrainConfig(**untied)).state_dict().items()}
+    lora = run(tmp_path, "lora", data_file, tie_word_embeddings=False, lora_rank=4, learning_rate=1e-2,
+               max_steps=4, generate=True, max_new_tokens=3)
+    merged = weights(lora)
+    assert merged.keys() == initial.keys()
+    changed = {k for k in merged if not torch.equal(merged[k], initial[k])}
+    adapted = {k for k in merged if k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                "c_proj.weight", "c_fc.weight")) or k == "lm_head.weight"}
+    assert changed == adapted, "exactly the adapted Linear weights change (merged LoRA deltas)"
+    model = AutoModelForCausalLM.from_pretrained(lora, trust_remote_code=True)
+    out = model.generate(torch.tensor([[15496, 11]]), max_new_tokens=3, do_sample=False, pad_token_id=50256)
+    assert out.shape == (1, 5)
+    assert len(json.loads((lora / "test-responses.json").read_text())) == 10
+
+
+def test_lora_skips_a_tied_output_head(data_file, capsys):
+    from gpt_sft.training import build_model
+
+    peft_model = build_model(TrainConfig(**TINY_ARGS, data=str(data_file), lora_rank=2))  # tied
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert names and not any("lm_head" in n for n in names)
+    assert "lm_head is tied" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def test_two_process_data_parallel_equals_one_process(tmp_path, data_file):
+    """A real 2-process CPU run (torchrun, gloo) with batch 4 per process equals 1 process with batch 8."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(REPO / "scripts" / "train.py"), "--model", "scratch", "--n-layers", "1", "--emb-dim", "32",
+           "--n-heads", "2", "--context-length", "64", "--data", str(data_file), "--output-dir", str(out),
+           "--batch-size", "4", "--max-steps", "4", "--no-generate", "--no-sample-every-epoch",
+           "--tie-word-embeddings", "--eval-batches", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                            env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es) on CPU" in result.stdout + result.stderr
+    single = run(tmp_path, "single", data_file, batch_size=8, max_steps=4)
+    assert_same_weights(out, single, atol=5e-6)
