@@ -1,9 +1,10 @@
 """A small, learnable instruction data set for offline demos and end-to-end tests.
 
-Word-list tasks that a tiny randomly initialised GPT can learn on a CPU in minutes: copy the
-first, last or middle word of a list, or the list reversed. Every word is one GPT-2 token, and held-out
-examples are new combinations of the same words, so exact match on them shows that the model
-learned the instruction (and to stop) rather than memorised answers.
+Counting tasks over word lists that a tiny randomly initialised GPT learns on a CPU in minutes:
+the same list gets different answers under different instructions (count the words, count plus
+one, is it longer than three?), so the model has to read the instruction; every list is new
+(held-out examples are new combinations of known words), so it has to generalise; and every
+answer is one short token followed by ``<|endoftext|>``, so it has to learn to stop.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ WORDS = (
 ).split()  # each one GPT-2 token, also right after a newline
 
 TASKS = {
-    "Write the first word of the list.": lambda words: words[0],
-    "Write the last word of the list.": lambda words: words[-1],
-    "Write the middle word of the list.": lambda words: words[len(words) // 2],
-    "Write the words of the list in reverse order, one per line.": lambda words: "\n".join(reversed(words)),
+    "Count the words in the list.": lambda words: str(len(words)),
+    "Count the words in the list and add one.": lambda words: str(len(words) + 1),
+    "Is the list longer than three words? Answer yes or no.": lambda words: "yes" if len(words) > 3 else "no",
 }
+MIN_WORDS, MAX_WORDS = 1, 6
 
 
 def make_synthetic_instructions(num_examples: int = 600, seed: int = 0) -> list[dict[str, str]]:
@@ -35,7 +36,7 @@ def make_synthetic_instructions(num_examples: int = 600, seed: int = 0) -> list[
     entries, seen = [], set()
     while len(entries) < num_examples:
         instruction = instructions[len(entries) % len(instructions)]
-        words = rng.sample(WORDS, 3)
+        words = rng.sample(WORDS, rng.randint(MIN_WORDS, MAX_WORDS))
         key = (instruction, tuple(words))
         if key in seen:
             continue

@@ -521,6 +521,7 @@ def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: Trai
         "final_val_loss": state.val_losses[-1] if state.val_losses else None,
         "global_step": state.global_step, "tokens_seen": state.tokens_seen,
         "train_minutes": state.train_seconds / 60, "hardware": hardware_description(accelerator),
+        "processes": accelerator.num_processes,
         "trainable_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters() if p.requires_grad),
         "history": {"step": state.eval_steps, "train_loss": state.train_losses, "val_loss": state.val_losses,
                     "tokens_seen": state.track_tokens_seen},

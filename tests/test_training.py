@@ -167,7 +167,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, data_fi
 
 def test_outputs_checkpoint_card_plot_and_responses(tmp_path, data_file, capsys):
     out = run(tmp_path, "full", data_file, max_steps=6, eval_every=5, generate=True, max_new_tokens=4,
-              sample_every_epoch=True, epochs=1)
+              sample_every_epoch=True, epochs=1, log_with="tensorboard")
     log = capsys.readouterr()
     text = log.out + log.err
     assert "Initial losses: training loss" in text
@@ -177,6 +177,13 @@ def test_outputs_checkpoint_card_plot_and_responses(tmp_path, data_file, capsys)
             "generation_config.json", "training_args.json", "metrics.json", "loss-plot.pdf", "loss-plot.png",
             "README.md", "test-responses.json"} <= names
     assert not any(n.startswith(".") for n in names), "no staging folders left"
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard events written through Accelerate's tracker"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val/loss")] == [0, 5]
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 50256
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and metrics["history"]["step"] == [0, 5]
@@ -290,3 +297,12 @@ def test_two_process_data_parallel_equals_one_process(tmp_path, data_file):
     assert "2 process(es) on CPU" in result.stdout + result.stderr
     single = run(tmp_path, "single", data_file, batch_size=8, max_steps=4)
     assert_same_weights(out, single, atol=5e-6)
+
+
+def test_console_script_and_accelerate_launch_run_the_same_cli():
+    bin_dir = Path(sys.executable).parent
+    for cmd in ([str(bin_dir / "gpt-sft-train"), "--help"],
+                [str(bin_dir / "accelerate"), "launch", "--num_processes", "1", str(REPO / "scripts" / "train.py"), "--help"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "--resume-from-checkpoint" in result.stdout and "--lora-rank" in result.stdout
