@@ -11,62 +11,12 @@ interrupted save (Ctrl-C, kill, full disk) never leaves a half-written checkpoin
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from .atomic_io import atomic_directory, write_json_atomic
 from .tokenizer import END_OF_TEXT_ID, get_hf_tokenizer
-
-
-@contextlib.contextmanager
-def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final_dir``; on success it replaces ``final_dir`` as a whole.
-
-    On any exception (including KeyboardInterrupt) the temporary folder is removed and an existing
-    ``final_dir`` is left untouched.
-    """
-    final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
-    try:
-        yield tmp
-        if final_dir.exists():
-            old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
-            os.replace(final_dir, old)
-            os.replace(tmp, final_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 def save_checkpoint(

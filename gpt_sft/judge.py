@@ -40,7 +40,6 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -48,6 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from .atomic_io import write_json_atomic
 
 __all__ = [
     "JUDGE_PROMPT_TEMPLATE",
@@ -71,7 +72,6 @@ __all__ = [
     "JudgeReport",
     "score_responses",
     "summarize_scores",
-    "write_json_atomic",
     "safe_excerpt",
     "main",
 ]
@@ -1092,24 +1092,6 @@ def safe_excerpt(text: str | None, limit: int = _REPLY_EXCERPT) -> str:
     return shown
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file in the same folder, fsync, replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def compute_text_metrics(entries: Sequence[Mapping[str, Any]], response_key: str) -> dict[str, Any]:

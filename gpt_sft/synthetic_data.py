@@ -9,7 +9,6 @@ answer is one short token followed by ``<|endoftext|>``, so it has to learn to s
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path

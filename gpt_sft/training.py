@@ -29,13 +29,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .config_cli import config_to_dict, parse_config
-from .hub import atomic_directory, write_json_atomic
+from .atomic_io import atomic_directory, write_json_atomic
 
 BOOK_DATA_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"

@@ -72,8 +72,6 @@ def test_hf_tokenizer_settings():
 def test_identical_to_tiktoken_get_encoding(tmp_path, monkeypatch):
     """tiktoken's own get_encoding("gpt2") -- fed from its download cache, since its URLs are
     unreachable here -- and ours give the same ids on the tricky strings."""
-    import tiktoken
-    import tiktoken.load
 
     encoder_json, vocab_bpe = gtok.bpe_files()
     for url, path in (
