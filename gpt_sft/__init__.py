@@ -66,6 +66,15 @@ _LAZY = {
     "JudgeReport": "judge",
     "build_judge_prompt": "judge",
     "metric_path": "metrics",
+    "GenerationSettings": "generation",
+    "generate_responses": "generation",
+    "generate_token_ids": "generation",
+    "generate_book_style": "generation",
+    "add_responses": "generation",
+    "save_checkpoint": "hub",
+    "push_folder_to_hub": "hub",
+    "TrainConfig": "training",
+    "train": "training",
 }
 
 __all__ = ["GPTConfig", "GPTForCausalLM", "GPTModel", *_LAZY]
