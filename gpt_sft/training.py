@@ -470,16 +470,17 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
 # outputs
 
 
-def plot_losses(state: TrainerState, epochs: int, path_stem: Path) -> list[Path]:
+def plot_losses(state: TrainerState, steps_per_epoch: int, path_stem: Path) -> list[Path]:
     """The book's ``plot_losses``: train/val loss against epochs, tokens seen on a second x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
     if not state.train_losses:
         return []
-    epochs_seen = torch.linspace(0, epochs, len(state.train_losses)).tolist()
+    epochs_seen = [step / steps_per_epoch for step in state.eval_steps]
     fig, ax1 = plt.subplots(figsize=(5, 3))
     ax1.plot(epochs_seen, state.train_losses, label="Training loss")
     ax1.plot(epochs_seen, state.val_losses, linestyle="-.", label="Validation loss")
@@ -489,6 +490,8 @@ def plot_losses(state: TrainerState, epochs: int, path_stem: Path) -> list[Path]
     ax2 = ax1.twiny()
     ax2.plot(state.track_tokens_seen, state.train_losses, alpha=0)
     ax2.set_xlabel("Tokens seen")
+    ax2.xaxis.set_major_locator(MaxNLocator(5))
+    ax2.xaxis.set_major_formatter(EngFormatter(sep=""))
     fig.tight_layout()
     paths = [path_stem.with_suffix(".pdf"), path_stem.with_suffix(".png")]
     for path in paths:
@@ -512,13 +515,15 @@ def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: Trai
 
     output_dir = Path(cfg.output_dir)
     unwrapped = accelerator.unwrap_model(model)
+    steps_per_epoch = max(1, math.ceil(len(data.train) / cfg.gradient_accumulation_steps))
     if cfg.lora_rank and cfg.merge_lora:
         unwrapped = unwrapped.merge_and_unload()
     metrics = {
         "initial_train_loss": state.initial_train_loss, "initial_val_loss": state.initial_val_loss,
         "final_train_loss": state.train_losses[-1] if state.train_losses else None,
         "final_val_loss": state.val_losses[-1] if state.val_losses else None,
-        "global_step": state.global_step, "tokens_seen": state.tokens_seen,
+        "global_step": state.global_step, "epochs_trained": round(state.global_step / steps_per_epoch, 2),
+        "tokens_seen": state.tokens_seen,
         "train_minutes": state.train_seconds / 60, "hardware": hardware_description(accelerator),
         "processes": accelerator.num_processes,
         "trainable_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters() if p.requires_grad),
@@ -528,7 +533,7 @@ def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: Trai
     responses_path = output_dir / "test-responses.json"
     if accelerator.is_main_process:
         def extras(tmp: Path):
-            plot_losses(state, cfg.epochs, tmp / "loss-plot")
+            plot_losses(state, steps_per_epoch, tmp / "loss-plot")
             (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
 
         stage = output_dir / ".final-stage"
