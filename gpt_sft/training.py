@@ -525,7 +525,7 @@ def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: Trai
         "global_step": state.global_step, "epochs_trained": round(state.global_step / steps_per_epoch, 2),
         "tokens_seen": state.tokens_seen,
         "train_minutes": state.train_seconds / 60, "hardware": hardware_description(accelerator),
-        "processes": accelerator.num_processes,
+        "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         "trainable_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters() if p.requires_grad),
         "history": {"step": state.eval_steps, "train_loss": state.train_losses, "val_loss": state.val_losses,
                     "tokens_seen": state.track_tokens_seen},
@@ -612,7 +612,8 @@ def train(cfg: TrainConfig) -> Path:
     accelerator, model, optimizer, scheduler, data, state = setup(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    _print(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}")
+    _print(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}, "
+                        f"mixed precision: {accelerator.mixed_precision}")
     state = fit(cfg, accelerator, model, optimizer, scheduler, data, state)
     _print(accelerator, f"Training completed in {state.train_seconds / 60:.2f} minutes.")
     output_dir = finish(cfg, accelerator, model, data, state)

@@ -306,3 +306,19 @@ def test_console_script_and_accelerate_launch_run_the_same_cli():
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "--resume-from-checkpoint" in result.stdout and "--lora-rank" in result.stdout
+
+
+def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
+    """Mixed precision comes from Accelerate (here bf16 autocast on the CPU), not from our code."""
+    out = tmp_path / "bf16"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1",
+           "--mixed_precision", "bf16", str(REPO / "scripts" / "train.py"), "--model", "scratch",
+           "--n-layers", "1", "--emb-dim", "32", "--n-heads", "2", "--context-length", "64", "--data", str(data_file),
+           "--output-dir", str(out), "--max-steps", "3", "--eval-every", "1", "--eval-batches", "1",
+           "--no-generate", "--no-sample-every-epoch"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mixed_precision"] == "bf16" and "mixed precision: bf16" in result.stdout + result.stderr
+    assert metrics["global_step"] == 3 and all(v == v for v in metrics["history"]["train_loss"])  # finite
+    assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == torch.float32  # fp32 master
