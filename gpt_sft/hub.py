@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic_io import atomic_directory, write_json_atomic
+from .atomic_io import atomic_directory, write_json_atomic, write_text_atomic
 from .tokenizer import END_OF_TEXT_ID, get_hf_tokenizer
 
 
@@ -175,3 +175,39 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool
         ignore_patterns=["checkpoints/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*"],
     )
     return str(getattr(repo, "url", None) or f"https://huggingface.co/{repo_id}")
+
+
+# --------------------------------------------------------------------------------------------------
+# judge score into a finished checkpoint
+
+
+def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.PathLike) -> dict:
+    """Add a judge report's summary (``scripts/evaluate.py`` output) to a training output folder:
+    ``metrics.json`` gets a ``judge`` entry and the model card ``README.md`` is rendered again with the
+    score. Both files are replaced atomically. Returns the ``judge`` entry.
+    """
+    import json
+
+    from .training import TrainConfig
+
+    folder = Path(checkpoint_dir)
+    for name in ("metrics.json", "training_args.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: no {name}; the folder must be a gpt-sft training output")
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    try:
+        summary, judge = report["summary"], report.get("judge", {})
+    except (KeyError, TypeError):
+        raise ValueError(f"{report_path}: not a judge report (no 'summary')") from None
+    entry = {
+        "average_score": summary.get("mean"), "num_scored": summary.get("scored"), "num_entries": summary.get("n"),
+        "unscored_reasons": summary.get("reasons", {}), "judge_model": judge.get("model"),
+        "judge_backend": judge.get("backend"), **{k: v for k, v in report.get("metrics", {}).items()},
+        "report": Path(report_path).name,
+    }
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics["judge"] = entry
+    cfg = TrainConfig(**json.loads((folder / "training_args.json").read_text(encoding="utf-8")))
+    write_text_atomic(folder / "README.md", render_model_card(cfg, metrics))
+    write_json_atomic(folder / "metrics.json", metrics)
+    return entry

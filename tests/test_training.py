@@ -322,3 +322,47 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     assert metrics["mixed_precision"] == "bf16" and "mixed precision: bf16" in result.stdout + result.stderr
     assert metrics["global_step"] == 3 and all(v == v for v in metrics["history"]["train_loss"])  # finite
     assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == torch.float32  # fp32 master
+
+
+def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file):
+    """scripts/evaluate.py --update-checkpoint, against a local OpenAI-compatible server that stands in
+    for the judge LLM (it answers "Score: 85" to every request; the real llama.cpp judge is tested in
+    test_judge_server.py)."""
+    import http.server
+    import threading
+
+    out = run(tmp_path, "judged", data_file, max_steps=2, generate=True, max_new_tokens=2)
+
+    class OpenAIStandIn(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Score: 85"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OpenAIStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--responses", str(out / "test-responses.json"),
+             "--backend", "openai", "--url", f"http://127.0.0.1:{server.server_address[1]}",
+             "--judge-model", "stand-in", "--update-checkpoint", str(out)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Number of scores: 10 of 10" in result.stdout
+    judge = json.loads((out / "metrics.json").read_text())["judge"]
+    assert judge["num_scored"] == 10 and judge["num_entries"] == 10 and judge["judge_model"] == "stand-in"
+    # empty responses score 0 without asking, the rest 85
+    responses = json.loads((out / "test-responses.json").read_text())
+    empty = sum(not r["model_response"].strip() for r in responses)
+    assert abs(judge["average_score"] - 85 * (10 - empty) / 10) < 1e-9
+    card = (out / "README.md").read_text()
+    assert f"**{judge['average_score']:.2f}**" in card and "stand-in, 10 of 10 scored" in card
