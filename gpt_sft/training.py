@@ -391,8 +391,13 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
                 if not window:
                     break
                 # Token-level mean over the whole optimizer step, on all processes.
-                n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
-                n_global = accelerator.reduce(torch.tensor(n_local, device=accelerator.device), "sum")
+                # (targets, the book's tokens_seen = padded input tokens), summed over processes
+                counts = torch.tensor(
+                    [[int((b["labels"][:, 1:] != -100).sum()), b["input_ids"][:, :-1].numel()] for b in window],
+                    device=accelerator.device,
+                ).sum(0)
+                counts = accelerator.reduce(counts, "sum") if world > 1 else counts
+                n_global, step_tokens = counts[0], int(counts[1])
                 step_loss = torch.zeros((), device=accelerator.device)
                 for i, batch in enumerate(window):
                     sync = i == len(window) - 1
@@ -403,9 +408,6 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
                         # DDP averages gradients over processes; undo that to keep the global token mean.
                         accelerator.backward(out.loss * world)
                     step_loss += out.loss.detach().float()
-                    tokens = batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
-                    state.tokens_seen += tokens * world
-                    window_tokens += tokens * world
                 loss_value = accelerator.reduce(step_loss, "sum").item() if world > 1 else step_loss.item()
                 if not math.isfinite(loss_value):
                     where = f"epoch {state.epoch + 1}, step {state.global_step}"
@@ -420,6 +422,8 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.micro_batches_in_epoch += len(window)
+                state.tokens_seen += step_tokens
+                window_tokens += step_tokens
                 step = state.global_step  # the book counts from 0
                 state.global_step += 1
                 elapsed = time.perf_counter() - window_start
