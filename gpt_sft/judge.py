@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .atomic_io import write_json_atomic
+from .prompts import format_prompt
 
 __all__ = [
     "JUDGE_PROMPT_TEMPLATE",
@@ -132,21 +133,11 @@ class JudgeUnavailableError(JudgeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _book_judge_input(entry: Mapping[str, Any]) -> str:
-    """The book's ``format_input(entry)``: the Alpaca-style instruction (+ input) text.
-
-    That is :func:`gpt_sft.prompts.format_prompt` with the ``"alpaca"`` style, byte-identical to the
-    book (an empty, missing or null ``input`` adds no ``### Input`` section).
-    """
-    from .prompts import format_prompt  # lazy: the judge module imports nothing of gpt_sft eagerly
-
-    return format_prompt(entry, "alpaca")
-
-
 def build_judge_prompt(entry: Mapping[str, Any], response: str) -> str:
     """The exact prompt the book sends to the judge for ``entry`` and a model ``response``."""
     return JUDGE_PROMPT_TEMPLATE.format(
-        prompt=_book_judge_input(entry), output=entry["output"], response=response
+        # format_prompt(entry, "alpaca") is the book's format_input(entry), byte for byte
+        prompt=format_prompt(entry, "alpaca"), output=entry["output"], response=response
     )
 
 

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     if not argv:
         print("usage: python -m gpt_sft.synthetic_data OUT.json [NUM_EXAMPLES]", file=sys.stderr)
         return 2
-    from .hub import write_json_atomic
+    from .atomic_io import write_json_atomic
 
     entries = make_synthetic_instructions(int(argv[1]) if len(argv) > 1 else 600)
     write_json_atomic(Path(argv[0]), entries, indent=1)

@@ -221,6 +221,11 @@ def build_data(cfg: TrainConfig, num_processes: int = 1) -> TrainingData:
     return TrainingData(train, val, [dict(e) for e in splits["validation"]], [dict(e) for e in splits["test"]], sampler, report)
 
 
+def optimizer_steps_per_epoch(num_batches: int, cfg: TrainConfig) -> int:
+    """Optimizer steps in an epoch of ``num_batches`` micro-batches (a partial last window still steps)."""
+    return max(1, math.ceil(num_batches / cfg.gradient_accumulation_steps))
+
+
 def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     from transformers import get_scheduler
 
@@ -346,8 +351,7 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
     from tqdm.auto import tqdm
 
     accum = cfg.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(data.train) / accum)
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = optimizer_steps_per_epoch(len(data.train), cfg) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     world = accelerator.num_processes
@@ -519,7 +523,7 @@ def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: Trai
 
     output_dir = Path(cfg.output_dir)
     unwrapped = accelerator.unwrap_model(model)
-    steps_per_epoch = max(1, math.ceil(len(data.train) / cfg.gradient_accumulation_steps))
+    steps_per_epoch = optimizer_steps_per_epoch(len(data.train), cfg)
     if cfg.lora_rank and cfg.merge_lora:
         unwrapped = unwrapped.merge_and_unload()
     metrics = {
@@ -597,7 +601,9 @@ def setup(cfg: TrainConfig):
     # The book decays every parameter (AdamW(model.parameters(), weight_decay=0.1)).
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(data.train) / max(1, accelerator.num_processes) / cfg.gradient_accumulation_steps) * cfg.epochs
+    # before prepare(): each process will see ceil(batches / processes) of the loader's batches
+    per_process = math.ceil(len(data.train) / accelerator.num_processes)
+    steps = optimizer_steps_per_epoch(per_process, cfg) * cfg.epochs
     scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.max_steps) if cfg.max_steps else steps)
     model, optimizer, data.train, data.val, scheduler = accelerator.prepare(model, optimizer, data.train, data.val, scheduler)
     if cfg.log_with:
