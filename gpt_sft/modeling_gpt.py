@@ -13,6 +13,7 @@ Self-contained on purpose: ``save_pretrained`` copies this file into every check
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,20 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration_gpt import GPTConfig
 
 IGNORE_INDEX = -100
+
+
+@dataclass
+class Unpadded:
+    """Where the kept tokens of a right-padded ``(batch_size, length)`` batch sit.
+
+    Every row keeps a prefix of its positions (up to its last target); ``index`` holds the flat
+    positions ``b * length + t`` of the kept tokens in row-major order, the order of the packed
+    ``(N, d)`` activations.
+    """
+
+    index: torch.Tensor  # (N,)
+    batch_size: int
+    length: int
 
 
 class GPTAttention(nn.Module):
@@ -49,7 +64,10 @@ class GPTAttention(nn.Module):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         past_key_values: Cache | None = None,
+        unpadded: Unpadded | None = None,
     ) -> torch.Tensor:
+        if unpadded is not None:
+            return self._forward_unpadded(x, unpadded)
         B, T, C = x.shape
         shape = (B, T, self.n_head, self.head_dim)
         q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
@@ -66,6 +84,24 @@ class GPTAttention(nn.Module):
             is_causal=is_causal,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y)
+
+    def _forward_unpadded(self, x: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+        """``x`` is (N, d): only the kept tokens. Projections run on those N tokens; attention runs
+        row by row on a zero-filled (B, T) layout, causal, so a row's tokens see only earlier tokens
+        of the same row -- never another example, and never the (trailing) skipped positions."""
+        N, C = x.shape
+        B, T = unpadded.batch_size, unpadded.length
+
+        def to_rows(t: torch.Tensor) -> torch.Tensor:  # (N, d) -> (B, nh, T, hs)
+            rows = t.new_zeros(B * T, C).index_copy(0, unpadded.index, t)
+            return rows.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+
+        q, k, v = to_rows(self.q_proj(x)), to_rows(self.k_proj(x)), to_rows(self.v_proj(x))
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout_p if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B * T, C).index_select(0, unpadded.index)  # (N, d)
         return self.c_proj(y)
 
 
@@ -93,8 +129,8 @@ class GPTBlock(GradientCheckpointingLayer):
         self.mlp = GPTMLP(config)
         self.drop = nn.Dropout(config.drop_rate)  # the book's drop_shortcut
 
-    def forward(self, x, attn_mask=None, is_causal=False, past_key_values=None):
-        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, past_key_values))
+    def forward(self, x, attn_mask=None, is_causal=False, past_key_values=None, unpadded=None):
+        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, past_key_values, unpadded))
         x = x + self.drop(self.mlp(self.ln_2(x)))
         return x
 
@@ -182,10 +218,16 @@ class GPTModel(GPTPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        keep: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """``keep``: a boolean ``(B, T)`` mask whose rows are prefixes (True up to some position, then
+        False). Only the kept tokens are computed -- padding-free -- and ``last_hidden_state`` is then
+        ``(N, d)`` for the N kept tokens in row-major order. Needs right padding and no cache."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if keep is not None:
+            return self._forward_padding_free(input_ids, inputs_embeds, position_ids, keep)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, d)
         B, T = inputs_embeds.shape[:2]
@@ -216,6 +258,24 @@ class GPTModel(GPTPreTrainedModel):
             x = block(x, attn_mask, is_causal, past_key_values)
         x = self.ln_f(x)
         return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
+
+    def _forward_padding_free(self, input_ids, inputs_embeds, position_ids, keep) -> BaseModelOutputWithPast:
+        B = keep.shape[0]
+        T = int(keep.sum(1).max())  # the longest kept prefix; later columns are never needed
+        keep = keep[:, :T]
+        if position_ids is None:
+            position_ids = torch.arange(T, device=keep.device).expand(B, T)
+        if T > self.config.n_positions:
+            raise ValueError(
+                f"Sequence too long: {T} positions but the model's context length is {self.config.n_positions} tokens."
+            )
+        tokens = self.wte(input_ids[:, :T][keep]) if inputs_embeds is None else inputs_embeds[:, :T][keep]  # (N, d)
+        x = self.drop(tokens + self.wpe(position_ids[:, :T][keep]))  # (N, d)
+        unpadded = Unpadded(index=keep.flatten().nonzero().squeeze(1), batch_size=B, length=T)
+        for block in self.h:
+            x = block(x, None, True, None, unpadded)
+        x = self.ln_f(x)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=None)
 
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
@@ -254,6 +314,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         num_items_in_batch: int | torch.Tensor | None = None,
         shift_labels: torch.LongTensor | None = None,
         loss_only: bool = False,
+        padding_free: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``labels``: aligned with ``input_ids`` (shifted here). ``shift_labels``: already shifted, i.e.
@@ -262,7 +323,14 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         ``num_items_in_batch``: divide the summed loss by this instead of the batch's target count.
         ``loss_only``: with ``shift_labels``, apply the output head only at positions that have a target
         (not -100) and return ``logits=None``: the same loss without the vocabulary projection of
-        padding and masked prompt positions, usually the largest cost of a small GPT."""
+        padding and masked prompt positions, usually the largest cost of a small GPT.
+        ``padding_free``: with ``loss_only``, also skip every position after each row's last target
+        (right padding) in every layer: each layer computes only the N kept tokens, attention runs per
+        row, so examples stay isolated and the loss equals the padded computation up to float
+        round-off. Not for left padding, an attention mask with zeros, or a cache."""
+        if padding_free:
+            return self._forward_padding_free(input_ids, inputs_embeds, position_ids, attention_mask,
+                                              past_key_values, shift_labels, loss_only, num_items_in_batch)
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -291,6 +359,32 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             loss = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
+    def _forward_padding_free(self, input_ids, inputs_embeds, position_ids, attention_mask, past_key_values,
+                              shift_labels, loss_only, num_items_in_batch) -> CausalLMOutputWithPast:
+        if not loss_only or shift_labels is None:
+            raise ValueError("padding_free=True needs loss_only=True and shift_labels")
+        if past_key_values is not None:
+            raise ValueError("padding_free=True is for training and loss evaluation, not with a KV cache")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("padding_free=True skips right padding by the labels; do not pass an attention "
+                             "mask with padding (left padding is not supported)")
+        targets = shift_labels.to(self.lm_head.weight.device)  # (B, T)
+        T = targets.shape[1]
+        has_target = targets != IGNORE_INDEX
+        # Each row is needed up to its last target: earlier positions are context (a masked prompt),
+        # later ones are padding that no target can see (causal attention). At least one per row.
+        last = T - has_target.flip(1).int().argmax(1)  # (B,) last target index + 1, or T if none
+        used = torch.where(has_target.any(1), last, 1)
+        keep = torch.arange(T, device=targets.device)[None] < used[:, None]  # (B, T), row prefixes
+        out = self.transformer(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
+                               keep=keep)
+        hidden = out.last_hidden_state  # (N, d)
+        kept_targets = targets[keep]  # (N,), the order of the hidden states
+        selected = kept_targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[selected])  # (M, vocab) for the M targets
+        loss = token_loss(logits[None], kept_targets[selected][None], num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=None)
+
 
 def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
@@ -318,4 +412,4 @@ def token_loss(
     return total / num_items_in_batch
 
 
-__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "causal_lm_loss", "token_loss"]
+__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded", "causal_lm_loss", "token_loss"]

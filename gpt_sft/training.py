@@ -86,6 +86,19 @@ class TrainConfig:
     max_grad_norm: float = _f(0.0, "Clip the gradient norm to this value (0: no clipping, like the book)")
     seed: int = _f(123, "Random seed (model init, data order, dropout)")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory")
+    # --- speed (the first three keep the book's loss and update, up to float round-off)
+    targets_only_logits: bool = _f(True, "Apply the output layer only at positions that have a target (the loss "
+                                   "ignores the rest); --no-targets-only-logits computes logits everywhere, like the book")
+    padding_free: bool = _f(True, "Skip the padding after each example's last target in every layer (attention "
+                            "stays per example); needs --targets-only-logits")
+    fused_optimizer: bool = _f(True, "Fused AdamW kernel (one pass over the parameters) instead of torch's default "
+                               "multi-tensor AdamW that the book uses")
+    mixed_precision: str | None = _f(None, "Autocast to bf16 or fp16 through Accelerate (changes the numbers; a GPU "
+                                     "win, slow on CPUs without bf16 instructions). Default: what `accelerate launch "
+                                     "--mixed_precision` / accelerate config say, else no", choices=["no", "bf16", "fp16"])
+    tf32: bool = _f(False, "Allow TensorFloat-32 matmuls on NVIDIA GPUs (changes the numbers slightly)")
+    compile: bool = _f(False, "torch.compile each transformer block (regional compilation through Accelerate, "
+                       "dynamic shapes); pays a compilation at the start")
     # --- evaluation and logging
     eval_every: int = _f(5, "Evaluate train/val loss every N optimizer steps (step 0 included)")
     eval_batches: int = _f(5, "Batches used for each train and val loss estimate")
@@ -119,6 +132,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.padding_free and not self.targets_only_logits:
+            raise ValueError("padding_free needs targets_only_logits (pass --no-padding-free together with "
+                             "--no-targets-only-logits)")
+
+    def forward_options(self) -> dict:
+        """Keyword arguments of the model's loss forward that these speed switches select."""
+        return {"loss_only": self.targets_only_logits, "padding_free": self.padding_free}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,6 +246,13 @@ def optimizer_steps_per_epoch(num_batches: int, cfg: TrainConfig) -> int:
     return max(1, math.ceil(num_batches / cfg.gradient_accumulation_steps))
 
 
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW as in the book (every parameter decayed), fused into one kernel when ``cfg.fused_optimizer``."""
+    params = list(params)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             fused=True if cfg.fused_optimizer else None)
+
+
 def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     from transformers import get_scheduler
 
@@ -258,15 +285,18 @@ class TrainerState:
     train_seconds: float = 0.0
 
 
-def evaluate_loss(model, loader, num_batches: int, accelerator) -> float:
-    """Mean per-batch loss over the first ``num_batches`` batches (the book's ``calc_loss_loader``)."""
+def evaluate_loss(model, loader, num_batches: int, accelerator, forward_options: dict | None = None) -> float:
+    """Mean per-batch loss over the first ``num_batches`` batches (the book's ``calc_loss_loader``).
+
+    ``forward_options``: :meth:`TrainConfig.forward_options` (default: logits at targets only)."""
+    options = {"loss_only": True} if forward_options is None else forward_options
     model.eval()
     losses = []
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if i >= num_batches:
                 break
-            out = model(input_ids=batch["input_ids"][:, :-1], shift_labels=batch["labels"][:, 1:], loss_only=True)
+            out = model(input_ids=batch["input_ids"][:, :-1], shift_labels=batch["labels"][:, 1:], **options)
             losses.append(out.loss.float())
     model.train()
     if not losses:
@@ -355,10 +385,11 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     world = accelerator.num_processes
+    options = cfg.forward_options()
 
     if state.initial_train_loss is None:
-        state.initial_train_loss = evaluate_loss(model, data.train, cfg.eval_batches, accelerator)
-        state.initial_val_loss = evaluate_loss(model, data.val, cfg.eval_batches, accelerator)
+        state.initial_train_loss = evaluate_loss(model, data.train, cfg.eval_batches, accelerator, options)
+        state.initial_val_loss = evaluate_loss(model, data.val, cfg.eval_batches, accelerator, options)
         _print(accelerator, f"Initial losses: training loss {state.initial_train_loss:.3f}, "
                             f"validation loss {state.initial_val_loss:.3f}")
 
@@ -408,7 +439,7 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
                     ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
                     with ctx:
                         out = model(input_ids=batch["input_ids"][:, :-1], shift_labels=batch["labels"][:, 1:],
-                                    num_items_in_batch=n_global, loss_only=True)
+                                    num_items_in_batch=n_global, **options)
                         # DDP averages gradients over processes; undo that to keep the global token mean.
                         accelerator.backward(out.loss * world)
                     step_loss += out.loss.detach().float()
@@ -436,8 +467,8 @@ def fit(cfg: TrainConfig, accelerator, model, optimizer, scheduler, data: Traini
                 window_tokens, window_start = 0, time.perf_counter()
 
                 if cfg.eval_every and step % cfg.eval_every == 0:
-                    train_loss = evaluate_loss(model, data.train, cfg.eval_batches, accelerator)
-                    val_loss = evaluate_loss(model, data.val, cfg.eval_batches, accelerator)
+                    train_loss = evaluate_loss(model, data.train, cfg.eval_batches, accelerator, options)
+                    val_loss = evaluate_loss(model, data.val, cfg.eval_batches, accelerator, options)
                     state.train_losses.append(train_loss)
                     state.val_losses.append(val_loss)
                     state.track_tokens_seen.append(state.tokens_seen)
@@ -593,14 +624,22 @@ def setup(cfg: TrainConfig):
     # Several processes (torchrun / accelerate launch) without a GPU: Accelerate only uses gloo data
     # parallelism when told it runs on the CPU; otherwise every process would train alone.
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(log_with=cfg.log_with, project_dir=str(output_dir), cpu=cpu_processes or None)
+    dynamo = None
+    if cfg.compile:
+        from accelerate.utils import TorchDynamoPlugin
+
+        dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True, use_regional_compilation=True)
+    accelerator = Accelerator(log_with=cfg.log_with, project_dir=str(output_dir), cpu=cpu_processes or None,
+                              mixed_precision=cfg.mixed_precision, dynamo_plugin=dynamo)
+    if cfg.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     set_seed(cfg.seed)
     data = build_data(cfg, accelerator.num_processes)
     _print(accelerator, data.report)
     model = build_model(cfg)
     # The book decays every parameter (AdamW(model.parameters(), weight_decay=0.1)).
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, (p for p in model.parameters() if p.requires_grad))
     # before prepare(): each process will see ceil(batches / processes) of the loader's batches
     per_process = math.ceil(len(data.train) / accelerator.num_processes)
     steps = optimizer_steps_per_epoch(per_process, cfg) * cfg.epochs

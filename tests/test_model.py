@@ -148,6 +148,84 @@ def test_loss_only_gradients_equal_full_logits():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def right_padded_batch(seed: int = 0):
+    """Book-style (inputs, targets): rows of different lengths, padded with 50256 on the right and
+    -100 after each row's end-of-text target; row 1 has a masked prompt, row 3 no target at all."""
+    g = torch.Generator().manual_seed(seed)
+    lengths, T = [9, 4, 12, 6], 12
+    inputs = torch.full((len(lengths), T), 50256)
+    targets = torch.full((len(lengths), T), -100)
+    for row, n in enumerate(lengths):
+        tokens = torch.randint(0, 50256, (n,), generator=g)
+        inputs[row, :n] = tokens
+        targets[row, : n - 1], targets[row, n - 1] = tokens[1:], 50256
+    targets[1, :2] = -100  # masked prompt: positions 0-1 are context only
+    targets[3] = -100  # nothing to learn in this row
+    return inputs, targets
+
+
+@pytest.mark.parametrize("extra", [{}, {"gradient_checkpointing": True}, {"num_items_in_batch": 50}])
+def test_padding_free_equals_the_padded_loss_and_gradients(extra):
+    inputs, targets = right_padded_batch()
+    kwargs = {k: v for k, v in extra.items() if k != "gradient_checkpointing"}
+    results = []
+    for padding_free in (False, True):
+        model = tiny_model(seed=3).train()
+        if extra.get("gradient_checkpointing"):
+            model.activation_checkpointing_enable()
+        loss = model(inputs, shift_labels=targets, loss_only=padding_free, padding_free=padding_free, **kwargs).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (padded, g_padded), (free, g_free) = results
+    assert torch.allclose(padded, free, atol=1e-6), (padded, free)
+    worst = max((g_padded[n] - g_free[n]).abs().max().item() for n in g_padded)
+    assert worst < 1e-6, worst
+
+
+def test_padding_free_keeps_examples_isolated():
+    """A row's loss does not depend on the other rows: the batch loss is the target-weighted mean of
+    the rows' losses computed one at a time."""
+    inputs, targets = right_padded_batch(seed=1)
+    model = tiny_model(seed=4)
+    with torch.no_grad():
+        batch = model(inputs, shift_labels=targets, loss_only=True, padding_free=True).loss
+        sums, count = 0.0, 0
+        for row in range(3):  # row 3 has no target
+            n = int((targets[row] != -100).sum())
+            one = model(inputs[row : row + 1], shift_labels=targets[row : row + 1], loss_only=True, padding_free=True)
+            sums, count = sums + one.loss * n, count + n
+    assert torch.allclose(batch, sums / count, atol=1e-6)
+
+
+def test_padding_free_with_dropout_and_lora_trains():
+    from peft import LoraConfig, get_peft_model
+
+    inputs, targets = right_padded_batch(seed=2)
+    model = get_peft_model(tiny_model(seed=5, drop_rate=0.1).train(),
+                           LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "c_fc"]))
+    loss = model(input_ids=inputs, shift_labels=targets, loss_only=True, padding_free=True).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]  # lora_A gets 0 while B is still 0
+    assert len(lora_b) == 2 * model.config.n_layer and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+
+def test_padding_free_rejects_what_it_cannot_do():
+    inputs, targets = right_padded_batch()
+    model = tiny_model()
+    with pytest.raises(ValueError, match="needs loss_only=True and shift_labels"):
+        model(inputs, shift_labels=targets, padding_free=True)
+    with pytest.raises(ValueError, match="left padding is not supported"):
+        mask = torch.ones_like(inputs)
+        mask[0, 0] = 0
+        model(inputs, attention_mask=mask, shift_labels=targets, loss_only=True, padding_free=True)
+    with pytest.raises(ValueError, match="not with a KV cache"):
+        from transformers import DynamicCache
+
+        model(inputs, shift_labels=targets, loss_only=True, padding_free=True,
+              past_key_values=DynamicCache(config=model.config))
+
+
 def test_context_length_overflow_is_a_clear_error():
     model = tiny_model(n_positions=16)
     with pytest.raises(ValueError, match="context length of 16"):

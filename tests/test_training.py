@@ -107,6 +107,39 @@ def test_gradient_accumulation_equals_big_batch(tmp_path, data_file):
         assert_same_weights(big, small, atol=2e-6)
 
 
+def test_speed_switches_keep_the_books_losses_and_weights(tmp_path, data_file):
+    """The defaults (padding-free, logits only at targets, fused AdamW) against all three switched off
+    (logits everywhere, padded batches, torch's default AdamW: the book's computation): the same
+    evaluation losses and final weights up to float round-off."""
+    common = dict(max_steps=6, eval_every=2, mask_prompt=True, tie_word_embeddings=False, learning_rate=1e-3)
+    fast = run(tmp_path, "fast", data_file, **common)
+    book = run(tmp_path, "book", data_file, **common, padding_free=False, targets_only_logits=False,
+               fused_optimizer=False)
+    histories = [json.loads((p / "metrics.json").read_text())["history"] for p in (fast, book)]
+    assert histories[0]["step"] == histories[1]["step"] == [0, 2, 4]
+    for key in ("train_loss", "val_loss"):
+        assert histories[0][key] == pytest.approx(histories[1][key], abs=1e-5)
+    assert_same_weights(fast, book, atol=1e-5)
+    # ... and the weights moved: the comparison is not between two untouched models
+    start = TrainConfig(**{**TINY_ARGS, "data": str(data_file), "tie_word_embeddings": False})
+    from gpt_sft.training import build_model
+
+    initial = build_model(start).state_dict()
+    assert max((weights(fast)[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
+
+
+def test_speed_switch_validation_and_fused_optimizer():
+    from gpt_sft.training import make_optimizer
+
+    with pytest.raises(ValueError, match="padding_free needs targets_only_logits"):
+        TrainConfig(targets_only_logits=False)
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert make_optimizer(TrainConfig(), params).defaults["fused"] is True
+    assert not make_optimizer(TrainConfig(fused_optimizer=False), params).defaults["fused"]
+    assert TrainConfig(padding_free=False, targets_only_logits=False).forward_options() == {
+        "loss_only": False, "padding_free": False}
+
+
 def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
     """10 steps per epoch; stop at step 7, resume to step 13 (crossing into epoch 2), with dropout on."""
     common = dict(batch_size=8, max_steps=13, epochs=2, drop_rate=0.1, save_every=7, eval_every=3)
