@@ -97,8 +97,8 @@ class TrainConfig:
                                      "win, slow on CPUs without bf16 instructions). Default: what `accelerate launch "
                                      "--mixed_precision` / accelerate config say, else no", choices=["no", "bf16", "fp16"])
     tf32: bool = _f(False, "Allow TensorFloat-32 matmuls on NVIDIA GPUs (changes the numbers slightly)")
-    compile: bool = _f(False, "torch.compile each transformer block (regional compilation through Accelerate, "
-                       "dynamic shapes); pays a compilation at the start")
+    compile: bool = _f(False, "torch.compile each transformer block in place (regional compilation, dynamic "
+                       "shapes); pays a compilation at the start")
     # --- evaluation and logging
     eval_every: int = _f(5, "Evaluate train/val loss every N optimizer steps (step 0 included)")
     eval_batches: int = _f(5, "Batches used for each train and val loss estimate")
@@ -206,7 +206,17 @@ def build_model(cfg: TrainConfig):
         lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets)
         model = get_peft_model(model, lora)
+    if cfg.compile:
+        compile_blocks(model)
     return model
+
+
+def compile_blocks(model) -> None:
+    """Regional ``torch.compile``: each transformer block compiled in place (the same code for all, so
+    one compilation), dynamic shapes for the varying batch lengths. Parameter names stay unchanged."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for block in base.transformer.h:
+        block.compile(dynamic=True)
 
 
 def build_data(cfg: TrainConfig, num_processes: int = 1) -> TrainingData:
@@ -624,13 +634,8 @@ def setup(cfg: TrainConfig):
     # Several processes (torchrun / accelerate launch) without a GPU: Accelerate only uses gloo data
     # parallelism when told it runs on the CPU; otherwise every process would train alone.
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    dynamo = None
-    if cfg.compile:
-        from accelerate.utils import TorchDynamoPlugin
-
-        dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True, use_regional_compilation=True)
     accelerator = Accelerator(log_with=cfg.log_with, project_dir=str(output_dir), cpu=cpu_processes or None,
-                              mixed_precision=cfg.mixed_precision, dynamo_plugin=dynamo)
+                              mixed_precision=cfg.mixed_precision)
     if cfg.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -25,7 +25,7 @@ weight decay 0.1), each method on a freshly and identically seeded random model 
     * one switch at a time on top of ``book`` (``--ablation`` adds the first three): ``targets-only``
       (output layer only at target positions), ``padding-free`` (that plus no compute for padding),
       ``fused`` (fused AdamW); and on top of ``gpt-sft``: ``bf16`` (autocast), ``compile``
-      (regional ``torch.compile``, compilation excluded from the step times but reported), ``tf32`` (GPU).
+      (the trainer's ``--compile``, compilation excluded from the step times but reported), ``tf32`` (GPU).
 
     Every ``ours`` method must give the book's loss: on the first batch at init and after every step (same
     weights, same batches) the differences to ``book`` are printed and checked (``--loss-tolerance``;
@@ -315,10 +315,10 @@ def build(method: Method, size: str, seed: int, device: torch.device, hf_tied: b
                                tie_word_embeddings=hf_tied, attn_implementation="sdpa")
         model = GPT2LMHeadModel(hf_config)
     model = model.to(device).train()
-    if method.compile:  # as the trainer's --compile: each block compiled once, dynamic shapes
-        from accelerate.utils import compile_regions
+    if method.compile:  # the trainer's --compile
+        from gpt_sft.training import compile_blocks
 
-        model = compile_regions(model, dynamic=True)
+        compile_blocks(model)
     return model, config
 
 

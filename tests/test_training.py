@@ -128,6 +128,18 @@ def test_speed_switches_keep_the_books_losses_and_weights(tmp_path, data_file):
     assert max((weights(fast)[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
 
 
+def test_compile_trains_the_same_and_saves_plain_weights(tmp_path, data_file):
+    """--compile (regional torch.compile through Accelerate): the same losses and weights, and a
+    checkpoint whose names carry no compile wrapper (``_orig_mod``), loadable as usual."""
+    common = dict(max_steps=3, eval_every=2, learning_rate=1e-3)
+    compiled = run(tmp_path, "compiled", data_file, compile=True, **common)
+    plain = run(tmp_path, "plain", data_file, **common)
+    assert not any("_orig_mod" in k for k in weights(compiled))
+    assert_same_weights(compiled, plain, atol=1e-5)
+    metrics = [json.loads((p / "metrics.json").read_text())["history"] for p in (compiled, plain)]
+    assert metrics[0]["val_loss"] == pytest.approx(metrics[1]["val_loss"], abs=1e-5)
+
+
 def test_speed_switch_validation_and_fused_optimizer():
     from gpt_sft.training import make_optimizer
 
