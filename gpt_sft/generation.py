@@ -13,7 +13,11 @@ Two generators live here:
   cache. Positions count real tokens only, so a padded prompt sees exactly the positions it would see
   alone. A sequence that emits end-of-text (50256; not part of the response) or exhausts its token
   budget leaves the batch at once: its rows are dropped from the cache, so finished sequences stop
-  costing compute. Results come back in the caller's order.
+  costing compute. Results come back in the caller's order. The token budget is
+  ``settings.max_new_tokens`` for every prompt, or one budget per prompt
+  (``generate_token_ids(..., max_new_tokens=[...])``; each prompt's tokens are then the first
+  ``max_new_tokens[i]`` of what a larger budget would give; the benchmark uses it to replay answers of
+  known lengths).
 
 Decoding rules (identical to the book's):
 
@@ -30,7 +34,8 @@ Context length. The book crops the running context to the last ``context_length`
 tokens at every step, so it can slide past the context window. A KV cache cannot slide (positions are
 baked into the cached keys). The ``n``-th new token of a ``P``-token prompt is predicted from
 ``P + n - 1`` tokens, so the book never crops while ``P + n - 1 <= C``. A prompt with
-``P + max_new_tokens - 1 > C`` is handled by ``GenerationSettings.overflow``:
+``P + max_new_tokens - 1 > C`` (with per-prompt budgets: its own budget) is handled by
+``GenerationSettings.overflow``:
 
 * ``"shrink"`` (default): keep the whole prompt and generate at most ``C - P + 1`` tokens for it. The
   response is then identical to the book's whenever the book's response ends (end-of-text) before it
@@ -50,7 +55,11 @@ step, drops finished rows instead of padding them to the end, and supports per-p
 on a shared 2-core CPU, random gpt2-small, 32 book test prompts, batch 16, identical tokens: with
 end-of-text stops after 0-128 tokens, 34 s against 45 s for ``model.generate``; with no early stop
 (64 tokens each, ``scripts/benchmark_generation.py``) the two are within noise of each other (ours
-185 vs 173 new tokens/s at batch 32), and both are ~45x faster than the book's loop (3.8 tokens/s). ``backend="transformers"`` calls ``model.generate`` with a
+185 vs 173 new tokens/s at batch 32), and both are ~45x faster than the book's loop (3.8 tokens/s). The
+whole task -- all 110 test prompts, each with its reference response's length + 1 new tokens (1454 in all;
+``scripts/benchmark_generation.py --threads 1 --book-prompts all``) -- took 29 s ours against 372 s for the
+book's loop, all measured (12.7x; 1 thread; the default estimate from 8 prompts said 395 s).
+``backend="transformers"`` calls ``model.generate`` with a
 ``GenerationConfig`` (pad and EOS 50256) and the global RNG seeded with ``seed`` per batch; its
 samples therefore depend on batching.
 
@@ -65,7 +74,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -442,14 +450,41 @@ def auto_batch_size(
     return max(1, size)
 
 
+def _token_budgets(
+    num_prompts: int, settings: GenerationSettings, max_new_tokens: Sequence[int] | None
+) -> list[int]:
+    """Each prompt's requested budget: ``settings.max_new_tokens`` for all, or the per-prompt list."""
+    if max_new_tokens is None:
+        return [int(settings.max_new_tokens)] * num_prompts
+    if isinstance(max_new_tokens, (str, bytes)) or not isinstance(max_new_tokens, Iterable):
+        raise TypeError(f"max_new_tokens must be a sequence of integers (one per prompt) or None, "
+                        f"got {type(max_new_tokens).__name__}")
+    budgets = list(max_new_tokens)
+    if len(budgets) != num_prompts:
+        raise ValueError(f"max_new_tokens has {len(budgets)} budgets for {num_prompts} prompts: give one per prompt")
+    for i, budget in enumerate(budgets):
+        if isinstance(budget, bool) or int(budget) != budget:
+            raise ValueError(f"max_new_tokens[{i}] must be an integer, got {budget!r}")
+        if int(budget) < 1:
+            raise ValueError(f"max_new_tokens[{i}] must be >= 1, got {budget}")
+    return [int(b) for b in budgets]
+
+
 def _fit_prompts(
-    prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings, context_length: int | None
+    prompt_ids: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    context_length: int | None,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], list[int], int, int]:
-    """Apply the overflow policy: the ids to use, each prompt's token budget, #shrunk, #truncated."""
-    max_new = int(settings.max_new_tokens)
+    """Apply the overflow policy: the ids to use, each prompt's token budget, #shrunk, #truncated.
+
+    Each prompt's requested budget is ``settings.max_new_tokens``, or ``max_new_tokens[i]`` when a
+    per-prompt list is given; the overflow policy applies to each prompt with its own budget.
+    """
+    requested = _token_budgets(len(prompt_ids), settings, max_new_tokens)
     used, budgets = [], []
     shrunk = truncated = 0
-    for ids in prompt_ids:
+    for ids, max_new in zip(prompt_ids, requested):
         ids = list(ids)
         if not ids:
             raise ValueError("empty prompt: nothing to condition on (the book's generate fails on it too)")
@@ -628,10 +663,34 @@ def _decode_batch_transformers(
     return results, stopped
 
 
+def _transformers_batch(
+    batch: list[int], used: list[list[int]], budgets: list[int], context_length: int | None
+) -> list[int]:
+    """The leading part of ``batch`` (longest prompt first) that ``model.generate`` can run together.
+
+    ``model.generate`` gives every row the same number of steps, the batch's largest budget (rows with
+    a smaller budget are cut afterwards, as rows that stopped at end-of-text are padded), and its padded
+    sequence must fit the context: the first prompt's length plus the largest budget minus 1. With one
+    common requested budget this batches equal budgets only (a shrunk prompt with the next ones of its
+    length), as before per-prompt budgets existed.
+    """
+    if context_length is None:
+        return batch
+    longest = len(used[batch[0]])
+    largest = 0
+    for count, i in enumerate(batch):
+        largest = max(largest, budgets[i])
+        if longest + largest - 1 > context_length:
+            return batch[:count]
+    return batch
+
+
 def generate_token_ids(
     model: torch.nn.Module,
     prompt_ids: Sequence[Sequence[int]],
     settings: GenerationSettings | None = None,
+    *,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> GenerationOutput:
     """Generate continuations of tokenized prompts, batched, in the caller's order.
 
@@ -640,20 +699,35 @@ def generate_token_ids(
             ``position_ids``, ``past_key_values`` and ``logits_to_keep``), on its device and dtype.
         prompt_ids: One list of token ids per prompt.
         settings: :class:`GenerationSettings` (defaults: greedy, 256 tokens, batch "auto").
+        max_new_tokens: Optional per-prompt token budgets, one integer >= 1 per prompt, overriding
+            ``settings.max_new_tokens`` prompt by prompt (``None``: every prompt gets
+            ``settings.max_new_tokens``). The overflow policy applies to each prompt with its own
+            budget, and ``batch_size="auto"`` is computed from the largest budget. Budgets do not
+            change how prompts are ordered and batched (longest prompt first), and a sequence leaves
+            its batch when its budget is spent, exactly as if it had emitted end-of-text there: with
+            ``eos_token_id=None`` this replays the work of a model whose answers stop after known
+            lengths (``scripts/benchmark_generation.py``). Each sequence's tokens are the first
+            ``max_new_tokens[i]`` tokens it would get with any larger budget.
 
     Returns:
         :class:`GenerationOutput`; ``sequences[i]`` are the new ids of ``prompt_ids[i]`` without
         end-of-text.
+
+    Raises:
+        ValueError: ``max_new_tokens`` does not have one budget per prompt, or a budget is < 1; an
+            empty prompt; a prompt that does not fit under ``overflow="error"``.
     """
     settings = settings or GenerationSettings()
     start = time.perf_counter()
     context_length = settings.context_length or _model_context_length(model)
-    used, budgets, shrunk, truncated = _fit_prompts(prompt_ids, settings, context_length)
+    used, budgets, shrunk, truncated = _fit_prompts(prompt_ids, settings, context_length, max_new_tokens)
+    requested_max = int(settings.max_new_tokens) if max_new_tokens is None else max(map(int, max_new_tokens), default=1)
     n = len(used)
     if shrunk or truncated:
+        limit = f"max_new_tokens={settings.max_new_tokens}" if max_new_tokens is None else "their max_new_tokens"
         warnings.warn(
             f"{shrunk + truncated} of {n} prompts do not fit in the context of {context_length} tokens together "
-            f"with max_new_tokens={settings.max_new_tokens}: {shrunk} keep their prompt and get fewer new tokens, "
+            f"with {limit}: {shrunk} keep their prompt and get fewer new tokens, "
             f"{truncated} were cut from the left (overflow={settings.overflow!r})",
             PromptTruncationWarning,
             stacklevel=2,
@@ -668,9 +742,7 @@ def generate_token_ids(
     if not settings.greedy and base_seed is None:
         base_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     if settings.batch_size == "auto":
-        batch_size = auto_batch_size(
-            model, max(len(u) for u in used), int(settings.max_new_tokens), num_prompts=n, device=device
-        )
+        batch_size = auto_batch_size(model, max(len(u) for u in used), requested_max, num_prompts=n, device=device)
     else:
         batch_size = int(settings.batch_size)
     # Longest first: batches of similar lengths, and any out-of-memory error shows up in the first batch.
@@ -686,8 +758,7 @@ def generate_token_ids(
             while position < n:
                 batch = order[position : position + batch_size]
                 if settings.backend == "transformers":
-                    # model.generate gives every row the same number of steps: batch equal budgets only.
-                    batch = list(itertools.takewhile(lambda i, b=budgets[batch[0]]: budgets[i] == b, batch))
+                    batch = _transformers_batch(batch, used, budgets, context_length)
                 prompts = [used[i] for i in batch]
                 batch_budgets = [budgets[i] for i in batch]
                 try:

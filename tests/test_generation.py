@@ -144,6 +144,82 @@ def test_generation_restores_training_mode(prompts):
     assert m.training
 
 
+# ------------------------------------------------------------------------------ per-prompt budgets
+
+BUDGETS = [1, 7, 25, 3, 12, 25, 2, 18, 5, 9]  # one per prompt of LENGTHS
+
+
+@pytest.mark.parametrize("batch_size,backend", [(1, "cache"), (3, "cache"), ("auto", "cache"), (4, "transformers")])
+def test_per_prompt_budgets_are_prefixes_of_a_long_run(model, prompts, batch_size, backend):
+    common = max(BUDGETS)
+    long = generate_token_ids(model, prompts, settings(max_new_tokens=common, eos_token_id=None, batch_size=batch_size))
+    out = generate_token_ids(model, prompts, settings(eos_token_id=None, batch_size=batch_size, backend=backend),
+                             max_new_tokens=BUDGETS)
+    assert [len(s) for s in out.sequences] == BUDGETS and not any(out.stopped_at_eos)
+    assert out.num_new_tokens == sum(BUDGETS) and out.prompt_ids == prompts
+    assert out.sequences == [s[:b] for s, b in zip(long.sequences, BUDGETS)]
+    if batch_size == 3:  # the book's generate with the common budget, once
+        for p, s, b in zip(prompts, out.sequences, BUDGETS):
+            assert s == book(model, p, max_new=common, eos_id=None)[:b]
+
+
+def test_per_prompt_budgets_override_settings_and_keep_eos_stops(model, prompts, greedy_reference):
+    # settings.max_new_tokens is ignored; with end-of-text on, a budget cuts only longer responses.
+    budgets = [MAX_NEW] * 5 + [4] * 5
+    out = generate_token_ids(model, prompts, settings(max_new_tokens=2, batch_size=4), max_new_tokens=budgets)
+    assert out.sequences == [ref[:b] for ref, b in zip(greedy_reference, budgets)]
+    assert out.stopped_at_eos == [len(ref) < b for ref, b in zip(greedy_reference, budgets)]
+    # a tuple, ints of any kind
+    same = generate_token_ids(model, prompts, settings(batch_size=4), max_new_tokens=tuple(torch.tensor(budgets).tolist()))
+    assert same.sequences == out.sequences
+
+
+def test_per_prompt_budgets_are_validated(model, prompts):
+    with pytest.raises(ValueError, match="3 budgets for 10 prompts"):
+        generate_token_ids(model, prompts, settings(), max_new_tokens=[5, 5, 5])
+    with pytest.raises(ValueError, match=r"max_new_tokens\[2\] must be >= 1"):
+        generate_token_ids(model, prompts[:3], settings(), max_new_tokens=[5, 1, 0])
+    with pytest.raises(ValueError, match=r"max_new_tokens\[0\] must be >= 1"):
+        generate_token_ids(model, prompts[:1], settings(), max_new_tokens=[-2])
+    with pytest.raises(ValueError, match="must be an integer"):
+        generate_token_ids(model, prompts[:2], settings(), max_new_tokens=[5, 2.5])
+    with pytest.raises(TypeError, match="one per prompt"):
+        generate_token_ids(model, prompts[:1], settings(), max_new_tokens=5)
+    assert generate_token_ids(model, [], settings(), max_new_tokens=[]).sequences == []
+
+
+def test_per_prompt_budgets_follow_the_overflow_rules_prompt_by_prompt(model):
+    long = list(range(1000, 1050))  # 50 tokens, context 64
+    prompts = [long, long, [5, 6]]
+    kw = dict(context_length=64, eos_token_id=None, batch_size=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 50 + 15 - 1 = 64 fits: no warning
+        out = generate_token_ids(model, prompts[:1], settings(**kw), max_new_tokens=[15])
+    assert len(out.sequences[0]) == 15 and out.num_shrunk == 0
+    for backend in ("cache", "transformers"):
+        with pytest.warns(PromptTruncationWarning, match="1 of 3 prompts .* with their max_new_tokens"):
+            out = generate_token_ids(model, prompts, settings(**kw, backend=backend), max_new_tokens=[10, 30, 40])
+        assert [len(s) for s in out.sequences] == [10, 15, 40] and out.num_shrunk == 1
+        assert out.sequences[1] == book(model, long, max_new=15, context=64, eos_id=None)
+        assert out.sequences[0] == out.sequences[1][:10]
+    with pytest.warns(PromptTruncationWarning):
+        out = generate_token_ids(model, prompts, settings(**kw, overflow="truncate"), max_new_tokens=[10, 30, 40])
+    assert out.prompt_ids == [long, long[-35:], [5, 6]] and out.num_truncated == 1
+    with pytest.raises(ValueError, match="max_new_tokens=30 exceeds"):
+        generate_token_ids(model, prompts, settings(**kw, overflow="error"), max_new_tokens=[10, 30, 40])
+
+
+def test_auto_batch_size_uses_the_largest_budget(model, prompts, monkeypatch):
+    import gpt_sft.generation as generation
+
+    seen = []
+    real = generation.auto_batch_size
+    monkeypatch.setattr(generation, "auto_batch_size",
+                        lambda model, length, new, **kw: seen.append((length, new)) or real(model, length, new, **kw))
+    generate_token_ids(model, prompts, settings(max_new_tokens=2, eos_token_id=None), max_new_tokens=BUDGETS)
+    assert seen == [(max(LENGTHS), max(BUDGETS))]
+
+
 # ---------------------------------------------------------------------------------------- sampling
 
 
@@ -405,13 +481,65 @@ def test_cli_rejects_bad_arguments(checkpoint, capsys):
 # -------------------------------------------------------------------------------------- benchmark
 
 
-def test_benchmark_smoke(tmp_path, capsys):
+def load_benchmark():
     spec = importlib.util.spec_from_file_location("benchmark_generation", REPO_ROOT / "scripts" / "benchmark_generation.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    summary = module.main(["--model-size", "tiny", "--n-prompts", "3", "--max-new-tokens", "4",
-                           "--data", str(tmp_path / "absent.json"), "--with-transformers", "--repeats", "2", "--json", str(tmp_path / "b.json")])
-    assert summary["identical_greedy_outputs"] == 3
+    return module
+
+
+def test_benchmark_smoke_reference_lengths_and_book_estimate(tmp_path, capsys, tokenizer):
+    module = load_benchmark()
+    summary = module.main(["--model-size", "tiny", "--n-prompts", "5", "--book-prompts", "2",
+                           "--data", str(tmp_path / "absent.json"), "--with-transformers", "--repeats", "2",
+                           "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    # Synthetic prompts carry reference responses; each budget is their token count + 1.
+    budgets = [len(tokenizer.encode(module.synthetic_entry(i)["output"])) + 1 for i in range(5)]
+    assert summary["n_prompts"] == 5 and summary["lengths"] == "reference" and summary["max_new_tokens"] is None
+    assert summary["budgets"] == {"min": min(budgets), "mean": sum(budgets) / 5, "max": max(budgets),
+                                  "total": sum(budgets)}
+    assert len(set(budgets)) > 1 and 5 <= min(budgets) and max(budgets) <= 50
+    # The book's loop ran on 2 evenly spread prompts; its time for all 5 is scaled by the cost model.
+    assert summary["book_prompts"] == 2 and summary["book_subset_indices"] == [1, 3] and summary["book_estimated"]
+    cost = summary["book_cost_positions"]
+    assert 0 < cost["subset"] < cost["all"]
+    measured, estimate = summary["book_measured_subset_seconds"], summary["book_estimated_seconds"]
+    assert 0 < measured < estimate and estimate == pytest.approx(measured * cost["all"] / cost["subset"])
+    assert measured == pytest.approx(sum(summary["book_prompt_seconds"]))
+    assert summary["speedup_estimated"] == pytest.approx(estimate / summary["ours_seconds"])
+    assert summary["speedup_subset"] == pytest.approx(measured / summary["ours_subset_seconds"])
+    assert summary["identical_greedy_outputs"] == summary["identical_greedy_outputs_subset_run"] == 2
     assert set(summary["results"]) == {"ours (batched, KV cache)", "book generate (batch 1, no cache)",
                                        "transformers model.generate (batched)"}
-    assert "speed-up" in capsys.readouterr().out and json.loads((tmp_path / "b.json").read_text())["n_prompts"] == 3
+    assert len(summary["results"]["ours (batched, KV cache)"]["all_seconds"]) == 2
+    assert "speed-up" in out and "estimated from 2 of 5 prompts" in out and "sum_{i=0}^{n-1} min(P+i, C)" in out
+    assert "The book's 2 prompts only" in out and "identical to the book's: 2 of 2 prompts" in out
+    assert json.loads((tmp_path / "b.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_benchmark_smoke_fixed_lengths_whole_split_book_on_all(data_file, capsys):
+    module = load_benchmark()
+    # data_file has 20 entries: its test split holds 2, the default --n-prompts.
+    summary = module.main(["--model-size", "tiny", "--data", str(data_file), "--lengths", "fixed",
+                           "--max-new-tokens", "3", "--book-prompts", "all", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert summary["n_prompts"] == 2 and summary["lengths"] == "fixed" and summary["max_new_tokens"] == 3
+    assert summary["budgets"] == {"min": 3, "mean": 3, "max": 3, "total": 6}
+    assert summary["book_prompts"] == 2 and not summary["book_estimated"]  # measured, not estimated
+    assert summary["book_estimated_seconds"] == summary["book_measured_subset_seconds"] > 0
+    assert summary["ours_subset_seconds"] == summary["ours_seconds"]
+    assert summary["identical_greedy_outputs"] == 2 and "estimated" not in out.split("greedy outputs")[0]
+
+
+def test_benchmark_helpers():
+    module = load_benchmark()
+    assert module.spread(110, 8) == [6, 20, 34, 48, 61, 75, 89, 103]
+    assert module.spread(5, 0) == module.spread(5, 5) == module.spread(5, 9) == [0, 1, 2, 3, 4]
+    assert module.spread(7, 1) == [3]
+    assert module.book_cost(3, 2, 100) == 3 + 4 and module.book_cost(10, 3, 11) == 10 + 11 + 11
+    assert module.parse_book_prompts("all") == module.parse_book_prompts("0") == 0
+    assert module.parse_book_prompts("8") == 8
+    if module.DEFAULT_DATA.is_file():  # the book's data: the whole test split by default
+        entries, _ = module.load_entries(module.DEFAULT_DATA, None)
+        assert len(entries) == 110 and all(e["output"] for e in entries)
