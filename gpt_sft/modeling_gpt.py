@@ -31,14 +31,17 @@ IGNORE_INDEX = -100
 
 @dataclass
 class Unpadded:
-    """Where the kept tokens of a right-padded ``(batch_size, length)`` batch sit.
+    """Where the computed tokens of a right-padded ``(batch_size, length)`` batch sit.
 
-    Every row keeps a prefix of its positions (up to its last target); ``index`` holds the flat
-    positions ``b * length + t`` of the kept tokens in row-major order, the order of the packed
-    ``(N, d)`` activations.
+    ``index`` holds the flat positions ``b * length + t`` of the N computed tokens in row-major
+    order, the order of the packed ``(N, d)`` activations. ``gather`` maps every position of the
+    ``(batch_size, length)`` layout to the packed token whose activations it holds: itself; row 0's
+    token at the same position for a shared prefix (rows that start with the same tokens have the
+    same activations there, so they are computed once); or N, a zero row, for skipped padding.
     """
 
     index: torch.Tensor  # (N,)
+    gather: torch.Tensor  # (B * T,) values in [0, N]
     batch_size: int
     length: int
 
@@ -87,14 +90,15 @@ class GPTAttention(nn.Module):
         return self.c_proj(y)
 
     def _forward_unpadded(self, x: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-        """``x`` is (N, d): only the kept tokens. Projections run on those N tokens; attention runs
-        row by row on a zero-filled (B, T) layout, causal, so a row's tokens see only earlier tokens
-        of the same row -- never another example, and never the (trailing) skipped positions."""
+        """``x`` is (N, d): only the computed tokens. Projections run on those N tokens; attention runs
+        row by row on the (B, T) layout (shared-prefix keys/values copied into every row that shares
+        them, skipped padding zero), causal, so a row's tokens see only earlier tokens of the same row
+        -- never another example, and never the (trailing) skipped positions."""
         N, C = x.shape
         B, T = unpadded.batch_size, unpadded.length
 
         def to_rows(t: torch.Tensor) -> torch.Tensor:  # (N, d) -> (B, nh, T, hs)
-            rows = t.new_zeros(B * T, C).index_copy(0, unpadded.index, t)
+            rows = torch.cat([t, t.new_zeros(1, C)]).index_select(0, unpadded.gather)  # (B*T, d)
             return rows.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
         q, k, v = to_rows(self.q_proj(x)), to_rows(self.k_proj(x)), to_rows(self.v_proj(x))
@@ -219,15 +223,19 @@ class GPTModel(GPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         keep: torch.Tensor | None = None,
+        shared_prefix: int = 0,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``keep``: a boolean ``(B, T)`` mask whose rows are prefixes (True up to some position, then
         False). Only the kept tokens are computed -- padding-free -- and ``last_hidden_state`` is then
-        ``(N, d)`` for the N kept tokens in row-major order. Needs right padding and no cache."""
+        ``(N, d)`` for the N computed tokens in row-major order. ``shared_prefix``: the first that many
+        positions hold the same tokens in every row (and are kept in every row); they are computed
+        for row 0 only and shared. Needs right padding and no cache."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if keep is not None:
-            return self._forward_padding_free(input_ids, inputs_embeds, position_ids, keep)
+            x, _ = self.forward_unpadded(input_ids, inputs_embeds, position_ids, keep, shared_prefix)
+            return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=None)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, d)
         B, T = inputs_embeds.shape[:2]
@@ -259,7 +267,10 @@ class GPTModel(GPTPreTrainedModel):
         x = self.ln_f(x)
         return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
 
-    def _forward_padding_free(self, input_ids, inputs_embeds, position_ids, keep) -> BaseModelOutputWithPast:
+    def forward_unpadded(self, input_ids, inputs_embeds, position_ids, keep: torch.Tensor,
+                         shared_prefix: int = 0) -> tuple[torch.Tensor, Unpadded]:
+        """The padding-free forward (see ``keep`` and ``shared_prefix`` in :meth:`forward`): the final
+        hidden states ``(N, d)`` of the computed tokens and where they sit (:class:`Unpadded`)."""
         B = keep.shape[0]
         T = int(keep.sum(1).max())  # the longest kept prefix; later columns are never needed
         keep = keep[:, :T]
@@ -269,13 +280,21 @@ class GPTModel(GPTPreTrainedModel):
             raise ValueError(
                 f"Sequence too long: {T} positions but the model's context length is {self.config.n_positions} tokens."
             )
-        tokens = self.wte(input_ids[:, :T][keep]) if inputs_embeds is None else inputs_embeds[:, :T][keep]  # (N, d)
-        x = self.drop(tokens + self.wpe(position_ids[:, :T][keep]))  # (N, d)
-        unpadded = Unpadded(index=keep.flatten().nonzero().squeeze(1), batch_size=B, length=T)
+        compute = keep.clone()
+        compute[1:, :shared_prefix] = False  # rows 1.. reuse row 0's shared prefix
+        index = compute.flatten().nonzero().squeeze(1)  # (N,)
+        N = index.numel()
+        gather = torch.full((B * T,), N, dtype=torch.long, device=keep.device)
+        gather[index] = torch.arange(N, device=keep.device)
+        gather = gather.view(B, T)
+        gather[1:, :shared_prefix] = gather[0, :shared_prefix]
+        tokens = self.wte(input_ids[:, :T][compute]) if inputs_embeds is None else inputs_embeds[:, :T][compute]
+        x = self.drop(tokens + self.wpe(position_ids[:, :T][compute]))  # (N, d)
+        unpadded = Unpadded(index=index, gather=gather.flatten(), batch_size=B, length=T)
         for block in self.h:
             x = block(x, None, True, None, unpadded)
         x = self.ln_f(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=None)
+        return x, unpadded
 
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
@@ -315,6 +334,8 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         shift_labels: torch.LongTensor | None = None,
         loss_only: bool = False,
         padding_free: bool = False,
+        loss_reduction: str = "mean",
+        share_prefix: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``labels``: aligned with ``input_ids`` (shifted here). ``shift_labels``: already shifted, i.e.
@@ -327,10 +348,22 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         ``padding_free``: with ``loss_only``, also skip every position after each row's last target
         (right padding) in every layer: each layer computes only the N kept tokens, attention runs per
         row, so examples stay isolated and the loss equals the padded computation up to float
-        round-off. Not for left padding, an attention mask with zeros, or a cache."""
+        round-off. Not for left padding, an attention mask with zeros, or a cache.
+        ``loss_reduction="none"``: with ``loss_only``, ``loss`` is the cross-entropy of every target, a
+        1-D tensor in row-major order of the positions whose target is not -100 (the output head then
+        runs in chunks of :attr:`loss_chunk_size` targets, so evaluation never holds all the logits).
+        ``share_prefix``: with ``padding_free``, the leading positions where every row has the same
+        token and target (a prompt template's preamble: 24 of the Alpaca prompt's tokens) are computed
+        once, for row 0, and shared: the same activations, losses and gradients as computing them in
+        every row, up to float round-off. Off while training with dropout (rows would share masks)."""
+        if loss_reduction not in ("mean", "none"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'none', got {loss_reduction!r}")
+        if loss_reduction == "none" and not loss_only:
+            raise ValueError("loss_reduction='none' needs loss_only=True")
         if padding_free:
             return self._forward_padding_free(input_ids, inputs_embeds, position_ids, attention_mask,
-                                              past_key_values, shift_labels, loss_only, num_items_in_batch)
+                                              past_key_values, shift_labels, loss_only, num_items_in_batch,
+                                              loss_reduction, share_prefix)
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -345,8 +378,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
                 raise ValueError("loss_only=True needs shift_labels")
             targets = shift_labels.to(hidden.device)
             keep = targets != IGNORE_INDEX  # (B, T)
-            logits = self.lm_head(hidden[keep])  # (N, vocab) for the N target positions
-            loss = token_loss(logits[None], targets[keep][None], num_items_in_batch)
+            loss = self._head_loss(hidden[keep], targets[keep], num_items_in_batch, loss_reduction)
             return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
         if logits_to_keep and labels is None and shift_labels is None:
             hidden = hidden[:, -logits_to_keep:]
@@ -360,7 +392,8 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
     def _forward_padding_free(self, input_ids, inputs_embeds, position_ids, attention_mask, past_key_values,
-                              shift_labels, loss_only, num_items_in_batch) -> CausalLMOutputWithPast:
+                              shift_labels, loss_only, num_items_in_batch, loss_reduction="mean",
+                              share_prefix=False) -> CausalLMOutputWithPast:
         if not loss_only or shift_labels is None:
             raise ValueError("padding_free=True needs loss_only=True and shift_labels")
         if past_key_values is not None:
@@ -369,21 +402,54 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             raise ValueError("padding_free=True skips right padding by the labels; do not pass an attention "
                              "mask with padding (left padding is not supported)")
         targets = shift_labels.to(self.lm_head.weight.device)  # (B, T)
-        T = targets.shape[1]
+        B, T = targets.shape
         has_target = targets != IGNORE_INDEX
         # Each row is needed up to its last target: earlier positions are context (a masked prompt),
         # later ones are padding that no target can see (causal attention). At least one per row.
         last = T - has_target.flip(1).int().argmax(1)  # (B,) last target index + 1, or T if none
         used = torch.where(has_target.any(1), last, 1)
         keep = torch.arange(T, device=targets.device)[None] < used[:, None]  # (B, T), row prefixes
-        out = self.transformer(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
-                               keep=keep)
-        hidden = out.last_hidden_state  # (N, d)
-        kept_targets = targets[keep]  # (N,), the order of the hidden states
-        selected = kept_targets != IGNORE_INDEX
-        logits = self.lm_head(hidden[selected])  # (M, vocab) for the M targets
-        loss = token_loss(logits[None], kept_targets[selected][None], num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=None)
+        shared = 0
+        if share_prefix and B > 1 and input_ids is not None and not (self.training and self.config.drop_rate > 0):
+            # Leading positions where every row has the same token, position and target: their
+            # activations, logits and losses are row 0's. (Not with dropout: rows would share masks.)
+            same = (input_ids == input_ids[:1]).all(0) & (targets == targets[:1]).all(0)  # (T,)
+            if position_ids is not None:
+                same &= (position_ids == position_ids[:1]).all(0)
+            shared = min(int(same.int().cumprod(0).sum()), int(used.min()))
+        hidden, unpadded = self.transformer.forward_unpadded(input_ids, inputs_embeds, position_ids, keep, shared)
+        # The output head once per computed target; every target of the batch then reads its loss.
+        T_kept = unpadded.length
+        computed_targets = targets[:, :T_kept].flatten()[unpadded.index]  # (N,), packed order
+        selected = computed_targets != IGNORE_INDEX
+        losses = self._head_losses(hidden[selected], computed_targets[selected])  # (U,)
+        if shared:
+            slot = torch.cumsum(selected.long(), 0) - 1  # packed token -> its loss (where selected)
+            all_targets = has_target[:, :T_kept].flatten().nonzero().squeeze(1)  # (M,) row-major
+            losses = losses[slot[unpadded.gather[all_targets]]]  # (M,), row 0's loss for shared ones
+        if loss_reduction == "none":
+            return CausalLMOutputWithPast(loss=losses, logits=None, past_key_values=None)
+        count = has_target.sum() if num_items_in_batch is None else num_items_in_batch
+        count = count.to(losses.device).clamp(min=1) if isinstance(count, torch.Tensor) else max(int(count), 1)
+        return CausalLMOutputWithPast(loss=losses.sum() / count, logits=None, past_key_values=None)
+
+    loss_chunk_size = 4096  # targets per output-head chunk when per-target losses are computed
+
+    def _head_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the output head at M target positions: ``hidden`` (M, d), ``targets`` (M,)
+        -> (M,). In chunks of :attr:`loss_chunk_size`, so evaluation never holds all the logits."""
+        pieces = [
+            F.cross_entropy(self.lm_head(h).float(), t, reduction="none")
+            for h, t in zip(hidden.split(self.loss_chunk_size), targets.split(self.loss_chunk_size))
+        ]
+        return torch.cat(pieces) if pieces else hidden.new_zeros(0)
+
+    def _head_loss(self, hidden, targets, num_items_in_batch, reduction) -> torch.Tensor:
+        """The loss at the M target positions (``reduction`` "mean": :func:`token_loss`; "none": per target)."""
+        if reduction == "none":
+            return self._head_losses(hidden, targets)
+        logits = self.lm_head(hidden)  # (M, vocab)
+        return token_loss(logits[None], targets[None], num_items_in_batch)
 
 
 def causal_lm_loss(

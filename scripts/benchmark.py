@@ -22,8 +22,9 @@ weight decay 0.1), each method on a freshly and identically seeded random model 
     * ``hf`` -- ``transformers.GPT2LMHeadModel`` in a plain loop (``model(input_ids, labels).loss``, SDPA
       attention, torch's default AdamW), untied output head like the book (``--hf-tied`` for HF's default):
       the stand-in for the book's implementation;
-    * one switch at a time on top of ``book`` (``--ablation`` adds the first three): ``targets-only``
+    * one switch at a time on top of ``book`` (``--ablation`` adds the first four): ``targets-only``
       (output layer only at target positions), ``padding-free`` (that plus no compute for padding),
+      ``shared-prefix`` (that plus the prompt template's common preamble computed once per batch),
       ``fused`` (fused AdamW); and on top of ``gpt-sft``: ``bf16`` (autocast), ``compile``
       (the trainer's ``--compile``, compilation excluded from the step times but reported), ``tf32`` (GPU).
 
@@ -91,6 +92,7 @@ class Method:
     impl: str = "ours"
     loss_only: bool = False
     padding_free: bool = False
+    share_prefix: bool = False
     fused: bool = False
     autocast: str | None = None  # "bf16"
     compile: bool = False
@@ -112,13 +114,15 @@ def method_table() -> dict[str, Method]:
     default = TrainConfig()
     opts = default.forward_options()
     ours = Method("gpt-sft (trainer defaults)", loss_only=opts["loss_only"], padding_free=opts["padding_free"],
-                  fused=default.fused_optimizer)
+                  share_prefix=opts["share_prefix"], fused=default.fused_optimizer)
     return {
         "book": Method("book mode (ours, switches off)"),
         "gpt-sft": ours,
         "hf": Method("transformers GPT2LMHeadModel", impl="hf"),
-        "targets-only": Method("book + logits at targets only", loss_only=True),
-        "padding-free": Method("book + targets only + padding-free", loss_only=True, padding_free=True),
+        "targets-only": Method("book + targets-only logits", loss_only=True),
+        "padding-free": Method("book + targets-only + padding-free", loss_only=True, padding_free=True),
+        "shared-prefix": Method("book + targets-only + padding-free + prefix", loss_only=True, padding_free=True,
+                                share_prefix=True),
         "fused": Method("book + fused AdamW", fused=True),
         "bf16": dataclasses.replace(ours, name="gpt-sft + bf16 autocast", autocast="bf16"),
         "compile": dataclasses.replace(ours, name="gpt-sft + torch.compile", compile=True),
@@ -127,7 +131,7 @@ def method_table() -> dict[str, Method]:
 
 
 DEFAULT_METHODS = ["book", "gpt-sft", "hf"]
-ABLATION = ["targets-only", "padding-free", "fused"]
+ABLATION = ["targets-only", "padding-free", "shared-prefix", "fused"]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -332,7 +336,8 @@ def loss_fn(method: Method):
             return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten())
         return step
     return lambda model, batch: model(input_ids=batch["input_ids"][:, :-1], shift_labels=batch["labels"][:, 1:],
-                                      loss_only=True, padding_free=method.padding_free).loss
+                                      loss_only=True, padding_free=method.padding_free,
+                                      share_prefix=method.share_prefix).loss
 
 
 def _sync(device: torch.device) -> None:
@@ -357,11 +362,19 @@ def run_method(method: Method, args, data: BenchData, device: torch.device) -> d
                 else contextlib.nullcontext())
 
     def evaluate() -> tuple[float, float]:
-        """The book's evaluate_model: mean loss of the first eval batches of train and val."""
+        """The book's evaluate_model: mean loss of the first eval batches of train and val (padding-free:
+        the trainer's evaluation, all batches of a split in one forward pass)."""
         model.eval()
         with torch.no_grad(), autocast:
-            result = tuple(sum(compute(model, b).item() for b in batches[: args.eval_batches])
-                           / len(batches[: args.eval_batches]) for batches in (train, val))
+            if method.padding_free:
+                from gpt_sft.training import batch_losses
+
+                options = {"loss_only": True, "padding_free": True, "share_prefix": method.share_prefix}
+                result = tuple(torch.stack(batch_losses(model, batches[: args.eval_batches], options)).mean().item()
+                               for batches in (train, val))
+            else:
+                result = tuple(sum(compute(model, b).item() for b in batches[: args.eval_batches])
+                               / len(batches[: args.eval_batches]) for batches in (train, val))
         model.train()
         return result
 
@@ -520,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     hf, book = results.get("hf"), results.get("book")
     steps_per_epoch = data.train_batches_per_epoch
-    print(f"\n{'method':36s} {'s/step':>7s} {'s/eval':>7s} {'epoch s':>8s} {'tokens/s':>9s} {'TFLOP/s':>8s} "
+    print(f"\n{'method':44s} {'s/step':>7s} {'s/eval':>7s} {'epoch s':>8s} {'tokens/s':>9s} {'TFLOP/s':>8s} "
           f"{'MFU':>6s} {'peak MB':>8s} {'vs book':>8s} {'vs HF':>7s}")
     for key, r in results.items():
         r["epoch_speedup_vs_book"] = epoch_seconds(book) / epoch_seconds(r) if book else None
@@ -529,7 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["step_speedup_vs_hf"] = hf["seconds_per_step"] / r["seconds_per_step"] if hf else None
         fmt = lambda x: f"{x:.2f}x" if x is not None else "-"  # noqa: E731
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        print(f"{table[key].name:36s} {r['seconds_per_step']:7.3f} {r['seconds_per_evaluation']:7.2f} "
+        print(f"{table[key].name:44s} {r['seconds_per_step']:7.3f} {r['seconds_per_evaluation']:7.2f} "
               f"{epoch_seconds(r):8.1f} {r['tokens_per_s']:9.0f} {r['useful_tflops_per_s']:8.3f} {mfu:>6s} "
               f"{r['peak_memory_mb']:8.0f} {fmt(r['epoch_speedup_vs_book']):>8s} {fmt(r['epoch_speedup_vs_hf']):>7s}")
     kind = "measured (--full-epoch)" if args.full_epoch else (

@@ -10,7 +10,7 @@ from pathlib import Path
 from gpt_sft.synthetic_data import make_synthetic_instructions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["book", "gpt-sft", "hf", "targets-only", "padding-free", "fused"]
+METHODS = ["book", "gpt-sft", "hf", "targets-only", "padding-free", "shared-prefix", "fused"]
 
 
 def test_benchmark_script_tiny(tmp_path):
@@ -24,7 +24,7 @@ def test_benchmark_script_tiny(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("PASSED") == 4 and "FAILED" not in proc.stdout
+    assert proc.stdout.count("PASSED") == 5 and "FAILED" not in proc.stdout
 
     summary = json.loads(out.read_text())
     assert summary["model_size"] == "tiny" and summary["batch_size"] == 8 and summary["timed_steps"] == 3
@@ -42,7 +42,7 @@ def test_benchmark_script_tiny(tmp_path):
     assert max(work.values()) - min(work.values()) < 1e-9 * max(work.values())
     assert summary["training"]["book"]["epoch_speedup_vs_book"] == 1.0
     # every exact method reproduces the book's losses: same init, same batches, same updates
-    assert set(summary["loss_checks"]) == {"gpt-sft", "targets-only", "padding-free", "fused"}
+    assert set(summary["loss_checks"]) == {"gpt-sft", "targets-only", "padding-free", "shared-prefix", "fused"}
     for check in summary["loss_checks"].values():
         assert check["passed"] and check["max_abs_diff_over_steps"] < 1e-4 and check["max_abs_diff_evaluations"] < 1e-4
     book, ours = summary["training"]["book"]["losses"], summary["training"]["gpt-sft"]["losses"]

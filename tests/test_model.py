@@ -210,6 +210,90 @@ def test_padding_free_with_dropout_and_lora_trains():
     assert len(lora_b) == 2 * model.config.n_layer and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
 
 
+def test_per_target_losses_in_row_major_order():
+    inputs, targets = right_padded_batch(seed=5)
+    model = tiny_model(seed=6)
+    model.loss_chunk_size = 7  # several output-head chunks
+    with torch.no_grad():
+        logits = model(inputs).logits
+        expected = F.cross_entropy(logits[targets != -100], targets[targets != -100], reduction="none")
+        for padding_free in (False, True):
+            per_target = model(inputs, shift_labels=targets, loss_only=True, padding_free=padding_free,
+                               loss_reduction="none").loss
+            assert per_target.shape == expected.shape and torch.allclose(per_target, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="needs loss_only=True"):
+        model(inputs, shift_labels=targets, loss_reduction="none")
+
+
+def shared_preamble_batch(seed: int = 0, mask_rows: tuple[int, ...] = ()):
+    """Like :func:`right_padded_batch`, but every row starts with the same 10-token preamble (a prompt
+    template); ``mask_rows`` get their first 6 targets masked (a masked prompt)."""
+    g = torch.Generator().manual_seed(seed)
+    preamble = torch.randint(0, 50256, (10,), generator=g)
+    lengths, T = [17, 12, 21, 14], 21
+    inputs = torch.full((len(lengths), T), 50256)
+    targets = torch.full((len(lengths), T), -100)
+    for row, n in enumerate(lengths):
+        tokens = torch.cat([preamble, torch.randint(0, 50256, (n - 10,), generator=g)])
+        inputs[row, :n] = tokens
+        targets[row, : n - 1], targets[row, n - 1] = tokens[1:], 50256
+    for row in mask_rows:
+        targets[row, :6] = -100
+    return inputs, targets
+
+
+@pytest.mark.parametrize("mask_rows", [(), (0, 1, 2, 3), (2,)])
+def test_shared_prefix_equals_the_padded_loss_and_gradients(mask_rows):
+    inputs, targets = shared_preamble_batch(mask_rows=mask_rows)
+    results = []
+    for options in ({}, {"loss_only": True, "padding_free": True, "share_prefix": True}):
+        model = tiny_model(seed=7).train()
+        loss = model(inputs, shift_labels=targets, **options).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (padded, g_padded), (shared, g_shared) = results
+    assert torch.allclose(padded, shared, atol=1e-6), (padded, shared)
+    worst = max((g_padded[n] - g_shared[n]).abs().max().item() for n in g_padded)
+    assert worst < 1e-6, worst
+    # per-target losses too, in the batch's row-major order
+    with torch.no_grad():
+        model.eval()
+        logits = model(inputs).logits
+        expected = F.cross_entropy(logits[targets != -100], targets[targets != -100], reduction="none")
+        per_target = model(inputs, shift_labels=targets, loss_only=True, padding_free=True, share_prefix=True,
+                           loss_reduction="none").loss
+    assert torch.allclose(per_target, expected, atol=1e-5)
+
+
+def test_shared_prefix_computes_the_preamble_once():
+    """9 positions are shared (the 10 preamble tokens, minus the last, whose target differs per row);
+    with a row masking its start, sharing stops where the targets stop agreeing; with dropout while
+    training, nothing is shared."""
+    from gpt_sft.modeling_gpt import IGNORE_INDEX
+
+    def computed_tokens(model, inputs, targets, share):
+        seen = {}
+
+        def record(module, args, output):  # returns None: the output stays as it is
+            seen["n"] = output.shape[0]
+
+        hook = model.transformer.ln_f.register_forward_hook(record)
+        model(inputs, shift_labels=targets, loss_only=True, padding_free=True, share_prefix=share)
+        hook.remove()
+        return seen["n"]
+
+    inputs, targets = shared_preamble_batch()
+    real = int(sum(int((row != IGNORE_INDEX).nonzero().max()) + 1 for row in targets))  # 17 + 12 + 21 + 14
+    model = tiny_model(seed=8)
+    with torch.no_grad():
+        assert computed_tokens(model, inputs, targets, share=False) == real == 64
+        assert computed_tokens(model, inputs, targets, share=True) == real - 3 * 9
+        masked_inputs, masked_targets = shared_preamble_batch(mask_rows=(2,))
+        assert computed_tokens(model, masked_inputs, masked_targets, share=True) == real  # disagree at 0
+        dropout = tiny_model(seed=8, drop_rate=0.1).train()
+        assert computed_tokens(dropout, inputs, targets, share=True) == real
+
+
 def test_padding_free_rejects_what_it_cannot_do():
     inputs, targets = right_padded_batch()
     model = tiny_model()

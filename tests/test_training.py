@@ -108,13 +108,13 @@ def test_gradient_accumulation_equals_big_batch(tmp_path, data_file):
 
 
 def test_speed_switches_keep_the_books_losses_and_weights(tmp_path, data_file):
-    """The defaults (padding-free, logits only at targets, fused AdamW) against all three switched off
+    """The defaults (padding-free, shared prompt prefix, logits only at targets, fused AdamW) against all off
     (logits everywhere, padded batches, torch's default AdamW: the book's computation): the same
     evaluation losses and final weights up to float round-off."""
     common = dict(max_steps=6, eval_every=2, mask_prompt=True, tie_word_embeddings=False, learning_rate=1e-3)
     fast = run(tmp_path, "fast", data_file, **common)
     book = run(tmp_path, "book", data_file, **common, padding_free=False, targets_only_logits=False,
-               fused_optimizer=False)
+               fused_optimizer=False, share_prompt_prefix=False)
     histories = [json.loads((p / "metrics.json").read_text())["history"] for p in (fast, book)]
     assert histories[0]["step"] == histories[1]["step"] == [0, 2, 4]
     for key in ("train_loss", "val_loss"):
@@ -140,16 +140,41 @@ def test_compile_trains_the_same_and_saves_plain_weights(tmp_path, data_file):
     assert metrics[0]["val_loss"] == pytest.approx(metrics[1]["val_loss"], abs=1e-5)
 
 
-def test_speed_switch_validation_and_fused_optimizer():
+def test_merged_evaluation_equals_batch_by_batch():
+    """Padding-free evaluation runs all batches in one forward pass; each batch's loss is unchanged."""
+    from gpt_sft import GPTConfig, GPTForCausalLM
+    from gpt_sft.collator import InstructionDataCollator
+    from gpt_sft.training import batch_losses
+
+    torch.manual_seed(0)
+    model = GPTForCausalLM(GPTConfig(n_embd=32, n_layer=2, n_head=2)).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for size, longest in ((8, 30), (8, 12), (3, 21)):  # different widths and a short last batch
+        examples = [{"input_ids": torch.randint(0, 50256, (int(n),), generator=g).tolist(), "prompt_length": 4}
+                    for n in torch.randint(5, longest + 1, (size,), generator=g)]
+        batches.append(InstructionDataCollator(mask_prompt=True)(examples))
+    with torch.no_grad():
+        one_by_one = [model(input_ids=b["input_ids"][:, :-1], shift_labels=b["labels"][:, 1:]).loss for b in batches]
+        merged = batch_losses(model, batches, {"loss_only": True, "padding_free": True})
+        separate = batch_losses(model, batches, {"loss_only": True, "padding_free": False})
+    assert torch.allclose(torch.stack(merged), torch.stack(one_by_one), atol=1e-5)
+    assert torch.allclose(torch.stack(separate), torch.stack(one_by_one), atol=1e-5)
+    assert len({round(x.item(), 4) for x in merged}) == 3  # three different batch losses, not one mean
+
+
+def test_speed_switches_and_fused_optimizer():
     from gpt_sft.training import make_optimizer
 
-    with pytest.raises(ValueError, match="padding_free needs targets_only_logits"):
-        TrainConfig(targets_only_logits=False)
+    # each switch builds on the one before it; LoRA dropout turns the shared prefix off
+    assert TrainConfig().forward_options() == {"loss_only": True, "padding_free": True, "share_prefix": True}
+    assert TrainConfig(targets_only_logits=False).forward_options() == {
+        "loss_only": False, "padding_free": False, "share_prefix": False}
+    assert TrainConfig(padding_free=False).forward_options()["share_prefix"] is False
+    assert TrainConfig(lora_rank=4, lora_dropout=0.1).forward_options()["share_prefix"] is False
     params = [torch.nn.Parameter(torch.ones(3))]
     assert make_optimizer(TrainConfig(), params).defaults["fused"] is True
     assert not make_optimizer(TrainConfig(fused_optimizer=False), params).defaults["fused"]
-    assert TrainConfig(padding_free=False, targets_only_logits=False).forward_options() == {
-        "loss_only": False, "padding_free": False}
 
 
 def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
