@@ -102,6 +102,8 @@ class TrainConfig:
                                      "win, slow on CPUs without bf16 instructions). Default: what `accelerate launch "
                                      "--mixed_precision` / accelerate config say, else no", choices=["no", "bf16", "fp16"])
     tf32: bool = _f(False, "Allow TensorFloat-32 matmuls on NVIDIA GPUs (changes the numbers slightly)")
+    cpu_threads: int = _f(0, "Threads per process when training on the CPU (0: this machine's cores divided among "
+                          "its processes; `accelerate launch` alone would pin every process to 1 thread)")
     compile: bool = _f(False, "torch.compile each transformer block in place (regional compilation, dynamic "
                        "shapes); pays a compilation at the start")
     # --- evaluation and logging
@@ -132,7 +134,7 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "save_every", "warmup_steps", "lora_rank", "eval_every"):
+        for name in ("max_steps", "save_every", "warmup_steps", "lora_rank", "eval_every", "cpu_threads"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -655,6 +657,8 @@ def setup(cfg: TrainConfig):
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(log_with=cfg.log_with, project_dir=str(output_dir), cpu=cpu_processes or None,
                               mixed_precision=cfg.mixed_precision)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg))
     if cfg.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -680,13 +684,29 @@ def setup(cfg: TrainConfig):
     return accelerator, model, optimizer, scheduler, data, state
 
 
+def cpu_threads(cfg: TrainConfig) -> int:
+    """``cfg.cpu_threads``, or the CPU cores this process may use divided among the processes on this
+    machine (``accelerate launch`` sets ``OMP_NUM_THREADS=1`` unless told ``--cpu``, which would leave
+    all but one core idle)."""
+    if cfg.cpu_threads:
+        return cfg.cpu_threads
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(local, 1))
+
+
 def train(cfg: TrainConfig) -> Path:
     """Fine-tune as configured; returns the output folder."""
     accelerator, model, optimizer, scheduler, data, state = setup(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    _print(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}, "
-                        f"mixed precision: {accelerator.mixed_precision}")
+    threads = f", {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else ""
+    _print(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}"
+                        f"{threads}, mixed precision: {accelerator.mixed_precision}")
     state = fit(cfg, accelerator, model, optimizer, scheduler, data, state)
     _print(accelerator, f"Training completed in {state.train_seconds / 60:.2f} minutes.")
     output_dir = finish(cfg, accelerator, model, data, state)

@@ -177,6 +177,21 @@ def test_speed_switches_and_fused_optimizer():
     assert not make_optimizer(TrainConfig(fused_optimizer=False), params).defaults["fused"]
 
 
+def test_cpu_threads_default_shares_the_cores_among_local_processes(monkeypatch):
+    import psutil
+
+    from gpt_sft.training import cpu_threads
+
+    assert cpu_threads(TrainConfig(cpu_threads=3)) == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cores = min(psutil.cpu_count(logical=False) or os.cpu_count(), len(os.sched_getaffinity(0)))
+    assert cpu_threads(TrainConfig()) == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpu_threads(TrainConfig()) == max(1, cores // 2)
+    with pytest.raises(ValueError, match="cpu_threads must be >= 0"):
+        TrainConfig(cpu_threads=-1)
+
+
 def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
     """10 steps per epoch; stop at step 7, resume to step 13 (crossing into epoch 2), with dropout on."""
     common = dict(batch_size=8, max_steps=13, epochs=2, drop_rate=0.1, save_every=7, eval_every=3)
@@ -390,6 +405,10 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mixed_precision"] == "bf16" and "mixed precision: bf16" in result.stdout + result.stderr
+    # accelerate launch sets OMP_NUM_THREADS=1 for a CPU run; the trainer uses the cores instead
+    from gpt_sft.training import cpu_threads
+
+    assert f"{cpu_threads(TrainConfig())} threads, mixed precision" in result.stdout + result.stderr
     assert metrics["global_step"] == 3 and all(v == v for v in metrics["history"]["train_loss"])  # finite
     assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == torch.float32  # fp32 master
 
