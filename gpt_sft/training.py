@@ -721,6 +721,10 @@ def train(cfg: TrainConfig) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, argv)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         train(cfg)
     except KeyboardInterrupt:

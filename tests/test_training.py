@@ -233,7 +233,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, data_fi
         time.sleep(0.5)
     assert (out / "checkpoints" / "step-000005").exists(), "training never reached step 5"
     proc.send_signal(signal.SIGINT)
-    log, _ = proc.communicate(timeout=120)
+    try:
+        log, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # show where it is stuck: the trainer dumps its stacks on SIGUSR1
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        proc.kill()
+        log, _ = proc.communicate()
+        pytest.fail(f"the trainer did not stop within 120 s of SIGINT; its output ends:\n{log[-6000:]}")
     assert proc.returncode == 130, log[-2000:]
     assert "Interrupted: saved a resumable checkpoint" in log
     steps = [int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]
