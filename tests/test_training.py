@@ -227,7 +227,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, data_fi
             "--output-dir", str(out), "--epochs", "200", "--eval-every", "0", "--no-generate",
             "--no-sample-every-epoch", "--save-every", "5", "--tie-word-embeddings"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # As from a terminal: a shell running a job in the background (CI scripts) sets SIGINT to "ignore",
+    # children inherit it and Python then installs no KeyboardInterrupt handler.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "checkpoints" / "step-000005").exists():
         time.sleep(0.5)
