@@ -430,8 +430,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         if loss_reduction == "none":
             return CausalLMOutputWithPast(loss=losses, logits=None, past_key_values=None)
         count = has_target.sum() if num_items_in_batch is None else num_items_in_batch
-        count = count.to(losses.device).clamp(min=1) if isinstance(count, torch.Tensor) else max(int(count), 1)
-        return CausalLMOutputWithPast(loss=losses.sum() / count, logits=None, past_key_values=None)
+        return CausalLMOutputWithPast(loss=_per_item(losses.sum(), count), logits=None, past_key_values=None)
 
     loss_chunk_size = 4096  # targets per output-head chunk when per-target losses are computed
 
@@ -471,11 +470,14 @@ def token_loss(
     total = F.cross_entropy(logits.flatten(0, 1).float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if num_items_in_batch is None:
         num_items_in_batch = (flat_targets != IGNORE_INDEX).sum()
-    if isinstance(num_items_in_batch, torch.Tensor):
-        num_items_in_batch = num_items_in_batch.to(total.device).clamp(min=1)
-    else:
-        num_items_in_batch = max(int(num_items_in_batch), 1)
-    return total / num_items_in_batch
+    return _per_item(total, num_items_in_batch)
+
+
+def _per_item(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+    """``total / count``, with a count of 0 taken as 1 (a batch without targets has loss 0, not NaN)."""
+    if isinstance(count, torch.Tensor):
+        return total / count.to(total.device).clamp(min=1)
+    return total / max(int(count), 1)
 
 
 __all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded", "causal_lm_loss", "token_loss"]
