@@ -406,8 +406,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         has_target = targets != IGNORE_INDEX
         # Each row is needed up to its last target: earlier positions are context (a masked prompt),
         # later ones are padding that no target can see (causal attention). At least one per row.
-        last = T - has_target.flip(1).int().argmax(1)  # (B,) last target index + 1, or T if none
-        used = torch.where(has_target.any(1), last, 1)
+        used = positions_up_to_last_target(targets).clamp(min=1)
         keep = torch.arange(T, device=targets.device)[None] < used[:, None]  # (B, T), row prefixes
         shared = 0
         if share_prefix and B > 1 and input_ids is not None and not (self.training and self.config.drop_rate > 0):
@@ -451,6 +450,14 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         return token_loss(logits[None], targets[None], num_items_in_batch)
 
 
+def positions_up_to_last_target(targets: torch.Tensor) -> torch.Tensor:
+    """Per row of ``targets`` (B, T): its last non-ignored position + 1, or 0 for a row without targets
+    -- the positions a loss needs (right padding after them is never seen by a target)."""
+    has_target = targets != IGNORE_INDEX
+    last = targets.shape[1] - has_target.flip(1).int().argmax(1)  # (B,)
+    return torch.where(has_target.any(1), last, 0)
+
+
 def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -480,4 +487,5 @@ def _per_item(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
     return total / max(int(count), 1)
 
 
-__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded", "causal_lm_loss", "token_loss"]
+__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded", "causal_lm_loss",
+           "positions_up_to_last_target", "token_loss"]

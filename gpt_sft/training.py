@@ -314,11 +314,15 @@ def batch_losses(model, batches: list[dict], forward_options: dict | None = None
     if not (options.get("padding_free") and len(batches) > 1):
         return [model(input_ids=b["input_ids"][:, :-1], shift_labels=b["labels"][:, 1:], **options).loss.float()
                 for b in batches]
+    from .modeling_gpt import IGNORE_INDEX
+    from .tokenizer import END_OF_TEXT_ID
+
     width = max(b["input_ids"].shape[1] for b in batches)
-    inputs = torch.cat([F.pad(b["input_ids"], (0, width - b["input_ids"].shape[1]), value=50256) for b in batches])
-    labels = torch.cat([F.pad(b["labels"], (0, width - b["labels"].shape[1]), value=-100) for b in batches])
+    inputs = torch.cat([F.pad(b["input_ids"], (0, width - b["input_ids"].shape[1]), value=END_OF_TEXT_ID)
+                        for b in batches])
+    labels = torch.cat([F.pad(b["labels"], (0, width - b["labels"].shape[1]), value=IGNORE_INDEX) for b in batches])
     per_target = model(input_ids=inputs[:, :-1], shift_labels=labels[:, 1:], **options, loss_reduction="none").loss
-    counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # row-major: batch by batch
+    counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]  # row-major: batch by batch
     return [part.float().sum() / max(count, 1) for part, count in zip(per_target.split(counts), counts)]
 
 

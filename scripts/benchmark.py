@@ -71,7 +71,6 @@ if importlib.util.find_spec("gpt_sft") is None:  # running from a clone without 
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "instruction-data.json"
 TINY = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 1025}
-IGNORE_INDEX = -100
 # The book's figures (chapter 7, "Training completed in ... minutes", gpt2-medium, 2 epochs) for reference.
 BOOK_REFERENCE = ("the book (2 epochs incl. evaluation): gpt2-medium 0.86 min on an A100, 1.83 min on an L4, "
                   "15.78 min on an M3 CPU; gpt2-small 0.39 min on an A100")
@@ -274,10 +273,9 @@ def useful_flops(batch: dict, config) -> float:
 
     Per row, the tokens up to its last target (padding after it is not useful work, a masked prompt
     is): 6 x (12 L d^2 + d V) per token for the matmuls, plus causal attention 6 L d n^2 per row."""
-    targets = batch["labels"][:, 1:]
-    has = targets != IGNORE_INDEX
-    T = targets.shape[1]
-    used = torch.where(has.any(1), T - has.flip(1).int().argmax(1), 0).double()
+    from gpt_sft.modeling_gpt import positions_up_to_last_target
+
+    used = positions_up_to_last_target(batch["labels"][:, 1:]).double()
     d, L, V = config.n_embd, config.n_layer, config.vocab_size
     return float(6 * (12 * L * d * d + d * V) * used.sum() + 6 * L * d * (used ** 2).sum())
 
