@@ -59,7 +59,7 @@ class GPTConfig(PretrainedConfig):
     """
 
     model_type = "gpt_sft"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     attribute_map = {
         "hidden_size": "n_embd",
         "max_position_embeddings": "n_positions",

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -379,6 +380,17 @@ def _num_layers(model: torch.nn.Module) -> int:
     raise ValueError("cannot tell the number of layers of the model (config.n_layer / num_hidden_layers)")
 
 
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which ``model.forward`` takes its KV cache: ``cache`` (transformers >= 5.24 and
+    gpt-sft's model) or ``past_key_values`` (older transformers models)."""
+    forward = getattr(model, "forward", None)
+    try:
+        parameters = inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -551,14 +563,15 @@ def _decode_batch_cache(
     next_position = torch.tensor(lengths, device=device)  # (B,)
     budget_left = torch.tensor(budgets, device=device)  # (B,)
     cache = _make_cache(_num_layers(model), capacity=T + max(budgets))
+    cache_keyword = _cache_keyword(model)
 
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{cache_keyword: cache},
     )
     logits = out.logits[:, -1, :]  # (B, vocab)
     active = list(range(B))  # original row of each row still in the batch
@@ -601,8 +614,8 @@ def _decode_batch_cache(
             input_ids=next_token[:, None],  # (b, 1)
             attention_mask=attention_mask,  # (b, past+1)
             position_ids=next_position[:, None],  # (b, 1)
-            past_key_values=cache,
             use_cache=True,
+            **{cache_keyword: cache},
         )
         logits = out.logits[:, -1, :]  # (b, vocab)
         next_position = next_position + 1
@@ -696,7 +709,8 @@ def generate_token_ids(
 
     Args:
         model: A causal LM (``GPTForCausalLM`` or any transformers model accepting ``attention_mask``,
-            ``position_ids``, ``past_key_values`` and ``logits_to_keep``), on its device and dtype.
+            ``position_ids``, a KV cache (``cache``, or ``past_key_values`` before transformers 5.24) and
+            ``logits_to_keep``), on its device and dtype.
         prompt_ids: One list of token ids per prompt.
         settings: :class:`GenerationSettings` (defaults: greedy, 256 tokens, batch "auto").
         max_new_tokens: Optional per-prompt token budgets, one integer >= 1 per prompt, overriding
@@ -904,8 +918,10 @@ def load_model(path: str | os.PathLike, device: str | None = "auto", dtype: str 
     if config_file.is_file():
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     if model_type == "gpt_sft":
+        from .checkpoint_code import warn_if_outdated
         from .modeling_gpt import GPTForCausalLM
 
+        warn_if_outdated(path)
         model = GPTForCausalLM.from_pretrained(path, dtype=torch_dtype)
     else:
         from transformers import AutoModelForCausalLM

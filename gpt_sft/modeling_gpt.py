@@ -12,6 +12,7 @@ Self-contained on purpose: ``save_pretrained`` copies this file into every check
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,51 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_gpt import GPTConfig
 
+# Raised whenever this file changes in a way a checkpoint's copy should follow: gpt-sft warns when a
+# folder carries an older copy, and `gpt-sft refresh-code DIR` replaces it.
+MODEL_CODE_VERSION = 2
+
 IGNORE_INDEX = -100
+
+# transformers 5.24 renamed the KV cache of forward keywords and model outputs from `past_key_values` to
+# `cache` (transformers/utils/generic.py, `_rename_kwargs_for_bc`); `generate` then passes `cache=` and reads
+# `outputs["cache"]`. This file runs in checkpoints under any transformers 5, so it takes either name and
+# fills whichever field this version's output classes declare.
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+# Keywords that transformers may pass to `forward` and that this model ignores on purpose. Read off
+# `GenerationMixin.generate` and `prepare_inputs_for_generation` of transformers 5.0-5.24 (and peft's
+# `PeftModelForCausalLM.forward`); any other unknown keyword raises TypeError rather than vanish.
+IGNORED_FORWARD_KWARGS = frozenset({
+    # Created by generate for remote-code models whose forward names it (5.x before 5.20 for every model).
+    # Positions here come from `position_ids` or the attention mask, which generate always passes too.
+    "cache_position",
+})
+
+
+def _check_forward_kwargs(kwargs: dict, where: str) -> None:
+    unknown = sorted(set(kwargs) - IGNORED_FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{where}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; this model does not "
+            "use them. If a newer transformers passes them, gpt-sft needs updating (gpt-sft refresh-code DIR "
+            "updates a checkpoint's copy of this file)."
+        )
+
+
+def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The KV cache passed under its transformers >= 5.24 name (``cache``) or its older one."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache once, as `cache` (or the older `past_key_values`), not both")
+    chosen = cache if cache is not None else past_key_values
+    if chosen is not None and not isinstance(chosen, Cache):
+        raise TypeError(f"the KV cache must be a transformers Cache (e.g. DynamicCache), got {type(chosen).__name__}")
+    return chosen
+
+
+def output_cache(output) -> Cache | None:
+    """The KV cache of a model output, whatever this transformers version calls the field."""
+    return getattr(output, CACHE_FIELD, None)
 
 
 @dataclass
@@ -66,28 +111,37 @@ class GPTAttention(nn.Module):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         unpadded: Unpadded | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention output and, with ``output_attentions``, its weights ``(B, nh, T, past+T)``."""
         if unpadded is not None:
-            return self._forward_unpadded(x, unpadded)
+            return self._forward_unpadded(x, unpadded), None
         B, T, C = x.shape
         shape = (B, T, self.n_head, self.head_dim)
         q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
         v = self.v_proj(x).view(shape).transpose(1, 2)  # (B, nh, T, hs)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, past+T, hs)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=is_causal,
-        )  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, nh, past+T, hs)
+        dropout_p = self.dropout_p if self.training else 0.0
+        weights = None
+        if output_attentions:
+            # SDPA does not return its weights: compute them explicitly (the book's own formulation).
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, past+T)
+            if is_causal:
+                attn_mask = torch.ones(T, k.shape[-2], dtype=torch.bool, device=x.device).tril(k.shape[-2] - T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+            weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            y = F.dropout(weights, dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
-        return self.c_proj(y)
+        return self.c_proj(y), weights
 
     def _forward_unpadded(self, x: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
         """``x`` is (N, d): only the computed tokens. Projections run on those N tokens; attention runs
@@ -133,10 +187,11 @@ class GPTBlock(GradientCheckpointingLayer):
         self.mlp = GPTMLP(config)
         self.drop = nn.Dropout(config.drop_rate)  # the book's drop_shortcut
 
-    def forward(self, x, attn_mask=None, is_causal=False, past_key_values=None, unpadded=None):
-        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, past_key_values, unpadded))
+    def forward(self, x, attn_mask=None, is_causal=False, cache=None, unpadded=None, output_attentions=False):
+        attended, weights = self.attn(self.ln_1(x), attn_mask, is_causal, cache, unpadded, output_attentions)
+        x = x + self.drop(attended)
         x = x + self.drop(self.mlp(self.ln_2(x)))
-        return x
+        return x, weights
 
 
 class GPTPreTrainedModel(PreTrainedModel):
@@ -145,7 +200,7 @@ class GPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
 
     @torch.no_grad()
@@ -219,34 +274,50 @@ class GPTModel(GPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         keep: torch.Tensor | None = None,
         shared_prefix: int = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """``keep``: a boolean ``(B, T)`` mask whose rows are prefixes (True up to some position, then
+        """``cache`` (``past_key_values`` before transformers 5.24): the KV cache to extend.
+        ``output_hidden_states``: also return the input of every block and the final normed states
+        (``n_layer + 1`` tensors, as Hugging Face GPT-2). ``output_attentions``: also return each block's
+        attention weights (computed explicitly, not by SDPA).
+        ``keep``: a boolean ``(B, T)`` mask whose rows are prefixes (True up to some position, then
         False). Only the kept tokens are computed -- padding-free -- and ``last_hidden_state`` is then
         ``(N, d)`` for the N computed tokens in row-major order. ``shared_prefix``: the first that many
         positions hold the same tokens in every row (and are kept in every row); they are computed
         for row 0 only and shared. Needs right padding and no cache."""
+        _check_forward_kwargs(kwargs, "GPTModel.forward")
+        cache = _pick_cache(cache, past_key_values)
+        output_attentions = bool(output_attentions if output_attentions is not None else getattr(self.config, "output_attentions", False))
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else getattr(self.config, "output_hidden_states", False)
+        )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if keep is not None:
+            if output_attentions or output_hidden_states:
+                raise ValueError("the padding-free forward (keep=...) returns no attentions or hidden states")
             x, _ = self.forward_unpadded(input_ids, inputs_embeds, position_ids, keep, shared_prefix)
-            return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=None)
+            return BaseModelOutputWithPast(last_hidden_state=x)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, d)
         B, T = inputs_embeds.shape[:2]
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if not use_cache:
-            past_key_values = None
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = None
+        past_length = cache.get_seq_length() if cache is not None else 0
 
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
@@ -262,10 +333,22 @@ class GPTModel(GPTPreTrainedModel):
 
         x = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, d)
         attn_mask, is_causal = build_attention_mask(attention_mask, T, past_length)
+        hidden_states, attentions = [], []
         for block in self.h:
-            x = block(x, attn_mask, is_causal, past_key_values)
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, weights = block(x, attn_mask, is_causal, cache, None, output_attentions)
+            if output_attentions:
+                attentions.append(weights)
         x = self.ln_f(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            **{CACHE_FIELD: cache},
+        )
 
     def forward_unpadded(self, input_ids, inputs_embeds, position_ids, keep: torch.Tensor,
                          shared_prefix: int = 0) -> tuple[torch.Tensor, Unpadded]:
@@ -292,7 +375,7 @@ class GPTModel(GPTPreTrainedModel):
         x = self.drop(tokens + self.wpe(position_ids[:, :T][compute]))  # (N, d)
         unpadded = Unpadded(index=index, gather=gather.flatten(), batch_size=B, length=T)
         for block in self.h:
-            x = block(x, None, True, None, unpadded)
+            x, _ = block(x, None, True, None, unpadded)
         x = self.ln_f(x)
         return x, unpadded
 
@@ -325,20 +408,28 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         shift_labels: torch.LongTensor | None = None,
         loss_only: bool = False,
         padding_free: bool = False,
         loss_reduction: str = "mean",
         share_prefix: bool = False,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
-        """``labels``: aligned with ``input_ids`` (shifted here). ``shift_labels``: already shifted, i.e.
+    ) -> CausalLMOutputWithPast | tuple:
+        """``cache`` (``past_key_values`` before transformers 5.24), ``output_attentions``,
+        ``output_hidden_states``: as :meth:`GPTModel.forward`. ``return_dict=False`` returns a tuple.
+        ``logits_to_keep``: with an int ``n > 0``, logits of the last ``n`` positions only (generate
+        asks for 1); a 1-D tensor selects positions.
+        ``labels``: aligned with ``input_ids`` (shifted here). ``shift_labels``: already shifted, i.e.
         ``shift_labels[:, t]`` is the target of position ``t`` -- the book's ``(inputs, targets)`` form,
         which needs no forward pass over a final position whose logits would be unused.
         ``num_items_in_batch``: divide the summed loss by this instead of the batch's target count.
@@ -356,32 +447,44 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         token and target (a prompt template's preamble: 24 of the Alpaca prompt's tokens) are computed
         once, for row 0, and shared: the same activations, losses and gradients as computing them in
         every row, up to float round-off. Off while training with dropout (rows would share masks)."""
+        _check_forward_kwargs(kwargs, "GPTForCausalLM.forward")
+        cache = _pick_cache(cache, past_key_values)
         if loss_reduction not in ("mean", "none"):
             raise ValueError(f"loss_reduction must be 'mean' or 'none', got {loss_reduction!r}")
         if loss_reduction == "none" and not loss_only:
             raise ValueError("loss_reduction='none' needs loss_only=True")
         if padding_free:
-            return self._forward_padding_free(input_ids, inputs_embeds, position_ids, attention_mask,
-                                              past_key_values, shift_labels, loss_only, num_items_in_batch,
-                                              loss_reduction, share_prefix)
+            if output_attentions or output_hidden_states:
+                raise ValueError("padding_free=True returns no attentions or hidden states")
+            out = self._forward_padding_free(input_ids, inputs_embeds, position_ids, attention_mask, cache,
+                                             shift_labels, loss_only, num_items_in_batch, loss_reduction,
+                                             share_prefix)
+            return out if return_dict is not False else out.to_tuple()
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         hidden = out.last_hidden_state  # (B, T, d)
+        extra = {"hidden_states": out.hidden_states, "attentions": out.attentions, CACHE_FIELD: output_cache(out)}
         if loss_only:
             if shift_labels is None:
                 raise ValueError("loss_only=True needs shift_labels")
             targets = shift_labels.to(hidden.device)
             keep = targets != IGNORE_INDEX  # (B, T)
             loss = self._head_loss(hidden[keep], targets[keep], num_items_in_batch, loss_reduction)
-            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
-        if logits_to_keep and labels is None and shift_labels is None:
-            hidden = hidden[:, -logits_to_keep:]
+            result = CausalLMOutputWithPast(loss=loss, logits=None, **extra)
+            return result if return_dict is not False else result.to_tuple()
+        if labels is None and shift_labels is None:
+            if isinstance(logits_to_keep, torch.Tensor):
+                hidden = hidden[:, logits_to_keep]
+            elif logits_to_keep:
+                hidden = hidden[:, -int(logits_to_keep):]
         logits = self.lm_head(hidden)  # (B, T, vocab)
 
         loss = None
@@ -389,14 +492,15 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             loss = token_loss(logits, shift_labels.to(logits.device), num_items_in_batch)
         elif labels is not None:
             loss = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, **extra)
+        return result if return_dict is not False else result.to_tuple()
 
-    def _forward_padding_free(self, input_ids, inputs_embeds, position_ids, attention_mask, past_key_values,
+    def _forward_padding_free(self, input_ids, inputs_embeds, position_ids, attention_mask, cache,
                               shift_labels, loss_only, num_items_in_batch, loss_reduction="mean",
                               share_prefix=False) -> CausalLMOutputWithPast:
         if not loss_only or shift_labels is None:
             raise ValueError("padding_free=True needs loss_only=True and shift_labels")
-        if past_key_values is not None:
+        if cache is not None:
             raise ValueError("padding_free=True is for training and loss evaluation, not with a KV cache")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("padding_free=True skips right padding by the labels; do not pass an attention "
@@ -427,9 +531,9 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             all_targets = has_target[:, :T_kept].flatten().nonzero().squeeze(1)  # (M,) row-major
             losses = losses[slot[unpadded.gather[all_targets]]]  # (M,), row 0's loss for shared ones
         if loss_reduction == "none":
-            return CausalLMOutputWithPast(loss=losses, logits=None, past_key_values=None)
+            return CausalLMOutputWithPast(loss=losses, logits=None)
         count = has_target.sum() if num_items_in_batch is None else num_items_in_batch
-        return CausalLMOutputWithPast(loss=_per_item(losses.sum(), count), logits=None, past_key_values=None)
+        return CausalLMOutputWithPast(loss=_per_item(losses.sum(), count), logits=None)
 
     loss_chunk_size = 4096  # targets per output-head chunk when per-target losses are computed
 
@@ -487,5 +591,5 @@ def _per_item(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
     return total / max(int(count), 1)
 
 
-__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded", "causal_lm_loss",
-           "positions_up_to_last_target", "token_loss"]
+__all__ = ["CACHE_FIELD", "MODEL_CODE_VERSION", "GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded",
+           "causal_lm_loss", "output_cache", "positions_up_to_last_target", "token_loss"]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import gpt_sft
 from gpt_sft import GPTConfig, GPTForCausalLM
 from gpt_sft.hub import save_checkpoint
-from gpt_sft.modeling_gpt import causal_lm_loss
+from gpt_sft.modeling_gpt import causal_lm_loss, output_cache
 
 TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)
 EOS = 50256
@@ -307,7 +307,7 @@ def test_padding_free_rejects_what_it_cannot_do():
         from transformers import DynamicCache
 
         model(inputs, shift_labels=targets, loss_only=True, padding_free=True,
-              past_key_values=DynamicCache(config=model.config))
+              cache=DynamicCache(config=model.config))
 
 
 def test_context_length_overflow_is_a_clear_error():
@@ -346,13 +346,13 @@ def test_kv_cache_matches_full_recompute_logits():
     with torch.no_grad():
         full = model(x, use_cache=False).logits
         first = model(x[:, :7], use_cache=True)
-        cache = first.past_key_values
+        cache = output_cache(first)
         step_logits = [first.logits]
         for t in range(7, 12):
-            out = model(x[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(x[:, t : t + 1], cache=cache, use_cache=True)
             step_logits.append(out.logits)
         # several new tokens at once on top of a cache (offset causal mask)
-        chunk = model(x[:, 10:12], past_key_values=model(x[:, :10]).past_key_values).logits
+        chunk = model(x[:, 10:12], cache=output_cache(model(x[:, :10]))).logits
     assert (torch.cat(step_logits, 1) - full).abs().max() < 1e-4
     assert (chunk - full[:, 10:12]).abs().max() < 1e-4
 
