@@ -12,10 +12,12 @@ interrupted save (Ctrl-C, kill, full disk) never leaves a half-written checkpoin
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from .atomic_io import atomic_directory, write_json_atomic, write_text_atomic
+from .prompts import PromptStyle, chat_template
 from .tokenizer import END_OF_TEXT_ID, get_hf_tokenizer
 
 
@@ -24,6 +26,7 @@ def save_checkpoint(
     output_dir: str | os.PathLike,
     tokenizer=None,
     *,
+    prompt_style: PromptStyle | str | None = "alpaca",
     extra_json: dict[str, object] | None = None,
     write_extra: Callable[[Path], None] | None = None,
     safe_serialization: bool = True,
@@ -35,11 +38,19 @@ def save_checkpoint(
         model: The model; its ``generation_config`` gets end-of-text 50256 as EOS and padding.
         output_dir: Final folder; replaced as a whole when the new one is complete.
         tokenizer: A Hugging Face tokenizer to save alongside (default: the GPT-2 tokenizer).
+        prompt_style: The prompt style the model was trained with: the tokenizer gets its chat template
+            (:func:`gpt_sft.prompts.chat_template`), so ``apply_chat_template`` and ``pipeline(messages)``
+            build the model's own prompt. ``None`` leaves the tokenizer's template as it is.
         extra_json: ``{file name: object}`` written as JSON files into the folder (training args, metrics).
         write_extra: Called with the temporary folder to add more files (plots, model card) before
             the rename.
     """
     tokenizer = tokenizer if tokenizer is not None else get_hf_tokenizer()
+    if prompt_style is not None:
+        try:
+            tokenizer.chat_template = chat_template(prompt_style)
+        except ValueError as err:
+            warnings.warn(f"{err}: the checkpoint's tokenizer gets no chat template", stacklevel=2)
     gen = getattr(model, "generation_config", None)
     if gen is not None:
         gen.eos_token_id = END_OF_TEXT_ID
@@ -88,7 +99,7 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     from .configuration_gpt import resolve_preset_name
-    from .prompts import format_prompt
+    from .prompts import format_prompt, get_prompt_style
 
     preset = resolve_preset_name(cfg.model) if cfg.model != "scratch" else None
     hub_base = {
@@ -109,8 +120,9 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
         alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 16 * cfg.lora_rank
         method = (f"LoRA r={cfg.lora_rank}, lora_alpha={alpha:g} on {', '.join(cfg.lora_target_modules)}"
                   f" ({'merged' if cfg.merge_lora else 'adapter'})")
-    example = format_prompt({"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast."},
-                            cfg.prompt_style)
+    example_entry = {"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast."}
+    example = format_prompt(example_entry, cfg.prompt_style)
+    message = {"role": "user", "content": example_entry["instruction"], "input": example_entry["input"]}
     judge = metrics.get("judge")
     card = ModelCard.from_template(
         card_data,
@@ -123,6 +135,8 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
         base_model=base_model or cfg.model,
         lora=bool(cfg.lora_rank),
         example_prompt=repr(example),
+        example_message=repr(message),
+        response_marker=repr(get_prompt_style(cfg.prompt_style).response_marker or ""),
         prompt_style=cfg.prompt_style,
         data=cfg.data,
         mask_prompt="yes" if cfg.mask_prompt else "no",

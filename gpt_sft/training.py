@@ -611,7 +611,7 @@ def finish(cfg: TrainConfig, accelerator, model, data: TrainingData, state: Trai
             (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
 
         stage = output_dir / ".final-stage"
-        save_checkpoint(unwrapped, stage, extra_json={"training_args.json": config_to_dict(cfg), "metrics.json": metrics},
+        save_checkpoint(unwrapped, stage, prompt_style=cfg.prompt_style, extra_json={"training_args.json": config_to_dict(cfg), "metrics.json": metrics},
               write_extra=extras)
         publish_folder(stage, output_dir)
     accelerator.wait_for_everyone()
