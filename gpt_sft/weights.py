@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint_code import warn_if_outdated
 from .configuration_gpt import GPT2_PRESETS, GPTConfig, resolve_preset_name
 from .download import DownloadError, download_file
 from .modeling_gpt import GPTForCausalLM
@@ -639,6 +640,7 @@ def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCaus
     dtype = _parse_dtype(options.get("dtype"))
     if dtype is not None:
         overrides["dtype"] = dtype
+    warn_if_outdated(folder)
     model = GPTForCausalLM.from_pretrained(str(folder), **overrides)
     wte, head = model.transformer.wte.weight, model.lm_head.weight
     if tie is True and head is not wte:
