@@ -8,15 +8,60 @@ renamed to ``dest``: an interrupted download never leaves a file that looks comp
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 CHUNK_SIZE = 1 << 20
+HUB_PROBE_TIMEOUT = 3.0  # seconds: a reachable Hub answers a TCP connect far sooner
 
 
 class DownloadError(RuntimeError):
     """A download failed; the message names the URL and how to avoid the network."""
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+@functools.lru_cache(maxsize=8)
+def _unreachable(host: str, port: int) -> str | None:
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT).close()
+    except OSError as err:
+        return f"{host}:{port} cannot be reached ({err.__class__.__name__}: {err})"
+    return None
+
+
+@contextlib.contextmanager
+def hub_cache_only():
+    """Within: huggingface_hub (and so transformers and datasets) reads its local cache and never asks
+    the network, as with ``HF_HUB_OFFLINE=1`` (the variable is read once, at import, into this constant)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def hub_offline_reason(endpoint: str | None = None) -> str | None:
+    """Why the Hugging Face Hub cannot be used now, or ``None``: ``HF_HUB_OFFLINE`` is set, or one quick
+    TCP connect (asked once per process) fails. huggingface_hub itself would retry for ~25 s first."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return "offline mode is on (HF_HUB_OFFLINE=1)"
+    parts = urlsplit(endpoint or hub_endpoint())
+    if not parts.hostname:
+        return None
+    return _unreachable(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def _sha256_file(path: Path) -> str:

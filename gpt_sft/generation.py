@@ -73,6 +73,7 @@ This module knows nothing of training or judging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -88,6 +89,8 @@ from typing import Any
 import torch
 
 from .atomic_io import write_json_atomic
+from .config_cli import CommandParser
+from .command_errors import add_debug_flag, report_errors
 
 END_OF_TEXT_ID = 50256  # also in gpt_sft.tokenizer; repeated so that this module imports no tokenizer files
 END_OF_TEXT = "<|endoftext|>"
@@ -106,6 +109,7 @@ __all__ = [
     "generate_responses",
     "add_responses",
     "auto_batch_size",
+    "UntrustedCodeError",
     "load_model",
     "load_tokenizer",
     "main",
@@ -903,46 +907,89 @@ def _resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | os.PathLike, device: str | None = "auto", dtype: str | None = "auto") -> torch.nn.Module:
+class UntrustedCodeError(ValueError):
+    """A model folder asks to run its own Python code, and the caller did not allow it."""
+
+
+def _folder_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file}: not a JSON config ({err})") from None
+    return config if isinstance(config, dict) else None
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    *,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
     """Load a causal LM for generation from a checkpoint folder (or a Hub id when online).
 
-    A folder saved by gpt-sft (``model_type == "gpt_sft"``) loads with :class:`gpt_sft.GPTForCausalLM`;
-    anything else goes through ``AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)``.
-    ``dtype``: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"``, ``"float16"``.
+    A gpt-sft folder (``model_type == "gpt_sft"``) loads with the installed :class:`gpt_sft.GPTForCausalLM`
+    through :func:`gpt_sft.weights.load_pretrained` (strict: every weight must fit the config), never
+    with the Python files in the folder. Any other model goes through
+    ``AutoModelForCausalLM.from_pretrained``; one that needs its own code (``auto_map``) is refused unless
+    ``trust_remote_code=True``. ``dtype``: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"``,
+    ``"float16"``.
+
+    Raises:
+        UntrustedCodeError: the folder wants to run its code and ``trust_remote_code`` is false.
     """
     torch_dtype: Any = "auto" if dtype in (None, "auto") else _DTYPES.get(str(dtype).lower())
     if torch_dtype is None:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    model_type = None
-    config_file = Path(path) / "config.json"
-    if config_file.is_file():
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type == "gpt_sft":
-        from .checkpoint_code import warn_if_outdated
-        from .modeling_gpt import GPTForCausalLM
+    config = _folder_config(path)
+    if config is not None and config.get("model_type") == "gpt_sft":
+        from .weights import load_pretrained
 
-        warn_if_outdated(path)
-        model = GPTForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = load_pretrained(path, dtype=None if torch_dtype == "auto" else torch_dtype)
     else:
+        if config is not None and config.get("auto_map") and not trust_remote_code:
+            raise UntrustedCodeError(
+                f"{path}: its config.json (model_type {config.get('model_type')!r}) asks to run Python code from the "
+                "folder (auto_map); gpt-sft runs a model folder's own code only with --trust-remote-code"
+            )
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=True)
+        from .download import hub_cache_only, hub_offline_reason
+
+        # Not a folder: a Hub id. Unreachable, transformers would retry for ~25 s; use the cache only.
+        offline = None if Path(path).is_dir() else hub_offline_reason()
+        with hub_cache_only() if offline else contextlib.nullcontext():
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            except OSError as err:
+                if offline is None:
+                    raise
+                from .weights import ModelNotFoundError
+
+                raise ModelNotFoundError(f"{path}: not a local folder, and not in the Hugging Face cache; the Hub "
+                                         f"cannot be reached to download it ({offline})") from err
     return model.to(_resolve_device(device)).eval()
 
 
-def load_tokenizer(path: str | os.PathLike | None = None) -> Any:
-    """The tokenizer saved with a checkpoint folder if it has one, else the tiktoken ``gpt2`` encoding."""
+def load_tokenizer(path: str | os.PathLike | None = None, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved with a checkpoint folder if it has one, else the tiktoken ``gpt2`` encoding.
+
+    Remote tokenizer code runs only with ``trust_remote_code=True``; a gpt-sft folder never needs it."""
     if path is not None and Path(path).is_dir() and any(
         (Path(path) / name).is_file() for name in ("tokenizer.json", "vocab.json")
     ):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        config = _folder_config(path) or {}
+        if config.get("model_type") == "gpt_sft":
+            import gpt_sft  # noqa: F401 - registers the config class, so no code is read from the folder
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     from .tokenizer import get_tokenizer
 
     return get_tokenizer()
-
-
 
 
 def _load_split(data: str, split: str) -> list[dict]:
@@ -956,7 +1003,7 @@ def _load_split(data: str, split: str) -> list[dict]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="gpt-sft-generate",
         description="Generate responses with an instruction-tuned GPT-2: for a data split (written as the book's "
         "instruction-data-with-response.json), for one --prompt, or interactively.",
@@ -984,9 +1031,14 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16, float16")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model folder that is not a gpt-sft checkpoint to run its own Python code "
+                        "(auto_map); gpt-sft checkpoints always load with the installed code")
     return parser
 
 
+@report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``gpt-sft-generate`` (also ``scripts/generate.py``)."""
     args = _build_parser().parse_args(argv)
@@ -1003,8 +1055,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     entries = _load_split(args.data, args.split) if args.data else None  # fail on bad data before loading
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
 
     if entries is not None:
         output = Path(args.output) if args.output else Path.cwd() / f"{Path(args.data).stem}-with-response.json"

@@ -31,19 +31,21 @@ Face GPT-2 does. Nothing is unpickled: ``.pth``/``.bin`` files are read with
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .checkpoint_code import warn_if_outdated
 from .configuration_gpt import GPT2_PRESETS, GPTConfig, resolve_preset_name
-from .download import DownloadError, download_file
+from .download import DownloadError, download_file, hub_offline_reason
 from .modeling_gpt import GPTForCausalLM
 
 OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
@@ -90,6 +92,10 @@ _STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 class WeightLoadingError(ValueError):
     """Weights could not be loaded: unknown source, unreadable file, missing/unexpected keys, bad shapes."""
+
+
+class ModelNotFoundError(WeightLoadingError, FileNotFoundError):
+    """The model source looks like a local path, and nothing is there."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,12 +633,87 @@ def load_state_dict_file(path: str | os.PathLike, *, n_head: int | None = None, 
     return build_model(config_kwargs, state_dict, source=str(path), **_build_options(options))
 
 
-def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCausalLM:
-    """Load one of our own checkpoints (``config.json`` with ``model_type: gpt_sft``).
+def expected_tensor_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a :class:`GPTForCausalLM` of ``config`` has, with its shape, without building it:
+    a one-block model on the meta device gives the block's tensors, repeated ``n_layer`` times. A tied
+    output head is not stored, so ``lm_head.weight`` is absent then."""
+    one_block = copy.deepcopy(config)
+    one_block.n_layer = 1
+    with torch.device("meta"):
+        template = GPTForCausalLM(one_block).state_dict()
+    shapes: dict[str, tuple[int, ...]] = {}
+    block = "transformer.h.0."
+    for key, tensor in template.items():
+        if key.startswith(block):
+            for i in range(config.n_layer):
+                shapes[f"transformer.h.{i}.{key[len(block):]}"] = tuple(tensor.shape)
+        else:
+            shapes[key] = tuple(tensor.shape)
+    if config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
 
+
+def stored_tensor_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in safetensors files, read from their headers (no tensor data)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        if file.suffix != ".safetensors":
+            raise WeightLoadingError(f"{file}: gpt_sft checkpoints store their weights as .safetensors")
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightLoadingError(f"{file}: not a readable safetensors file ({err})") from None
+    return shapes
+
+
+def _name_keys(kind: str, keys: Sequence[str]) -> str:
+    keys = sorted(keys)
+    return f"{kind}: {', '.join(keys[:10])}" + (f" ... ({len(keys)} in all)" if len(keys) > 10 else "")
+
+
+def check_weights_fit_config(folder: Path, config: GPTConfig) -> None:
+    """Refuse a checkpoint whose ``config.json`` and weight files disagree, before any memory is
+    allocated for the model: a missing, unexpected or wrongly shaped tensor is a
+    :class:`WeightLoadingError` naming the keys (transformers would fill missing ones randomly)."""
+    files = _hf_weight_files(folder)
+    where = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} weight files)"
+    stored = stored_tensor_shapes(files)
+    blocks = {int(m.group(1)) for key in stored if (m := re.match(r"transformer\.h\.(\d+)\.", key))}
+    if len(blocks) != config.n_layer:
+        raise WeightLoadingError(
+            f"{folder / 'config.json'} says n_layer={config.n_layer}, but {where} holds {len(blocks)} transformer "
+            "blocks: the config and the weights are not from the same model"
+        )
+    expected = expected_tensor_shapes(config)
+    if config.tie_word_embeddings:
+        stored.pop("lm_head.weight", None)  # a tied head saved anyway is the embedding again
+    problems = []
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing:
+        problems.append(_name_keys("missing tensors", missing))
+    if unexpected:
+        problems.append(_name_keys("unexpected tensors", unexpected))
+    wrong = [f"{key} {stored[key]} (config.json needs {shape})" for key, shape in expected.items()
+             if key in stored and stored[key] != shape]
+    if wrong:
+        problems.append(_name_keys("wrong shapes", wrong))
+    if problems:
+        raise WeightLoadingError(f"{where} does not fit {folder / 'config.json'}: " + "; ".join(problems))
+
+
+def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCausalLM:
+    """Load one of our own checkpoints (``config.json`` with ``model_type: gpt_sft``) with the installed
+    model code (never the folder's copy of it).
+
+    The weights must fit the config exactly (:func:`check_weights_fit_config`, checked before loading).
     ``tie_word_embeddings=None`` keeps the checkpoint's choice; ``True``/``False`` ties or unties after
     loading (tying an untied checkpoint whose head differs from its embedding is refused).
     """
+    folder = Path(folder)
     tie = options.get("tie_word_embeddings")
     overrides: dict[str, Any] = {}
     if options.get("drop_rate") is not None:
@@ -640,8 +721,18 @@ def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCaus
     dtype = _parse_dtype(options.get("dtype"))
     if dtype is not None:
         overrides["dtype"] = dtype
+    try:
+        config = GPTConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError, OSError) as err:
+        raise WeightLoadingError(f"{folder / 'config.json'}: not a valid gpt_sft config ({_last_line(err)})") from None
+    check_weights_fit_config(folder, config)
     warn_if_outdated(folder)
-    model = GPTForCausalLM.from_pretrained(str(folder), **overrides)
+    if "drop_rate" in overrides:  # a given config object takes no keyword overrides in from_pretrained
+        config.drop_rate = overrides.pop("drop_rate")
+    model, info = GPTForCausalLM.from_pretrained(str(folder), config=config, output_loading_info=True, **overrides)
+    problems = [f"{kind}: {', '.join(map(str, keys))}" for kind, keys in info.items() if keys and kind != "error_msgs"]
+    if problems:  # the header check above should have caught these; never run a half-loaded model
+        raise WeightLoadingError(f"{folder}: weights did not load exactly ({'; '.join(problems)})")
     wte, head = model.transformer.wte.weight, model.lm_head.weight
     if tie is True and head is not wte:
         if not torch.equal(head, wte):
@@ -734,6 +825,9 @@ def _hub_download(repo_id: str, filename: str, **kwargs: Any) -> Path:
 
     entry_not_found = _entry_not_found()
     transport_errors = _http_client_errors()
+    offline = hub_offline_reason(kwargs.get("endpoint"))
+    if offline is not None:  # use the local cache only, instead of ~25 s of retries
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return Path(hf_hub_download(repo_id, filename, **kwargs))
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as err:
@@ -754,8 +848,8 @@ def _hub_download(repo_id: str, filename: str, **kwargs: Any) -> Path:
         cause = err.__cause__ or err
         url = hf_hub_url(repo_id, filename, revision=kwargs.get("revision"), endpoint=kwargs.get("endpoint"))
         why = (
-            "offline mode is on (HF_HUB_OFFLINE=1) and the file is not in the local cache"
-            if constants.is_offline_mode()
+            f"{offline}, and the file is not in the local cache"
+            if offline is not None
             else f"the Hub could not be reached ({cause.__class__.__name__}: {_last_line(cause)})"
         )
         raise DownloadError(
@@ -805,6 +899,34 @@ def download_hub_model(
             raise WeightLoadingError(f"Hugging Face Hub: {repo_id} changed while downloading; try again")
         return config.parent
     raise WeightLoadingError(f"Hugging Face Hub: {repo_id} has neither model.safetensors nor pytorch_model.bin")
+
+
+def peek_context_length(source: str | os.PathLike) -> int | None:
+    """The context length of the model ``source`` names, read without loading it (a config file, a
+    safetensors header), or ``None`` when only loading it would tell (a ``.pth`` file, a Hub id)."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            if (path / "config.json").is_file():
+                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                return int(config.get("n_positions") or config.get("max_position_embeddings") or 1024)
+            if (path / "hparams.json").is_file():
+                return int(json.loads((path / "hparams.json").read_text(encoding="utf-8"))["n_ctx"])
+            return None
+        if path.is_file():
+            if path.suffix != ".safetensors":
+                return None
+            shapes = stored_tensor_shapes([path])
+            for key in ("transformer.wpe.weight", "wpe.weight", "pos_emb.weight"):
+                if key in shapes:
+                    return shapes[key][0]
+            return None
+    except (OSError, ValueError, KeyError, TypeError, WeightLoadingError):
+        return None  # loading the model will say what is wrong
+    if resolve_preset_name(text) is not None:
+        return 1024  # every GPT-2 size
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -935,12 +1057,13 @@ def load_pretrained(
         or text.count("/") > 1
         or "\\" in text
         or path.suffix in _STATE_DICT_SUFFIXES
+        or (text.count("/") == 1 and Path(text.split("/")[0]).is_dir())  # outputs/typo: a folder here, not a Hub id
     )
     if _HUB_ID.match(text) and not looks_like_path:
         folder = download_hub_model(text, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token)
         return _load_folder(folder, format, options)
     if looks_like_path:
-        raise FileNotFoundError(f"No such file or folder: {path}. {ACCEPTED_SOURCES}")
+        raise ModelNotFoundError(f"{path}: no such file or folder. {ACCEPTED_SOURCES}")
     raise WeightLoadingError(f"Unknown weights source {text!r}. {ACCEPTED_SOURCES}")
 
 
@@ -950,6 +1073,7 @@ __all__ = [
     "OPENAI_BASE_URL",
     "OPENAI_FILES",
     "OPENAI_SIZES",
+    "ModelNotFoundError",
     "WeightLoadingError",
     "build_model",
     "convert_book_state_dict",
@@ -965,5 +1089,6 @@ __all__ = [
     "load_openai_folder",
     "load_pretrained",
     "load_state_dict_file",
+    "peek_context_length",
     "read_openai_tf_checkpoint",
 ]
