@@ -8,6 +8,7 @@ place, so Ctrl-C, a kill or a full disk never leaves a truncated file that looks
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -50,6 +51,24 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def default_permissions(folder: str | os.PathLike) -> None:
+    """Give ``folder`` and everything in it the permissions a plain ``open``/``mkdir`` would have
+    given (``0666``/``0777`` less the umask): temporary files and folders are created ``0600``/``0700``,
+    and a renamed one keeps that."""
+    umask = _umask()
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``final_dir``; on success it replaces ``final_dir`` as a whole.
@@ -62,6 +81,7 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
     try:
         yield tmp
+        default_permissions(tmp)
         if final_dir.exists():
             old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
             os.replace(final_dir, old)
@@ -71,4 +91,43 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full; the message says what was being written, and where."""
+
+    def __init__(self, what: str, where: str | os.PathLike) -> None:
+        super().__init__(errno.ENOSPC, f"disk full while writing {what} to {where}: free some space, or write elsewhere")
+        self.filename = str(where)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is the disk being full. Writers in C and Rust (torch,
+    safetensors) report it as text, not as an ``OSError`` with ``errno.ENOSPC``."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        text = str(err)
+        if "No space left on device" in text or "StorageFull" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def reporting_disk_full(what: str, where: str | os.PathLike) -> Iterator[None]:
+    """Turn any disk-full failure inside into one :class:`DiskFullError` naming ``what`` and ``where``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:
+        if is_disk_full(err):
+            raise DiskFullError(what, where) from err
         raise

@@ -17,6 +17,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from . import generation, judge, training
+from .config_cli import CommandParser
+from .command_errors import add_debug_flag, report_errors
 from .checkpoint_code import REFRESH_COMMAND, code_version, refresh_model_code
 from .modeling_gpt import MODEL_CODE_VERSION
 from .prompts import chat_template
@@ -29,14 +31,16 @@ COMMANDS = {
 }
 
 
+@report_errors
 def refresh_code_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=REFRESH_COMMAND,
         description="Replace the model code (configuration_gpt.py, modeling_gpt.py) that gpt-sft checkpoint "
         "folders carry for trust_remote_code loading with the installed version, in place; each file is replaced "
         "atomically. Adds the chat template of the checkpoint's prompt style if its tokenizer has none.",
     )
     parser.add_argument("folders", nargs="+", metavar="DIR", help="gpt-sft checkpoint folder(s)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     status = 0
     for folder in args.folders:

@@ -89,13 +89,23 @@ def load_yaml_config(cls: type[T], path: str | Path) -> dict[str, Any]:
     return values
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``error: ... (see PROG --help)``), not the
+    whole usage text: a command with sixty options would otherwise bury the one that is wrong."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     """An ``argparse`` parser with one ``--kebab-case`` flag per field of ``cls`` plus ``--config``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         description=description or (cls.__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="YAML", help="YAML recipe; its keys are the options below in snake_case")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -118,6 +128,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
     parser = build_parser(cls, description)
     args = vars(parser.parse_args(argv))
     yaml_path = args.pop("config", None)
+    args.pop("debug", None)  # read by gpt_sft.command_errors.report_errors
     values: dict[str, Any] = {}
     try:
         if yaml_path:

@@ -208,8 +208,21 @@ def _json_type(value: Any) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _UnparsableLine:
+    """A JSON Lines line that is not JSON: an invalid entry (skipped with ``skip_invalid``)."""
+
+    message: str
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def _entry_problem(entry: Any) -> tuple[str, str] | None:
     """``(reason, message)`` if ``entry`` is invalid, else ``None``."""
+    if isinstance(entry, _UnparsableLine):
+        return "not valid JSON", entry.message
     if not isinstance(entry, Mapping):
         return "not an object", f"expected an object with 'instruction' and 'output', got a {_json_type(entry)}"
     for name in REQUIRED_FIELDS:
@@ -268,20 +281,22 @@ def validate_entries(
     return valid, LoadStats(source, len(entries), len(valid), dict(reasons), bad)
 
 
-def _read_json(path: Path, source: str) -> tuple[list[Any], list[int] | None]:
+def _read_json(path: Path, source: str, skip_invalid: bool = False) -> tuple[list[Any], list[int] | None]:
     """Entries of a ``.json`` (list) or ``.jsonl`` file, and their line numbers for JSON Lines."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise InstructionDataError(source, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     if path.suffix.lower() == ".jsonl":
-        return _parse_jsonl(text, source)
+        return _parse_jsonl(text, source, skip_invalid)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise InstructionDataError(source, "not usable JSON: nested too deeply (entries are flat objects)") from None
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # several JSON values: maybe JSON Lines named .json
             try:
-                return _parse_jsonl(text, source)
+                return _parse_jsonl(text, source, skip_invalid)
             except InstructionDataError:
                 pass
         raise InstructionDataError(
@@ -297,17 +312,23 @@ def _read_json(path: Path, source: str) -> tuple[list[Any], list[int] | None]:
     return data, None
 
 
-def _parse_jsonl(text: str, source: str) -> tuple[list[Any], list[int]]:
+def _parse_jsonl(text: str, source: str, skip_invalid: bool = False) -> tuple[list[Any], list[int]]:
+    """One entry a line; a line that is not JSON is an error, or with ``skip_invalid`` an invalid entry
+    that validation counts and skips like any other."""
     entries, lines = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             entries.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise InstructionDataError(
-                source, f"not valid JSON: {err.msg} at column {err.colno}", len(entries), line=lineno
-            ) from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            problem = (f"not valid JSON: {err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError)
+                       else "not usable JSON: nested too deeply")
+            if not skip_invalid:
+                raise InstructionDataError(
+                    source, problem + " (pass skip_invalid=True to skip such lines)", len(entries), line=lineno
+                ) from None
+            entries.append(_UnparsableLine(problem))
         lines.append(lineno)
     return entries, lines
 
@@ -336,8 +357,13 @@ def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str) -> 
             try:
                 pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as col_err:
+                typed = [(i, _json_type(v)) for i, v in enumerate(values) if v is not None]
+                first_type = typed[0][1] if typed else "null"
+                index = next((i for i, kind in typed if kind != first_type), None)
+                found = (f"{_a(_json_type(values[index]))} where entry {typed[0][0]} has {_a(first_type)}"
+                         if index is not None else str(col_err))
                 raise InstructionDataError(
-                    source, f"field {key!r} does not have one type in all entries ({col_err})"
+                    source, f"field {key!r} does not have one type in all entries: {found}", index
                 ) from None
         raise InstructionDataError(source, f"could not build a data set: {err}") from None
 
@@ -413,7 +439,14 @@ def _looks_like_path(source: str) -> bool:
         or os.path.isabs(source)
         or source.startswith((".", "~"))
         or "\\" in source
+        or source.count("/") > 1
+        or (source.count("/") == 1 and os.path.isdir(source.split("/")[0]))  # outputs/typo: not a Hub name
     )
+
+
+def _offline_by_choice() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 @overload
@@ -544,13 +577,13 @@ def _load_file(path: Path, source: str, skip_invalid: bool) -> tuple[Dataset, Lo
         if suffix not in (".json", ".jsonl"):
             # Unknown suffix (e.g. a URL without one): try JSON, say what we expected if it fails.
             try:
-                entries, lines = _read_json(path, source)
+                entries, lines = _read_json(path, source, skip_invalid)
             except InstructionDataError as err:
                 raise InstructionDataError(
                     source, f"{err.problem} (supported files: {', '.join(_FILE_SUFFIXES)})", err.index
                 ) from None
         else:
-            entries, lines = _read_json(path, source)
+            entries, lines = _read_json(path, source, skip_invalid)
         return _load_entries(entries, lines, source, skip_invalid)
     from datasets import load_dataset
 
@@ -567,6 +600,16 @@ def _load_hub(
 ) -> tuple[Dataset, LoadStats]:
     from datasets import load_dataset
 
+    from .download import hub_offline_reason
+
+    if not _offline_by_choice() and not os.path.isdir(name):
+        offline = hub_offline_reason()
+        if offline is not None:  # say so now, instead of after ~25 s of retries
+            raise InstructionDataError(
+                source,
+                f"not a local file, and the Hugging Face Hub cannot be reached to load it as a data set ({offline}; "
+                f"if it is in the local cache, set HF_DATASETS_OFFLINE=1). {_LOCAL_FILE_HINT}",
+            )
     try:
         dataset = load_dataset(name, split=split, **load_kwargs)
     except Exception as err:  # noqa: BLE001 - network, not-found, offline... all get one message

@@ -124,6 +124,20 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
     example = format_prompt(example_entry, cfg.prompt_style)
     message = {"role": "user", "content": example_entry["instruction"], "input": example_entry["input"]}
     judge = metrics.get("judge")
+    stats = metrics.get("data") or {}
+    data_summary = "–"
+    if stats:
+        skipped = stats.get("entries_skipped", 0)
+        reasons = ", ".join(f"{n} {why}" for why, n in (stats.get("skipped_by_reason") or {}).items())
+        split = stats.get("split", {})
+        overlong = stats.get("train_overlong", 0)
+        data_summary = (
+            f"{stats.get('entries_loaded')} of {stats.get('entries_read')} entries used"
+            + (f" ({skipped} invalid skipped: {reasons})" if skipped else " (none skipped)")
+            + f"; split {split.get('train')}/{split.get('validation')}/{split.get('test')} train/validation/test"
+            + (f"; {overlong} over-long training examples "
+               + ("dropped" if stats.get("train_dropped") else "truncated") if overlong else "")
+        )
     card = ModelCard.from_template(
         card_data,
         template_path=str(model_card_template_path()),
@@ -139,6 +153,7 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
         response_marker=repr(get_prompt_style(cfg.prompt_style).response_marker or ""),
         prompt_style=cfg.prompt_style,
         data=cfg.data,
+        data_summary=data_summary,
         mask_prompt="yes" if cfg.mask_prompt else "no",
         epochs=_fmt(metrics.get("epochs_trained"), 2),
         global_step=_fmt(metrics.get("global_step")),
