@@ -43,12 +43,22 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import urllib3
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the cache is not locked
+    fcntl = None
 
 from .atomic_io import write_json_atomic
+from .config_cli import CommandParser
+from .command_errors import add_debug_flag, report_errors
 from .prompts import format_prompt
 
 __all__ = [
@@ -94,6 +104,7 @@ _REPLY_EXCERPT = 120  # characters of a judge reply shown on the console
 _PARSE_LIMIT = 10_000  # characters of a judge reply that parse_score looks at
 _SHORT_REPLY_WORDS = 6  # an uncued lone number anywhere in a reply this short is its score
 _MAX_BODY = 16 * 1024 * 1024  # bytes of one HTTP reply body we are willing to hold
+STORED_REPLY_CHARS = 4000  # characters of a judge reply kept in the cache and the report
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +133,10 @@ class JudgeRejectedError(JudgeRequestError):
 
 class JudgeFatalError(JudgeError):
     """A failure that retrying cannot fix (401/403 bad key, 404 unknown model or URL): the run stops."""
+
+
+class JudgeCacheBusyError(JudgeError):
+    """Another evaluation holds the score cache."""
 
 
 class JudgeUnavailableError(JudgeError):
@@ -345,8 +360,23 @@ class JudgeConfig:
             raise ValueError("retries must be >= 0 and timeout > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description for the report (the env var *name*, never its value)."""
-        return dataclasses.asdict(self)
+        """A JSON-able description for the report (the env var *name*, never its value; a password in
+        the URL is replaced by ``***``)."""
+        return {**dataclasses.asdict(self), "url": redact_url(self.url)}
+
+
+def url_password(url: str | None) -> str | None:
+    """The password of ``http://user:password@host/...``, if any."""
+    try:
+        return urlsplit(url).password if url else None
+    except ValueError:
+        return None
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password (if any) replaced by ``***``, for messages and reports."""
+    password = url_password(url)
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
 @runtime_checkable
@@ -362,14 +392,16 @@ class Judge(Protocol):
 
 
 class _Redactor:
-    """Removes a secret from any text before it can reach a message, log or report."""
+    """Removes secrets (the API key, a password in the URL) from any text before it can reach a
+    message, log or report."""
 
-    def __init__(self, secret: str | None) -> None:
-        self._secret = secret or None
+    def __init__(self, *secrets: str | None) -> None:
+        self._secrets = [secret for secret in secrets if secret]
 
     def __call__(self, text: str) -> str:
-        if self._secret and self._secret in text:
-            text = text.replace(self._secret, "***")
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
 
     def __repr__(self) -> str:
@@ -392,11 +424,11 @@ class _HTTPJudge:
         self._requests = requests
         self._local = threading.local()
         self._api_key = api_key
-        self._redact = _Redactor(api_key)
+        self._redact = _Redactor(api_key, url_password(self.url))
         self._sleep = time.sleep
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r}, model={self.model!r})"
+        return f"{type(self).__name__}(url={redact_url(self.url)!r}, model={self.model!r})"
 
     # one requests.Session per thread (Session is not guaranteed thread-safe)
     @property
@@ -456,19 +488,19 @@ class _HTTPJudge:
                     last_error = f"HTTP {response.status_code}: {self._error_text(response)}"
                 elif response.status_code in self._FATAL_STATUS:
                     raise JudgeFatalError(
-                        f"judge server at {url} answered HTTP {response.status_code}: "
+                        f"judge server at {redact_url(url)} answered HTTP {response.status_code}: "
                         f"{self._error_text(response)}"
                     )
                 elif response.status_code >= 400:
                     raise JudgeRejectedError(
-                        f"{url}: HTTP {response.status_code}: {self._error_text(response)}"
+                        f"{redact_url(url)}: HTTP {response.status_code}: {self._error_text(response)}"
                     )
                 else:
                     # a reply that repeats the key (prompt injection, echoing proxies) is redacted
                     return self._redact(self._read(response, deadline))
             except (JudgeFatalError, JudgeRejectedError):
                 raise
-            except (requests.ConnectionError, requests.Timeout, TimeoutError) as exc:
+            except (requests.ConnectionError, requests.Timeout, TimeoutError, urllib3.exceptions.HTTPError) as exc:
                 last_error = f"{type(exc).__name__}: {self._redact(str(exc))}"
             except (requests.RequestException, ValueError, KeyError, TypeError, IndexError) as exc:
                 # a broken/garbled reply body: retry, it may be transient
@@ -479,11 +511,39 @@ class _HTTPJudge:
             if attempt < self.config.retries:
                 self._sleep(self._backoff_delay(attempt, response))
         raise JudgeRequestError(
-            safe_text(f"{url}: {last_error} (after {self.config.retries + 1} attempts)", 500)
+            safe_text(f"{redact_url(url)}: {last_error} (after {self.config.retries + 1} attempts)", 500)
         )
 
     def _read(self, response, deadline: float) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _chunks(self, response, deadline: float) -> Iterator[bytes]:
+        """The reply body as it arrives, cut off at ``deadline`` however slowly the server sends it.
+
+        ``read1`` returns as soon as any bytes are there (``iter_content`` waits for a whole chunk, so
+        a body sent one byte at a time never reached a deadline check), and the socket waits at most
+        until the deadline for each piece."""
+        raw = response.raw
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"reply not finished within {self.config.timeout} s")
+            if sock is not None:
+                sock.settimeout(remaining)
+            try:
+                chunk = raw.read1(65536, decode_content=True) if hasattr(raw, "read1") else raw.read(65536)
+            except Exception as err:  # the socket timed out at the deadline, or the connection broke
+                if time.monotonic() >= deadline - 0.01:
+                    raise TimeoutError(f"reply not finished within {self.config.timeout} s") from err
+                raise
+            if not chunk:
+                return
+            size += len(chunk)
+            if size > _MAX_BODY:
+                raise ValueError(f"reply body larger than {_MAX_BODY} bytes")
+            yield chunk
 
 
 class OllamaJudge(_HTTPJudge):
@@ -521,17 +581,20 @@ class OllamaJudge(_HTTPJudge):
         """Send ``prompt``; return the judge's full reply text."""
         return self._post(self.endpoint, self.payload(prompt))
 
+    def _lines(self, response, deadline: float) -> Iterator[bytes]:
+        pending = b""
+        for piece in self._chunks(response, deadline):
+            pending += piece
+            *lines, pending = pending.split(b"\n")
+            yield from lines
+        if pending:
+            yield pending
+
     def _read(self, response, deadline: float) -> str:
         parts: list[str] = []
-        size = 0
-        for line in response.iter_lines():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reply not finished within {self.config.timeout} s")
-            if not line:
+        for line in self._lines(response, deadline):
+            if not line.strip():
                 continue
-            size += len(line)
-            if size > _MAX_BODY:
-                raise ValueError(f"reply stream larger than {_MAX_BODY} bytes")
             chunk = json.loads(line)
             if "error" in chunk:
                 raise ValueError(f"server error in stream: {safe_text(str(chunk['error']), 200)}")
@@ -582,14 +645,7 @@ class OpenAIJudge(_HTTPJudge):
         return self._post(self.endpoint, self.payload(prompt))
 
     def _read(self, response, deadline: float) -> str:
-        body = bytearray()
-        for chunk in response.iter_content(chunk_size=65536):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reply not finished within {self.config.timeout} s")
-            body.extend(chunk)
-            if len(body) > _MAX_BODY:
-                raise ValueError(f"reply body larger than {_MAX_BODY} bytes")
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(b"".join(self._chunks(response, deadline)).decode("utf-8"))
         if isinstance(data, dict) and "error" in data and "choices" not in data:
             raise ValueError(f"server error: {safe_text(json.dumps(data['error']), 200)}")
         content = data["choices"][0]["message"].get("content")
@@ -693,8 +749,34 @@ class ScoreCache:
         self.skipped_lines = 0
         self._lock = threading.Lock()
         self._needs_newline = False
+        self._owner = None
+        self._claim()
         self._load()
         self._file = None
+
+    def _claim(self) -> None:
+        """Make this process the cache's only user (``<cache>.lock``, an advisory lock that the system
+        drops when the process ends): two evaluations on one cache would ask every entry twice."""
+        if fcntl is None or self._owner is not None:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise JudgeCacheBusyError(
+                f"{self.path} is in use by another evaluation ({holder}); wait for it to finish, "
+                "or give this one its own cache with --cache"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._owner = handle
 
     def _load(self) -> None:
         if not self.path.exists():
@@ -728,6 +810,7 @@ class ScoreCache:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
             if self._file is None:
+                self._claim()
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")
                 if self._needs_newline:
@@ -739,11 +822,14 @@ class ScoreCache:
             self.records[record["key"]] = record
 
     def close(self) -> None:
-        """Close the file (further appends reopen it)."""
+        """Close the file and let other evaluations use the cache (further appends reopen and reclaim it)."""
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            if self._owner is not None:
+                self._owner.close()  # closing drops the lock
+                self._owner = None
 
     def __enter__(self) -> ScoreCache:
         return self
@@ -983,7 +1069,7 @@ def score_responses(
                                         reason=reason, replies=replies,
                                         attempts=len(replies), error=str(exc), key=key)
             reply = "" if reply is None else str(reply)
-            replies.append(reply)
+            replies.append(stored_reply(reply))  # the score is read from the whole reply, only an excerpt is kept
             score = parse_score(reply)
             if score is not None:
                 return key, EntryResult(index=-1, score=score, status=STATUS_SCORED,
@@ -1062,6 +1148,14 @@ def score_responses(
 # --------------------------------------------------------------------------------------------------
 
 
+def stored_reply(reply: str) -> str:
+    """What the cache and the report keep of a judge reply: all of it, or its first
+    :data:`STORED_REPLY_CHARS` characters and how long it was (a judge reply is untrusted text)."""
+    if len(reply) <= STORED_REPLY_CHARS:
+        return reply
+    return reply[:STORED_REPLY_CHARS] + f"... [cut: {len(reply)} characters in all]"
+
+
 def safe_text(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters with a marker of how much was cut (no escaping)."""
     if len(text) <= limit:
@@ -1117,9 +1211,24 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _counted(minimum: int, number=int):
+    """An argparse type: a number of at least ``minimum``."""
+
+    def parse(text: str):
+        try:
+            value = number(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if number is int else 'a number'}, got {text!r}") from None
+        if not (value >= minimum) or (number is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if number is float else ''}>= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gpt-sft-evaluate`` / ``scripts/evaluate.py`` argument parser."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="gpt-sft-evaluate",
         description="Score model responses 0-100 with an LLM judge and the book's prompt "
         "(chapter 7.8), plus exact match and ROUGE-L.",
@@ -1138,29 +1247,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="JSON report path (default: <responses>-judge-report.json)")
     p.add_argument("--cache", default=None, help="resumable JSONL cache (default: <output>.cache.jsonl)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
-    p.add_argument("--concurrency", type=int, default=1, help="questions in flight at once (default: 1)")
-    p.add_argument("--timeout", type=float, default=120.0, help="total seconds per request (default: 120)")
-    p.add_argument("--retries", type=int, default=3,
+    p.add_argument("--concurrency", type=_counted(1), default=1, help="questions in flight at once (default: 1)")
+    p.add_argument("--timeout", type=_counted(0.001, float), default=120.0, help="total seconds per request (default: 120)")
+    p.add_argument("--retries", type=_counted(0), default=3,
                    help="transport retries per request on connection errors, timeouts, 5xx, 429 (default: 3)")
-    p.add_argument("--backoff", type=float, default=1.0,
+    p.add_argument("--backoff", type=_counted(0, float), default=1.0,
                    help="first backoff in seconds, doubled per retry (default: 1)")
-    p.add_argument("--parse-retries", type=int, default=2,
+    p.add_argument("--parse-retries", type=_counted(0), default=2,
                    help="times an unparsable reply is asked again (default: 2)")
     p.add_argument("--retry-unscored", action="store_true", help="re-ask entries cached as unparsable")
-    p.add_argument("--max-consecutive-failures", type=int, default=3,
+    p.add_argument("--max-consecutive-failures", type=_counted(0), default=3,
                    help="stop after this many failed requests in a row (0: never; default: 3)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="env var holding the API key for --backend openai (default: OPENAI_API_KEY)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--num-ctx", type=int, default=2048, help="Ollama context size (default: 2048)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--num-ctx", type=_counted(1), default=2048, help="Ollama context size (default: 2048)")
+    p.add_argument("--max-tokens", type=_counted(1), default=None,
                    help="reply length bound (default: 32 for openai/hf, unset for ollama)")
     p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                    help="extra backend option (Ollama options / OpenAI body field); VALUE is JSON if it parses")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N entries")
+    p.add_argument("--limit", type=_counted(1), default=None, help="score only the first N entries")
     p.add_argument("--no-metrics", action="store_true", help="skip exact match and ROUGE-L")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(p)
     return p
 
 
@@ -1177,6 +1287,7 @@ def _print_unscored(report: JudgeReport, stream, limit: int = 20) -> None:
         print(f"  … and {len(unscored) - limit} more (see the report)", file=stream)
 
 
+@report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``gpt-sft-evaluate``); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -1221,6 +1332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"; finished entries are in {cache_path}, run again to resume" if cache_path else ""
         print(f"\ninterrupted{where}", file=sys.stderr)
         return 130
+    except JudgeCacheBusyError:
+        raise
     except JudgeError as exc:
         where = f" Finished entries are in {cache_path}." if cache_path else ""
         print(f"error: {exc}{where}", file=sys.stderr)
