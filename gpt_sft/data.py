@@ -402,7 +402,8 @@ def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool) -> tupl
         if feature is None:
             continue
         if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string", "null")):
-            raise InstructionDataError(source, f"column {name!r} has type {feature}, expected string")
+            shown = f"Value({feature.dtype!r})" if isinstance(feature, Value) else feature  # one repr in datasets 3 to 5
+            raise InstructionDataError(source, f"column {name!r} has type {shown}, expected string")
     present = [name for name in TEXT_FIELDS if name in dataset.column_names]
     if len(dataset) == 0:
         raise InstructionDataError(source, "the data set is empty")

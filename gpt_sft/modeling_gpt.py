@@ -39,12 +39,15 @@ IGNORE_INDEX = -100
 # fills whichever field this version's output classes declare.
 CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
-# Keywords that transformers may pass to `forward` and that this model ignores on purpose. Read off
-# `GenerationMixin.generate` and `prepare_inputs_for_generation` of transformers 5.0-5.24 (and peft's
-# `PeftModelForCausalLM.forward`); any other unknown keyword raises TypeError rather than vanish.
+# Keywords that transformers may pass to `forward` and that this model ignores on purpose; any other
+# unknown keyword raises TypeError rather than vanish. Read off `GenerationMixin.generate` and
+# `prepare_inputs_for_generation` of transformers 5.5-5.24: they pass input_ids, attention_mask,
+# position_ids, the cache (`past_key_values`, from 5.24 `cache`), use_cache, logits_to_keep, return_dict
+# and, when asked, output_attentions/output_hidden_states -- all parameters below -- plus whatever model
+# kwargs the caller gave generate (these reach forward as given). tests/test_compat.py records the names.
 IGNORED_FORWARD_KWARGS = frozenset({
-    # Created by generate for remote-code models whose forward names it (5.x before 5.20 for every model).
-    # Positions here come from `position_ids` or the attention mask, which generate always passes too.
+    # transformers 4.x passed it to every model, 5.x still to remote code whose forward names it, and
+    # HF examples pass it by hand. Positions here come from position_ids or the attention mask.
     "cache_position",
 })
 
@@ -218,6 +221,13 @@ class GPTPreTrainedModel(PreTrainedModel):
         # GPT-2's scaled init of the two residual projections per block.
         if isinstance(module, (GPTAttention, GPTMLP)):
             init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each block's activations in the backward pass. transformers 5.23 renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def build_attention_mask(
@@ -591,5 +601,5 @@ def _per_item(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
     return total / max(int(count), 1)
 
 
-__all__ = ["CACHE_FIELD", "MODEL_CODE_VERSION", "GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded",
+__all__ = ["CACHE_FIELD", "MODEL_CODE_VERSION", "enable_activation_checkpointing", "GPTModel", "GPTForCausalLM", "GPTPreTrainedModel", "Unpadded",
            "causal_lm_loss", "output_cache", "positions_up_to_last_target", "token_loss"]

@@ -227,7 +227,7 @@ class TrainingData:
 def build_model(cfg: TrainConfig):
     """The model to fine-tune (a fresh random one for ``--model scratch``)."""
     from .configuration_gpt import GPTConfig
-    from .modeling_gpt import GPTForCausalLM
+    from .modeling_gpt import GPTForCausalLM, enable_activation_checkpointing
 
     torch.manual_seed(cfg.seed)
     if cfg.model == "scratch":
@@ -245,7 +245,7 @@ def build_model(cfg: TrainConfig):
         model = load_pretrained(cfg.model, format=fmt, tie_word_embeddings=cfg.tie_word_embeddings,
                                 drop_rate=cfg.drop_rate)
     if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 

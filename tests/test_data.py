@@ -168,7 +168,8 @@ def test_inconsistent_extra_field_types(tmp_path):
     data = entries(2)
     data[0]["meta"] = {"a": 1}
     data[1]["meta"] = "text"
-    with pytest.raises(InstructionDataError, match=r"d\.json: field 'meta' does not have one type"):
+    with pytest.raises(InstructionDataError, match=r"d\.json: entry 1: field 'meta' does not have one type in all "
+                                                   r"entries: a string where entry 0 has an object"):
         load_instruction_data(write_json(tmp_path / "d.json", data))
 
 

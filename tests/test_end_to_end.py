@@ -14,24 +14,12 @@ import pytest
 import torch
 
 from gpt_sft.prompts import format_prompt
-from gpt_sft.synthetic_data import make_synthetic_instructions
 from gpt_sft.tokenizer import get_tokenizer
-from gpt_sft.training import TrainConfig, train
 
 
 @pytest.mark.slow
-def test_fresh_model_learns_instructions_and_to_stop(tmp_path):
-    data = tmp_path / "tasks.json"
-    entries = make_synthetic_instructions(700, seed=0)
-    data.write_text(json.dumps(entries))
-    cfg = TrainConfig(
-        model="scratch", n_layers=2, emb_dim=128, n_heads=4, context_length=128, tie_word_embeddings=True,
-        data=str(data), mask_prompt=True, batch_size=16, learning_rate=1e-3, weight_decay=0.0,
-        epochs=100, max_steps=250, eval_every=50, eval_batches=3, sample_every_epoch=False,
-        max_new_tokens=12, output_dir=str(tmp_path / "out"),
-    )
-    out = train(cfg)
-
+def test_fresh_model_learns_instructions_and_to_stop(demo_run):
+    out, entries = demo_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["initial_val_loss"] > 10 and metrics["final_val_loss"] < 0.1
 

@@ -451,9 +451,10 @@ def test_cli_default_test_split_and_failure_leaves_no_output(checkpoint, data_fi
         raise RuntimeError("killed")
 
     monkeypatch.setattr(atomic_io.os, "fsync", dies)
-    with pytest.raises(RuntimeError, match="killed"):
-        main(["--model", str(checkpoint), "--data", str(data_file), "--output", str(tmp_path / "new.json"),
-              "--max-new-tokens", "2", "--no-progress"])
+    capsys.readouterr()
+    assert main(["--model", str(checkpoint), "--data", str(data_file), "--output", str(tmp_path / "new.json"),
+                 "--max-new-tokens", "2", "--no-progress"]) == 1
+    assert "error: RuntimeError: killed (run with --debug for the traceback)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 

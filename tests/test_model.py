@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import gpt_sft
 from gpt_sft import GPTConfig, GPTForCausalLM
 from gpt_sft.hub import save_checkpoint
-from gpt_sft.modeling_gpt import causal_lm_loss, output_cache
+from gpt_sft.modeling_gpt import causal_lm_loss, enable_activation_checkpointing, output_cache
 
 TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)
 EOS = 50256
@@ -172,7 +172,7 @@ def test_padding_free_equals_the_padded_loss_and_gradients(extra):
     for padding_free in (False, True):
         model = tiny_model(seed=3).train()
         if extra.get("gradient_checkpointing"):
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
         loss = model(inputs, shift_labels=targets, loss_only=padding_free, padding_free=padding_free, **kwargs).loss
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -322,7 +322,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     for ckpt in (False, True):
         model = tiny_model(seed=1).train()
         if ckpt:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
         model(x, labels=x).loss.backward()
         grads.append(model.transformer.h[0].attn.q_proj.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)

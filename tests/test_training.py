@@ -188,7 +188,7 @@ def test_cpu_threads_default_shares_the_cores_among_local_processes(monkeypatch)
     assert cpu_threads(TrainConfig()) == cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert cpu_threads(TrainConfig()) == max(1, cores // 2)
-    with pytest.raises(ValueError, match="cpu_threads must be >= 0"):
+    with pytest.raises(ValueError, match="--cpu-threads must be >= 0"):
         TrainConfig(cpu_threads=-1)
 
 

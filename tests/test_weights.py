@@ -506,7 +506,7 @@ def test_folder_without_weights(hf_model, tmp_path):
 
 
 def test_nonexistent_path_and_unknown_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"No such file or folder.*Accepted sources"):
+    with pytest.raises(FileNotFoundError, match=r"no such file or folder.*Accepted sources"):
         load_pretrained(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="Accepted sources"):
         load_pretrained("./missing/model.pth")
