@@ -1,7 +1,6 @@
 #!/usr/bin/env python
-"""Score model responses with an LLM judge (the book's ch. 7.8 prompt); a thin wrapper over
-:func:`gpt_sft.judge.main` (same as the ``gpt-sft-evaluate`` console script), plus
-``--update-checkpoint DIR``: put the score into that training output's ``metrics.json`` and model card.
+"""Score model responses with an LLM judge (the book's chapter 7.8 prompt), plus exact match and
+ROUGE-L; the same command is ``gpt-sft evaluate``.
 
 Example (the book's set-up, Llama 3 via Ollama)::
 
@@ -12,37 +11,14 @@ Example (the book's set-up, Llama 3 via Ollama)::
 Run ``python scripts/evaluate.py --help`` for all options.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-from gpt_sft.judge import main as judge_main
+# This folder is first on sys.path when a script runs, and this file is called evaluate.py: without
+# this line `import evaluate` (Hugging Face's metrics library) would import this script instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--update-checkpoint", metavar="DIR")
-    parser.add_argument("--responses")
-    parser.add_argument("--output")
-    known, _ = parser.parse_known_args(argv)
-    rest = list(sys.argv[1:] if argv is None else argv)
-    if known.update_checkpoint:
-        i = rest.index("--update-checkpoint")
-        del rest[i : i + 2]
-    if "-h" in rest or "--help" in rest:
-        print("  --update-checkpoint DIR  also record the score in DIR/metrics.json and DIR/README.md\n")
-    status = judge_main(rest)
-    if status == 0 and known.update_checkpoint:
-        from gpt_sft.hub import record_judge_score
-
-        responses = Path(known.responses)
-        report = Path(known.output) if known.output else responses.with_name(responses.stem + "-judge-report.json")
-        entry = record_judge_score(known.update_checkpoint, report)
-        print(f"Recorded judge score {entry['average_score']} in {known.update_checkpoint}/README.md")
-    return status
-
+from gpt_sft.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

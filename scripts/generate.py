@@ -1,30 +1,25 @@
 #!/usr/bin/env python
-"""Generate responses with an instruction-tuned GPT-2 (thin wrapper over ``gpt_sft.generation.main``).
+"""Generate responses with an instruction-tuned GPT-2; the same command is ``gpt-sft generate``.
 
 Examples::
 
-    # the book's instruction-data-with-response.json for the test split (110 entries)
-    python scripts/generate.py --model out/checkpoint --data instruction-data.json --split test \\
-        --output instruction-data-with-response.json
+    # the run's own test split (data, split and prompt style from the checkpoint's recipe)
+    python scripts/generate.py --model outputs/gpt2-medium-sft --split test --output responses.json
 
-    python scripts/generate.py --model out/checkpoint --prompt "Rewrite the sentence in passive voice." \\
+    python scripts/generate.py --model outputs/gpt2-medium-sft --prompt "Rewrite the sentence in passive voice." \\
         --input "The chef cooks the meal."
-    echo "Name three primary colors." | python scripts/generate.py --model out/checkpoint --interactive
+    echo "Name three primary colors." | python scripts/generate.py --model outputs/gpt2-medium-sft --interactive
 
 ``python scripts/generate.py --help`` lists every option (batch size, sampling, prompt style, device...).
-Installed, the same command is ``gpt-sft-generate``.
 """
-
-from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-try:
-    from gpt_sft.generation import main
-except ModuleNotFoundError:  # running from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from gpt_sft.generation import main
+# This folder is first on sys.path when a script runs; its evaluate.py would hide the `evaluate` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from gpt_sft.cli.generate import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

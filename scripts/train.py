@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """Instruction fine-tuning: ``accelerate launch scripts/train.py [--config recipe.yaml] [--flags]``.
 
-Without arguments it runs the book's chapter 7 recipe. ``--help`` lists every option.
+Without arguments it runs the book's chapter 7 recipe. ``--help`` lists every option. The same
+command is ``gpt-sft train``.
 """
 
 import sys
+from pathlib import Path
 
-from gpt_sft.training import main
+# This folder is first on sys.path when a script runs; its evaluate.py would hide the `evaluate` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from gpt_sft.cli.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,19 +45,20 @@ DEMO_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-offline.yaml"
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The README's offline demo, trained once per session: a fresh 2-layer GPT learns the synthetic
-    counting instructions (``gpt_sft.synthetic_data``, 700 entries) with ``demo-offline.yaml``.
+    counting instructions (``gpt_sft.data.synthetic``, 700 entries) with ``demo-offline.yaml``.
 
     A trained model really reads its context, so a generation path that loses the prompt or the KV
     cache gives wrong answers here, where a random model would hide it. Returns ``(output_dir, entries)``.
     """
     import json
 
-    from gpt_sft.config_cli import load_yaml_config
-    from gpt_sft.synthetic_data import make_synthetic_instructions
-    from gpt_sft.training import TrainConfig, train
+    from gpt_sft.common.options import load_yaml_config
+    from gpt_sft.data.synthetic import make_synthetic_instructions
+    from gpt_sft.cli.train import train
+    from gpt_sft.train.config import TrainConfig
 
     root = tmp_path_factory.mktemp("demo")
-    entries = make_synthetic_instructions(700)  # the README's `python -m gpt_sft.synthetic_data ... 700`
+    entries = make_synthetic_instructions(700)  # the README's `python -m gpt_sft.data.synthetic ... 700`
     data = root / "demo-data.json"
     data.write_text(json.dumps(entries))
     values = load_yaml_config(TrainConfig, DEMO_RECIPE)

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from gpt_sft import atomic_io
-from gpt_sft.atomic_io import atomic_directory, write_json_atomic
+from gpt_sft.common import atomic_io
+from gpt_sft.common.atomic_io import atomic_directory, write_json_atomic
 
 
 def test_interrupted_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Smoke test of scripts/benchmark.py (training, evaluation and data preparation benchmark, issue 6)."""
+"""Smoke test of benchmarks/training.py (training, evaluation and data preparation benchmark, issue 6)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpt_sft.synthetic_data import make_synthetic_instructions
+from gpt_sft.data.synthetic import make_synthetic_instructions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["book", "gpt-sft", "hf", "targets-only", "padding-free", "shared-prefix", "fused"]
@@ -18,7 +18,7 @@ def test_benchmark_script_tiny(tmp_path):
     data.write_text(json.dumps(make_synthetic_instructions(120, seed=0)))
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--model-size", "tiny", "--steps", "3",
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "training.py"), "--model-size", "tiny", "--steps", "3",
          "--warmup", "1", "--eval-every", "2", "--eval-batches", "2", "--ablation", "--data", str(data),
          "--data-repeats", "1", "--threads", "1", "--no-generation", "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
@@ -56,7 +56,7 @@ def test_useful_flops_counts_real_tokens_only():
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "scripts" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "benchmarks" / "training.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["benchmark"] = bench  # dataclasses look their module up
     spec.loader.exec_module(bench)

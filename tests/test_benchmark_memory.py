@@ -1,4 +1,4 @@
-"""Tests of scripts/benchmark_memory.py (peak memory of a training step, full fine-tuning and LoRA)."""
+"""Tests of benchmarks/memory.py (peak memory of a training step, full fine-tuning and LoRA)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "scripts" / "benchmark_memory.py"
+SCRIPT = REPO_ROOT / "benchmarks" / "memory.py"
 RANK = 16
 
 

@@ -1,4 +1,5 @@
-"""The collator against the book's ``custom_collate_fn``, token for token, and the loss against the book's."""
+"""The collator against a reference of the book's batching (DESIGN part 1), token for token, and the loss
+against the book's."""
 
 from __future__ import annotations
 
@@ -9,110 +10,46 @@ import numpy as np
 import pytest
 import torch
 
-import gpt_sft.collator as collator_module
-from gpt_sft.collator import InstructionDataCollator, to_book_batch
-from gpt_sft.prompts import format_text
-from gpt_sft.tokenizer import get_tokenizer
+import gpt_sft.data.collator as collator_module
+from gpt_sft.data.collator import InstructionDataCollator, to_book_batch
+from gpt_sft.data.prompts import format_text
+from gpt_sft.model.tokenizer import get_tokenizer
 
 
-# ---- the book's code, verbatim ---------------------------------------------------------------------
-# ch07 main chapter code
-def custom_collate_fn(
-    batch,
-    pad_token_id=50256,
-    ignore_index=-100,
-    allowed_max_length=None,
-    device="cpu"
-):
-    # Find the longest sequence in the batch
-    batch_max_length = max(len(item)+1 for item in batch)
+EOT, IGNORE = 50256, -100
 
-    # Pad and prepare inputs and targets
-    inputs_lst, targets_lst = [], []
 
-    for item in batch:
-        new_item = item.copy()
-        # Add an <|endoftext|> token
-        new_item += [pad_token_id]
-        # Pad sequences to max_length
-        padded = (
-            new_item + [pad_token_id] *
-            (batch_max_length - len(new_item))
-        )
-        inputs = torch.tensor(padded[:-1])  # Truncate the last token for inputs
-        targets = torch.tensor(padded[1:])  # Shift +1 to the right for targets
-
-        # New: Replace all but the first padding tokens in targets by ignore_index
-        mask = targets == pad_token_id
-        indices = torch.nonzero(mask).squeeze()
-        if indices.numel() > 1:
-            targets[indices[1:]] = ignore_index
-
-        # New: Optionally truncate to maximum sequence length
+def reference_batch(token_lists, prompt_lengths=None, allowed_max_length=None):
+    """The book's batching as DESIGN part 1 states it, one row at a time (an independent reference
+    for the collator's vectorised version): append one end-of-text (50256) to every token list, pad
+    with 50256 to the longest list + 1, take ``inputs = row[:-1]`` and ``targets = row[1:]``, turn
+    every 50256 in ``targets`` except the first into -100, with prompt lengths (exercise 7.2) set
+    ``targets[:prompt_length - 1]`` to -100, then cut both to ``allowed_max_length``."""
+    width = max(len(tokens) for tokens in token_lists) + 1
+    rows_in, rows_out = [], []
+    for row, tokens in enumerate(token_lists):
+        padded = list(tokens) + [EOT] * (width - len(tokens))
+        inputs, targets = padded[:-1], padded[1:]
+        end_positions = [j for j, token in enumerate(targets) if token == EOT]
+        for j in end_positions[1:]:
+            targets[j] = IGNORE
+        if prompt_lengths is not None:
+            masked = targets[: prompt_lengths[row] - 1]
+            targets[: prompt_lengths[row] - 1] = [IGNORE] * len(masked)
         if allowed_max_length is not None:
-            inputs = inputs[:allowed_max_length]
-            targets = targets[:allowed_max_length]
-
-        inputs_lst.append(inputs)
-        targets_lst.append(targets)
-
-    # Convert list of inputs and targets to tensors and transfer to target device
-    inputs_tensor = torch.stack(inputs_lst).to(device)
-    targets_tensor = torch.stack(targets_lst).to(device)
-
-    return inputs_tensor, targets_tensor
+            inputs, targets = inputs[:allowed_max_length], targets[:allowed_max_length]
+        rows_in.append(inputs)
+        rows_out.append(targets)
+    return torch.tensor(rows_in), torch.tensor(rows_out)
 
 
-# exercise 7.2 solution ("instruction masking"): items are (instruction_length, token_ids)
-def custom_collate_fn_masked(
-    batch,
-    pad_token_id=50256,
-    ignore_index=-100,
-    allowed_max_length=None,
-    device="cpu"
-):
-    # Find the longest sequence in the batch
-    batch_max_length = max(len(item)+1 for instruction_length, item in batch)   # New: batch is now a tuple
-
-    # Pad and prepare inputs and targets
-    inputs_lst, targets_lst = [], []
-
-    for instruction_length, item in batch:  # New: batch is now a tuple
-        new_item = item.copy()
-        # Add an <|endoftext|> token
-        new_item += [pad_token_id]
-        # Pad sequences to max_length
-        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
-        inputs = torch.tensor(padded[:-1])  # Truncate the last token for inputs
-        targets = torch.tensor(padded[1:])  # Shift +1 to the right for targets
-
-        # Replace all but the first padding tokens in targets by ignore_index
-        mask = targets == pad_token_id
-        indices = torch.nonzero(mask).squeeze()
-        if indices.numel() > 1:
-            targets[indices[1:]] = ignore_index
-
-        ##########################################################################################
-        # New: Mask all input and instruction tokens in the targets
-        targets[:instruction_length-1] = -100
-        ##########################################################################################
-
-        # Optionally truncate to maximum sequence length
-        if allowed_max_length is not None:
-            inputs = inputs[:allowed_max_length]
-            targets = targets[:allowed_max_length]
-
-        inputs_lst.append(inputs)
-        targets_lst.append(targets)
-
-    # Convert list of inputs and targets to tensors and transfer to target device
-    inputs_tensor = torch.stack(inputs_lst).to(device)
-    targets_tensor = torch.stack(targets_lst).to(device)
-
-    return inputs_tensor, targets_tensor
-
-
-# ------------------------------------------------------------------------------------------------------
+def test_the_reference_reproduces_the_book_s_worked_example():
+    """DESIGN part 1's worked example, so that the reference itself is checked against the book."""
+    inputs, targets = reference_batch([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256], [7, 8, 9, 50256, 50256]]
+    assert targets.tolist() == [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100], [8, 9, 50256, -100, -100]]
+    _, masked = reference_batch([[0, 1, 2, 3, 4]], prompt_lengths=[3])
+    assert masked.tolist() == [[-100, -100, 3, 4, 50256]]
 
 
 def book_batches(entries, style, mask, batch_size=8, allowed_max_length=1024):
@@ -124,10 +61,8 @@ def book_batches(entries, style, mask, batch_size=8, allowed_max_length=1024):
         items.append((len(tokenizer.encode(prompt)), tokenizer.encode(full)))
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        if mask:
-            inputs, targets = custom_collate_fn_masked(chunk, allowed_max_length=allowed_max_length)
-        else:
-            inputs, targets = custom_collate_fn([ids for _, ids in chunk], allowed_max_length=allowed_max_length)
+        inputs, targets = reference_batch([ids for _, ids in chunk], [plen for plen, _ in chunk] if mask else None,
+                                          allowed_max_length)
         examples = [{"input_ids": ids, "prompt_length": plen} for plen, ids in chunk]
         yield inputs, targets, examples
 
@@ -153,7 +88,7 @@ def test_book_worked_example():
     inputs, targets = to_book_batch(batch)
     assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256], [7, 8, 9, 50256, 50256]]
     assert targets.tolist() == [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100], [8, 9, 50256, -100, -100]]
-    book_inputs, book_targets = custom_collate_fn([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    book_inputs, book_targets = reference_batch([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
     assert torch.equal(inputs, book_inputs) and torch.equal(targets, book_targets)
     assert batch["input_ids"].dtype == torch.long and batch["labels"].device.type == "cpu"
 
@@ -224,12 +159,8 @@ def test_overlong_examples_match_the_book_exactly(mask, pad_to_multiple_of):
     for r in range(1, 5):
         for rows in itertools.permutations(range(4), r):
             examples = [{"input_ids": sequences[i], "prompt_length": prompt_lengths[i]} for i in rows]
-            if mask:
-                book_inputs, book_targets = custom_collate_fn_masked(
-                    [(prompt_lengths[i], sequences[i]) for i in rows], allowed_max_length=limit
-                )
-            else:
-                book_inputs, book_targets = custom_collate_fn([sequences[i] for i in rows], allowed_max_length=limit)
+            book_inputs, book_targets = reference_batch(
+                [sequences[i] for i in rows], [prompt_lengths[i] for i in rows] if mask else None, limit)
             batch = collate(examples)
             inputs, targets = to_book_batch(batch)
             if pad_to_multiple_of is None or max(lengths[i] for i in rows) > limit:

@@ -12,7 +12,6 @@ import configparser
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -25,13 +24,14 @@ import transformers
 from transformers import pipeline
 
 from gpt_sft import GPTConfig, GPTForCausalLM
-from gpt_sft.checkpoint_code import OutdatedModelCodeWarning, code_version, installed_code
-from gpt_sft.cli import main as cli_main
-from gpt_sft.hub import save_checkpoint
-from gpt_sft.modeling_gpt import CACHE_FIELD, IGNORED_FORWARD_KWARGS, MODEL_CODE_VERSION, output_cache
-from gpt_sft.prompts import chat_template, format_prompt
-from gpt_sft.tokenizer import get_hf_tokenizer
-from gpt_sft.weights import load_pretrained
+from gpt_sft.model.checkpoint_code import OutdatedModelCodeWarning, code_version, installed_code
+from gpt_sft.cli.main import main as cli_main
+from gpt_sft.export.checkpoint import save_checkpoint
+from gpt_sft.model.modeling_gpt import CACHE_FIELD, IGNORED_FORWARD_KWARGS, MODEL_CODE_VERSION, output_cache
+from gpt_sft.data.chat_template import chat_template
+from gpt_sft.data.prompts import format_prompt
+from gpt_sft.model.tokenizer import get_hf_tokenizer
+from gpt_sft.model.loading import load_pretrained
 
 from conftest import REPO_ROOT
 
@@ -192,8 +192,7 @@ def test_hidden_states_and_attentions():
     assert (out.logits - plain.logits).abs().max() < 1e-5, "explicit attention equals SDPA"
     assert isinstance(model(ids, return_dict=False), tuple)
     with pytest.raises(ValueError, match="no attentions or hidden states"):
-        targets = ids.clone()
-        model(ids, shift_labels=targets, loss_only=True, padding_free=True, output_hidden_states=True)
+        model.transformer(ids, keep=torch.ones_like(ids, dtype=torch.bool), output_hidden_states=True)
 
 
 # ---------------------------------------------------------------- chat template
@@ -225,7 +224,7 @@ def test_chat_template_renders_exactly_our_prompt():
 
 
 def test_a_style_that_rewrites_its_fields_gets_no_template():
-    from gpt_sft.prompts import PromptStyle
+    from gpt_sft.data.prompts import PromptStyle
 
     shout = PromptStyle(name="shout", prompt=lambda e: e["instruction"].upper(), response=" -> {output}")
     with pytest.raises(ValueError, match="no chat template"):
@@ -254,7 +253,7 @@ def test_outdated_code_warns_in_one_line_and_refresh_code_repairs_it(tmp_path, c
 
     assert cli_main(["refresh-code", str(folder)]) == 0
     printed = capsys.readouterr().out
-    assert "version 1 -> 2" in printed and "modeling_gpt.py" in printed and "chat template (phi3)" in printed
+    assert f"version 1 -> {MODEL_CODE_VERSION}" in printed and "modeling_gpt.py" in printed and "chat template (phi3)" in printed
     assert (folder / "modeling_gpt.py").read_text() == installed_code()["modeling_gpt.py"]
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "no temporary files left"
     with warnings.catch_warnings():

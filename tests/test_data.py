@@ -15,19 +15,15 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from gpt_sft.collator import InstructionDataCollator, to_book_batch
-from gpt_sft.data import (
-    InstructionDataError,
-    LoadStats,
-    TokenizationStats,
-    create_dataloaders,
-    load_instruction_data,
-    split_dataset,
-    tokenize_dataset,
-)
-from gpt_sft.download import DownloadError
-from gpt_sft.prompts import PromptStyle, format_text
-from gpt_sft.tokenizer import get_tokenizer
+from gpt_sft.data.collator import InstructionDataCollator, to_book_batch
+from gpt_sft.data.load import load_instruction_data
+from gpt_sft.data.loaders import create_dataloaders
+from gpt_sft.data.split import split_dataset
+from gpt_sft.data.tokenize import TokenizationStats, tokenize_dataset
+from gpt_sft.data.validate import InstructionDataError, LoadStats
+from gpt_sft.common.download import DownloadError
+from gpt_sft.data.prompts import PromptStyle, format_text
+from gpt_sft.model.tokenizer import get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,7 +182,7 @@ def test_skip_invalid_reports_how_many_and_why(tmp_path, caplog):
     data[3] = {"instruction": "x", "input": "<|endoftext|>", "output": "y"}
     data.append({"instruction": "z", "output": " "})
     path = write_json(tmp_path / "d.json", data)
-    with caplog.at_level(logging.WARNING, logger="gpt_sft.data"):
+    with caplog.at_level(logging.WARNING, logger="gpt_sft.data.load"):
         ds, stats = load_instruction_data(path, skip_invalid=True, return_stats=True)
     assert isinstance(stats, LoadStats)
     assert len(ds) == 2 and ds["output"] == ["0", "2"]
@@ -354,7 +350,7 @@ def test_tokenization_at_awkward_prompt_boundaries():
         {"instruction": "tab\t", "input": "", "output": "\n\nleading newlines"},
         {"instruction": "don", "input": "", "output": "'t"},
     ]
-    from gpt_sft.data import _batch_encoder
+    from gpt_sft.data.tokenize import _batch_encoder
 
     assert _batch_encoder(tokenizer, 1).token_bytes is not None  # the shortcut is in use for GPT-2
     glued = PromptStyle("glued", prompt="{instruction}{input}", response="{output}")
@@ -381,7 +377,7 @@ def test_overlong_truncate_and_drop(book, caplog):
     n_overlong = sum(n > limit for n in lengths)
     n_longer = sum(n > limit + 1 for n in lengths)
     assert 0 < n_longer < n_overlong < 1100
-    with caplog.at_level(logging.WARNING, logger="gpt_sft.data"):
+    with caplog.at_level(logging.WARNING, logger="gpt_sft.data.load"):
         truncated, stats = tokenize_dataset(book, allowed_max_length=limit, return_stats=True)
     assert f"{n_overlong} over-long" in caplog.text and "kept and truncated" in caplog.text
     assert (stats.num_overlong, stats.num_truncated, stats.num_dropped, stats.num_kept) == (n_overlong, n_longer, 0, 1100)
@@ -408,7 +404,7 @@ def test_overlong_truncate_and_drop(book, caplog):
     )
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="gpt_sft.data"):
+    with caplog.at_level(logging.WARNING, logger="gpt_sft.data.load"):
         dropped, stats = tokenize_dataset(book, allowed_max_length=limit, overlong="drop", return_stats=True)
     assert "dropped" in caplog.text
     assert (stats.num_overlong, stats.num_dropped, stats.num_kept) == (n_overlong, n_overlong, 1100 - n_overlong)
@@ -464,7 +460,7 @@ def test_tokenize_options(book):
     again = tokenize_dataset(tokenize_dataset(small), style="phi3")
     assert again.column_names == ["instruction", "input", "output", "input_ids", "prompt_length"]
     assert again["input_ids"] == tokenize_dataset(small, style="phi3")["input_ids"]
-    from gpt_sft.tokenizer import get_hf_tokenizer
+    from gpt_sft.model.tokenizer import get_hf_tokenizer
 
     hf = tokenize_dataset(small, get_hf_tokenizer())
     assert hf["input_ids"] == slim["input_ids"] and hf["prompt_length"] == slim["prompt_length"]
@@ -524,7 +520,7 @@ def test_create_dataloaders_from_splits_and_options(book):
 
 
 def test_benchmark_script_smoke(book_data_path, capsys):
-    spec = importlib.util.spec_from_file_location("benchmark_data", REPO / "scripts" / "benchmark_data.py")
+    spec = importlib.util.spec_from_file_location("benchmark_data", REPO / "benchmarks" / "data.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rows = module.main(["--data", str(book_data_path), "--sizes", "50", "120", "--threads", "1", "2", "--repeats", "1"])

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gpt_sft.download import DownloadError, download_file
+from gpt_sft.common.download import DownloadError, download_file
 
 DATA = bytes(range(256)) * 1024 + b"tail"  # 262,148 bytes: several reads, and a chunk boundary to cross
 

@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 
-from gpt_sft.prompts import format_prompt
-from gpt_sft.tokenizer import get_tokenizer
+from gpt_sft.data.prompts import format_prompt
+from gpt_sft.model.tokenizer import get_tokenizer
 
 
 @pytest.mark.slow

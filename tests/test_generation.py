@@ -1,4 +1,4 @@
-"""Tests of gpt_sft.generation, scripts/generate.py and scripts/benchmark_generation.py.
+"""Tests of gpt_sft.generate, gpt-sft generate and benchmarks/generation.py.
 
 All on tiny random models. To make end-of-text stops happen, the ``lm_head`` row of token 50256 is
 nudged along a random direction: the EOS logit then varies with the hidden state and becomes the
@@ -19,16 +19,12 @@ import pytest
 import torch
 
 from gpt_sft import GPTConfig, GPTForCausalLM
-from gpt_sft.generation import (
-    GenerationSettings,
-    PromptTruncationWarning,
-    add_responses,
-    auto_batch_size,
-    generate_book_style,
-    generate_responses,
-    generate_token_ids,
-    main,
-)
+from gpt_sft.cli.generate import main
+from gpt_sft.generate.batching import auto_batch_size
+from gpt_sft.generate.book import generate_book_style
+from gpt_sft.generate.decode import generate_token_ids
+from gpt_sft.generate.responses import add_responses, generate_responses
+from gpt_sft.generate.settings import GenerationSettings, PromptTruncationWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EOS = 50256
@@ -68,7 +64,7 @@ def prompts() -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from gpt_sft.tokenizer import get_tokenizer
+    from gpt_sft.model.tokenizer import get_tokenizer
 
     return get_tokenizer()
 
@@ -210,11 +206,11 @@ def test_per_prompt_budgets_follow_the_overflow_rules_prompt_by_prompt(model):
 
 
 def test_auto_batch_size_uses_the_largest_budget(model, prompts, monkeypatch):
-    import gpt_sft.generation as generation
+    import gpt_sft.generate.decode as decode
 
     seen = []
-    real = generation.auto_batch_size
-    monkeypatch.setattr(generation, "auto_batch_size",
+    real = decode.auto_batch_size
+    monkeypatch.setattr(decode, "auto_batch_size",
                         lambda model, length, new, **kw: seen.append((length, new)) or real(model, length, new, **kw))
     generate_token_ids(model, prompts, settings(max_new_tokens=2, eos_token_id=None), max_new_tokens=BUDGETS)
     assert seen == [(max(LENGTHS), max(BUDGETS))]
@@ -323,7 +319,7 @@ ENTRIES = [
 
 
 def test_generate_responses_extracts_like_the_book(model, tokenizer):
-    from gpt_sft.prompts import extract_response, format_prompt
+    from gpt_sft.data.prompts import extract_response, format_prompt
 
     for style in ("alpaca", "phi3"):
         responses = generate_responses(model, tokenizer, ENTRIES, settings(style=style, batch_size=2))
@@ -336,7 +332,7 @@ def test_generate_responses_extracts_like_the_book(model, tokenizer):
 
 
 def test_hf_tokenizer_gives_the_same_responses(model, tokenizer):
-    from gpt_sft.tokenizer import get_hf_tokenizer
+    from gpt_sft.model.tokenizer import get_hf_tokenizer
 
     assert generate_responses(model, get_hf_tokenizer(), ENTRIES, settings()) == generate_responses(
         model, tokenizer, ENTRIES, settings()
@@ -373,12 +369,12 @@ def test_settings_validation_and_auto_batch_size(model, monkeypatch):
             GenerationSettings(**bad)
     assert auto_batch_size(model, 100, 256) == 32  # CPU cap (plenty of RAM for a tiny model)
     assert auto_batch_size(model, 100, 256, num_prompts=3) == 3
-    import gpt_sft.generation as generation
+    import gpt_sft.generate.batching as batching
 
-    per_sequence = generation._bytes_per_sequence(model, 100, 256)
-    monkeypatch.setattr(generation, "_available_ram", lambda: 4 * 5 * per_sequence)
+    per_sequence = batching._bytes_per_sequence(model, 100, 256)
+    monkeypatch.setattr(batching, "_available_ram", lambda: 4 * 5 * per_sequence)
     assert auto_batch_size(model, 100, 256) == 5  # 25% of the available RAM
-    monkeypatch.setattr(generation, "_available_ram", lambda: 0)
+    monkeypatch.setattr(batching, "_available_ram", lambda: 0)
     assert auto_batch_size(model, 100, 256) == 1
 
 
@@ -387,7 +383,7 @@ def test_settings_validation_and_auto_batch_size(model, monkeypatch):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from gpt_sft.tokenizer import get_hf_tokenizer
+    from gpt_sft.model.tokenizer import get_hf_tokenizer
 
     folder = tmp_path_factory.mktemp("ckpt")
     tiny_model().save_pretrained(folder)
@@ -418,7 +414,7 @@ def run_script(*args: str, stdin: str | None = None) -> subprocess.CompletedProc
 
 def expected_responses(checkpoint, entries, max_new):
     model = GPTForCausalLM.from_pretrained(checkpoint)
-    from gpt_sft.tokenizer import get_tokenizer
+    from gpt_sft.model.tokenizer import get_tokenizer
 
     return generate_responses(model, get_tokenizer(), entries, max_new_tokens=max_new, progress=False)
 
@@ -445,7 +441,7 @@ def test_cli_default_test_split_and_failure_leaves_no_output(checkpoint, data_fi
     assert [e["instruction"] for e in written] == [f"Rewrite sentence {i} in a formal tone." for i in (17, 18)]
 
     # A run that dies while writing leaves the previous file intact and no partial file.
-    import gpt_sft.atomic_io as atomic_io
+    import gpt_sft.common.atomic_io as atomic_io
 
     def dies(fd):  # killed after part of the file is written
         raise RuntimeError("killed")
@@ -473,17 +469,18 @@ def test_cli_prompt_and_interactive(checkpoint):
 
 
 def test_cli_rejects_bad_arguments(checkpoint, capsys):
-    with pytest.raises(SystemExit):
-        main(["--model", str(checkpoint)])  # no mode
-    with pytest.raises(SystemExit):
+    assert main(["--model", str(checkpoint)]) == 1  # no recipe to take the data from, and no --data
+    assert "has no recipe (recipe.json): pass --data, --prompt or --interactive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         main(["--model", str(checkpoint), "--prompt", "x", "--interactive"])
+    assert exit_info.value.code == 2 and "exclude each other" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- benchmark
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_generation", REPO_ROOT / "scripts" / "benchmark_generation.py")
+    spec = importlib.util.spec_from_file_location("benchmark_generation", REPO_ROOT / "benchmarks" / "generation.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -19,13 +19,23 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_sft import GPTConfig, GPTForCausalLM, training
-from gpt_sft.data import InstructionDataError, load_instruction_data
-from gpt_sft.hub import save_checkpoint
-from gpt_sft.judge import JudgeCacheBusyError, JudgeConfig, OpenAIJudge, ScoreCache, main as judge_main
-from gpt_sft.synthetic_data import make_synthetic_instructions
-from gpt_sft.training import TrainConfig, train
-from gpt_sft.weights import WeightLoadingError, load_pretrained
+from gpt_sft import GPTConfig, GPTForCausalLM
+from gpt_sft.cli import train as train_command
+from gpt_sft.cli.evaluate import main as judge_main
+from gpt_sft.cli.train import train
+from gpt_sft.data.load import load_instruction_data
+from gpt_sft.data.synthetic import make_synthetic_instructions
+from gpt_sft.data.validate import InstructionDataError
+from gpt_sft.export import run_folder
+from gpt_sft.export.checkpoint import save_checkpoint
+from gpt_sft.judge.backends import OpenAIJudge
+from gpt_sft.judge.cache import ScoreCache
+from gpt_sft.judge.errors import JudgeCacheBusyError
+from gpt_sft.judge.http import JudgeConfig
+from gpt_sft.model.loading import load_pretrained
+from gpt_sft.model.weights import WeightLoadingError
+from gpt_sft.train import loop
+from gpt_sft.train.config import TrainConfig
 
 from conftest import REPO_ROOT
 
@@ -145,7 +155,7 @@ def test_generate_refuses_missing_weights_in_one_line(tiny_checkpoint, tmp_path)
 
 def test_train_continues_from_its_own_checkpoint_from_the_command_line(tiny_checkpoint, data_file, tmp_path):
     out = tmp_path / "second-stage"
-    status = training.main(["--model", str(tiny_checkpoint), "--data", str(data_file), "--output-dir", str(out),
+    status = train_command.main(["--model", str(tiny_checkpoint), "--data", str(data_file), "--output-dir", str(out),
                             "--max-steps", "3", "--eval-every", "0", "--no-generate", "--no-sample-every-epoch"])
     assert status == 0
     before, after = weights(tiny_checkpoint), weights(out)
@@ -159,15 +169,15 @@ def test_train_continues_from_its_own_checkpoint_from_the_command_line(tiny_chec
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_the_final_save_waits_for_it(data_file, tmp_path, monkeypatch, capsys, signum, status):
-    real_plot = training.plot_losses
+    real_plot = run_folder.plot_losses
 
     def plot_then_signal(*args, **kwargs):  # part of the final save: the folder is half written now
         os.kill(os.getpid(), signum)
         return real_plot(*args, **kwargs)
 
-    monkeypatch.setattr(training, "plot_losses", plot_then_signal)
+    monkeypatch.setattr(run_folder, "plot_losses", plot_then_signal)
     out = tmp_path / "run"
-    assert training.main(["--model", "scratch", "--n-layers", "1", "--emb-dim", "32", "--n-heads", "2",
+    assert train_command.main(["--model", "scratch", "--n-layers", "1", "--emb-dim", "32", "--n-heads", "2",
                           "--context-length", "64", "--data", str(data_file), "--output-dir", str(out),
                           "--max-steps", "2", "--eval-every", "1", "--eval-batches", "1", "--no-sample-every-epoch"]) == status
     printed = capsys.readouterr()
@@ -196,7 +206,7 @@ def test_ctrl_c_inside_a_step_with_dropout_resumes_exactly(data_file, tmp_path, 
     args = dict(drop_rate=0.2, max_steps=6, eval_every=2, save_every=0, tie_word_embeddings=False)
     straight = train(config(tmp_path, "straight", data_file, **args))
 
-    real_build = training.build_model
+    real_build = loop.build_model
 
     def build_and_interrupt(cfg):
         model = real_build(cfg)
@@ -209,13 +219,13 @@ def test_ctrl_c_inside_a_step_with_dropout_resumes_exactly(data_file, tmp_path, 
                     for _ in range(presses):
                         os.kill(os.getpid(), signal.SIGINT)
 
-        model.register_forward_pre_hook(hook)
+        model.transformer.h[0].register_forward_pre_hook(hook)  # every loss path runs the blocks
         return model
 
-    monkeypatch.setattr(training, "build_model", build_and_interrupt)
+    monkeypatch.setattr(loop, "build_model", build_and_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(config(tmp_path, "interrupted", data_file, **args))
-    monkeypatch.setattr(training, "build_model", real_build)
+    monkeypatch.setattr(loop, "build_model", real_build)
     (checkpoint,) = (tmp_path / "interrupted" / "checkpoints").iterdir()
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     # one press finishes step 3 (steps 0..3 done); two abandon it (steps 0..2 done, step 3 redone)
@@ -236,7 +246,7 @@ def test_an_output_folder_never_mixes_two_runs(data_file, tmp_path, capsys):
     assert (out / "test-responses.json").exists()
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
-    status = training.main(["--model", "scratch", "--n-layers", "1", "--emb-dim", "32", "--n-heads", "2",
+    status = train_command.main(["--model", "scratch", "--n-layers", "1", "--emb-dim", "32", "--n-heads", "2",
                             "--context-length", "64", "--data", str(data_file), "--output-dir", str(out),
                             "--max-steps", "1", "--no-generate"])
     (line,) = error_lines(capsys.readouterr().err)
@@ -254,7 +264,7 @@ def test_an_interrupted_generation_leaves_no_old_responses(data_file, tmp_path, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "generate_test_responses", interrupted)
+    monkeypatch.setattr(train_command, "generate_test_responses", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(config(tmp_path, "run", data_file, max_steps=2, eval_every=0, generate=True, overwrite=True))
     assert not (out / "test-responses.json").exists()
@@ -278,7 +288,7 @@ def test_an_interrupted_generation_leaves_no_old_responses(data_file, tmp_path, 
 ])
 def test_bad_options_are_one_line_errors_naming_the_flag(capsys, args, flag):
     with pytest.raises(SystemExit) as exit_info:
-        training.main(["--model", "scratch", *args])
+        train_command.main(["--model", "scratch", *args])
     assert exit_info.value.code == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert line.startswith("error: ") and flag in line
@@ -286,7 +296,7 @@ def test_bad_options_are_one_line_errors_naming_the_flag(capsys, args, flag):
 
 def test_allowed_max_length_longer_than_a_checkpoint_s_context_is_refused_at_start(tiny_checkpoint, data_file, tmp_path,
                                                                                    capsys):
-    status = training.main(["--model", str(tiny_checkpoint), "--data", str(data_file), "--output-dir",
+    status = train_command.main(["--model", str(tiny_checkpoint), "--data", str(data_file), "--output-dir",
                             str(tmp_path / "run"), "--allowed-max-length", "1024"])
     (line,) = error_lines(capsys.readouterr().err)
     assert status == 1 and "--allowed-max-length 64 or less" in line

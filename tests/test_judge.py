@@ -1,4 +1,4 @@
-"""Tests of the LLM judge (gpt_sft.judge) against local stand-in servers.
+"""Tests of the LLM judge (gpt_sft.judge, gpt-sft evaluate) against local stand-in servers.
 
 Ollama cannot be installed here, so its native streaming ``/api/chat`` protocol is spoken by a small
 threaded ``http.server`` on 127.0.0.1 written below (:class:`FakeJudgeServer`); the same server also
@@ -27,21 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from gpt_sft import judge as J
-from gpt_sft.judge import (
-    EntryResult,
-    HFJudge,
-    JudgeConfig,
-    JudgeFatalError,
-    JudgeUnavailableError,
-    OllamaJudge,
-    OpenAIJudge,
-    ScoreCache,
-    build_judge_prompt,
-    cache_key,
-    parse_score,
-    score_responses,
-)
+from gpt_sft.cli.evaluate import main as evaluate_main
+from gpt_sft.common import atomic_io
+from gpt_sft.judge.backends import HFJudge, OllamaJudge, OpenAIJudge
+from gpt_sft.judge.cache import ScoreCache, cache_key
+from gpt_sft.judge.errors import JudgeFatalError, JudgeRequestError, JudgeUnavailableError
+from gpt_sft.judge.http import JudgeConfig
+from gpt_sft.judge.prompt import build_judge_prompt, parse_score
+from gpt_sft.judge.scoring import EntryResult, score_responses
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -310,12 +303,12 @@ def test_ollama_broken_streams_are_retried():
         judge = OllamaJudge(fast_config(server, retries=2))
         assert judge.ask("a") == "42"  # a stream without a done chunk is a bad reply: retried
         assert judge.ask("b") == ""  # an error chunk is retried; an empty complete stream is ""
-        with pytest.raises(J.JudgeRequestError, match=r"bad reply .* \(after 3 attempts\)"):
+        with pytest.raises(JudgeRequestError, match=r"bad reply .* \(after 3 attempts\)"):
             judge.ask("c")
         assert server.counts == {"a": 2, "b": 2, "c": 3}
     # nothing listening: connection refused -> retried, then JudgeRequestError
     config = JudgeConfig(backend="ollama", url="http://127.0.0.1:9", retries=1, backoff=0.01, timeout=2)
-    with pytest.raises(J.JudgeRequestError, match="ConnectionError"):
+    with pytest.raises(JudgeRequestError, match="ConnectionError"):
         OllamaJudge(config).ask("q")
 
 
@@ -400,7 +393,7 @@ def test_stream_total_deadline_is_enforced():
     try:
         config = JudgeConfig(url=f"http://127.0.0.1:{httpd.server_address[1]}", timeout=0.5, retries=0)
         t0 = time.monotonic()
-        with pytest.raises(J.JudgeRequestError, match="not finished within"):
+        with pytest.raises(JudgeRequestError, match="not finished within"):
             OllamaJudge(config).ask("q")
         assert time.monotonic() - t0 < 2.0
     finally:
@@ -419,7 +412,7 @@ def test_garbage_reply_retried_then_unscored_and_shown_escaped(tmp_path, capsys)
     path.write_text(json.dumps(entries))
     out = tmp_path / "report.json"
     with FakeJudgeServer(responder) as server:
-        rc = J.main(["--responses", str(path), "--url", server.url, "--output", str(out),
+        rc = evaluate_main(["--responses", str(path), "--url", server.url, "--output", str(out),
                      "--parse-retries", "2", "--backoff", "0.01", "--no-progress", "--no-metrics"])
         assert rc == 0
         assert server.asks_for(entries[1]) == 3  # 1 + 2 parse retries
@@ -467,7 +460,7 @@ def test_api_key_never_in_output_or_report(tmp_path, capsys, monkeypatch):
     path.write_text(json.dumps(entries))
     out = tmp_path / "report.json"
     with FakeJudgeServer(responder) as server:
-        rc = J.main(["--responses", str(path), "--backend", "openai", "--url", server.url,
+        rc = evaluate_main(["--responses", str(path), "--backend", "openai", "--url", server.url,
                      "--judge-model", "m", "--api-key-env", "MY_JUDGE_KEY", "--output", str(out),
                      "--retries", "1", "--backoff", "0.01", "--no-progress", "--no-metrics"])
         assert rc == 0
@@ -491,7 +484,7 @@ def test_reply_echoing_the_key_is_redacted_everywhere(tmp_path, capsys, monkeypa
     path.write_text(json.dumps(entries))
     out = tmp_path / "r.json"
     with FakeJudgeServer(lambda p, n, r: Reply(f"my key is {SECRET}")) as server:
-        assert J.main(["--responses", str(path), "--backend", "openai", "--url", server.url,
+        assert evaluate_main(["--responses", str(path), "--backend", "openai", "--url", server.url,
                        "--output", str(out), "--no-progress", "--no-metrics", "--backoff", "0.01"]) == 0
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
@@ -510,7 +503,7 @@ def test_fatal_http_error_stops_the_run(tmp_path, capsys, monkeypatch):
         with pytest.raises(JudgeFatalError, match="HTTP 404"):
             score_responses(entries, OllamaJudge(fast_config(server)), progress=False)
         assert len(server.requests) == 1  # not retried
-        rc = J.main(["--responses", str(path), "--backend", "openai", "--url", server.url,
+        rc = evaluate_main(["--responses", str(path), "--backend", "openai", "--url", server.url,
                      "--output", str(tmp_path / "r.json"), "--no-progress", "--no-metrics"])
     err = capsys.readouterr().err
     assert rc == 1 and "not found" in err and SECRET not in err and "***" in err
@@ -672,7 +665,7 @@ def test_killed_cli_resumes_without_re_asking(tmp_path, capsys):
         assert not out.exists()
         hang.clear()
         # resume (in-process: the same main(), without paying for a second interpreter start-up)
-        assert J.main(cmd[2:] + ["--url", server.url]) == 0
+        assert evaluate_main(cmd[2:] + ["--url", server.url]) == 0
         for i, entry in enumerate(entries):
             # finished entries were asked exactly once; the one in flight at the kill twice
             assert server.asks_for(entry) == (2 if i == k else 1)
@@ -699,10 +692,10 @@ def test_cli_report_metrics_and_atomic_write(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sub" / "report.json"
     replaced: list[tuple[str, str]] = []
     real_replace = os.replace
-    monkeypatch.setattr(J.os, "replace", lambda a, b: (replaced.append((str(a), str(b))), real_replace(a, b)))
+    monkeypatch.setattr(atomic_io.os, "replace", lambda a, b: (replaced.append((str(a), str(b))), real_replace(a, b)))
     scores = {"resp-1": "Score: 60", "resp-3": "90/100"}
     with FakeJudgeServer(lambda p, n, r: Reply(scores.get(response_of(p), "30"))) as server:
-        rc = J.main(["--responses", str(path), "--url", server.url, "--output", str(out), "--no-progress"])
+        rc = evaluate_main(["--responses", str(path), "--url", server.url, "--output", str(out), "--no-progress"])
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "Number of scores: 4 of 4\nAverage score: 45.00\n" in stdout
@@ -723,18 +716,18 @@ def test_cli_report_metrics_and_atomic_write(tmp_path, capsys, monkeypatch):
 def test_cli_rejects_bad_input(tmp_path, capsys):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"instruction": "x", "output": "y"}]))
-    assert J.main(["--responses", str(path), "--no-progress"]) == 2
+    assert evaluate_main(["--responses", str(path), "--no-progress"]) == 2
     assert "no response field 'model_response'" in capsys.readouterr().err
     path.write_text(json.dumps([{"instruction": "x", "output": "y", "answer": ""}]))
-    assert J.main(["--responses", str(path), "--response-key", "answer", "--no-progress", "--no-metrics",
+    assert evaluate_main(["--responses", str(path), "--response-key", "answer", "--no-progress", "--no-metrics",
                    "--output", str(tmp_path / "r.json")]) == 0
     assert "Number of scores: 1 of 1\nAverage score: 0.00" in capsys.readouterr().out
-    assert J.main(["--responses", str(path), "--backend", "hf", "--response-key", "answer"]) == 2
+    assert evaluate_main(["--responses", str(path), "--backend", "hf", "--response-key", "answer"]) == 2
 
 
 def test_console_script_is_declared():
     text = (REPO_ROOT / "setup.cfg").read_text()
-    assert "gpt-sft-evaluate = gpt_sft.judge:main" in text
+    assert "gpt-sft-evaluate = gpt_sft.cli.evaluate:main" in text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -785,7 +778,7 @@ def test_hf_judge_in_process(tiny_hf_judge_dir, tmp_path, capsys):
 
     path = tmp_path / "responses.json"
     path.write_text(json.dumps(entries))
-    rc = J.main(["--responses", str(path), "--backend", "hf", "--judge-model", str(tiny_hf_judge_dir),
+    rc = evaluate_main(["--responses", str(path), "--backend", "hf", "--judge-model", str(tiny_hf_judge_dir),
                  "--max-tokens", "2", "--output", str(tmp_path / "r.json"), "--no-progress", "--no-metrics"])
     assert rc == 0
     assert "Number of scores: 3 of 3\nAverage score: 56.67" in capsys.readouterr().out  # "85 85" -> 85

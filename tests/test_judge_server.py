@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from gpt_sft import judge as J
+from gpt_sft.cli.evaluate import main as evaluate_main
+from gpt_sft.judge.backends import OpenAIJudge
+from gpt_sft.judge.http import JudgeConfig
+from gpt_sft.judge.prompt import build_judge_prompt
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_ENTRIES = 5
@@ -94,7 +97,7 @@ def test_real_llama_cpp_judge_scores_a_slice(llama_cpp_server, shared_data_dir, 
     responses.write_text(json.dumps(entries))
     out = tmp_path / "report.json"
     t0 = time.monotonic()
-    rc = J.main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
+    rc = evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
                  "--judge-model", "smollm2", "--output", str(out), "--timeout", "60",
                  # temperature 0 + seed: a retry would get the same reply, so none here (retries
                  # are tested against the scripted server in test_judge.py)
@@ -121,7 +124,7 @@ def test_real_llama_cpp_judge_scores_a_slice(llama_cpp_server, shared_data_dir, 
           file=sys.__stderr__)
 
     # resuming asks nothing again: every judged entry comes from the cache
-    rc = J.main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
+    rc = evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
                  "--judge-model", "smollm2", "--output", str(out), "--no-progress", "--no-metrics"])
     assert rc == 0
     again = json.loads(out.read_text())
@@ -131,8 +134,8 @@ def test_real_llama_cpp_judge_scores_a_slice(llama_cpp_server, shared_data_dir, 
 
 
 def test_real_server_direct_ask_is_deterministic(llama_cpp_server):
-    judge = J.OpenAIJudge(J.JudgeConfig(backend="openai", url=llama_cpp_server, model="smollm2", timeout=60))
-    prompt = J.build_judge_prompt(
+    judge = OpenAIJudge(JudgeConfig(backend="openai", url=llama_cpp_server, model="smollm2", timeout=60))
+    prompt = build_judge_prompt(
         {"instruction": "Name the capital of France.", "input": "", "output": "Paris."}, "Paris.")
     first, second = judge.ask(prompt), judge.ask(prompt)
     assert isinstance(first, str) and first == second  # temperature 0, seed 123

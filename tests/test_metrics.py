@@ -17,8 +17,8 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 evaluate = pytest.importorskip("evaluate")
 
-from gpt_sft.judge import compute_text_metrics  # noqa: E402
-from gpt_sft.metrics import METRIC_NAMES, metric_path  # noqa: E402
+from gpt_sft.judge.scoring import compute_text_metrics  # noqa: E402
+from gpt_sft.judge.metrics import METRIC_NAMES, metric_path  # noqa: E402
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 import gpt_sft
 from gpt_sft import GPTConfig, GPTForCausalLM
-from gpt_sft.hub import save_checkpoint
-from gpt_sft.modeling_gpt import causal_lm_loss, enable_activation_checkpointing, output_cache
+from gpt_sft.export.checkpoint import save_checkpoint
+from gpt_sft.model.modeling_gpt import causal_lm_loss, output_cache
+from gpt_sft.train.loop import enable_activation_checkpointing
 
 TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)
 EOS = 50256
@@ -113,7 +114,7 @@ def test_matches_book_reference_implementation():
     assert (ours - book_logits).abs().max() < 1e-4
 
 
-def test_loss_is_book_loss_and_accumulation_form():
+def test_labels_loss_is_the_book_loss_and_accumulation_form():
     model = tiny_model()
     x = torch.randint(0, 50257, (3, 12))
     labels = x.clone()
@@ -124,190 +125,10 @@ def test_loss_is_book_loss_and_accumulation_form():
         book = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         n = int((labels[:, 1:] != -100).sum())
         summed = model(x, labels=labels, num_items_in_batch=2 * n).loss
-        shifted = model(x[:, :-1], shift_labels=labels[:, 1:]).loss
-        sparse = model(x[:, :-1], shift_labels=labels[:, 1:], loss_only=True)
-        sparse_sum = model(x[:, :-1], shift_labels=labels[:, 1:], loss_only=True, num_items_in_batch=2 * n).loss
     assert torch.allclose(out.loss, book, atol=1e-6)
-    assert sparse.logits is None and torch.allclose(sparse.loss, book, atol=1e-6)
-    assert torch.allclose(sparse_sum, book / 2, atol=1e-6)
-    assert torch.allclose(shifted, book, atol=1e-6)
     assert torch.allclose(summed, book / 2, atol=1e-6)
     # A batch without targets gives 0 (not NaN)
     assert causal_lm_loss(out.logits, torch.full_like(labels, -100)).item() == 0.0
-
-
-def test_loss_only_gradients_equal_full_logits():
-    x = torch.randint(0, 50257, (2, 10))
-    targets = x[:, 1:].clone()
-    targets[0, :4] = -100
-    grads = []
-    for loss_only in (False, True):
-        model = tiny_model(seed=2).train()
-        model(x[:, :-1], shift_labels=targets, loss_only=loss_only).loss.backward()
-        grads.append(torch.cat([model.lm_head.weight.grad.flatten(), model.transformer.wte.weight.grad.flatten()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
-
-
-def right_padded_batch(seed: int = 0):
-    """Book-style (inputs, targets): rows of different lengths, padded with 50256 on the right and
-    -100 after each row's end-of-text target; row 1 has a masked prompt, row 3 no target at all."""
-    g = torch.Generator().manual_seed(seed)
-    lengths, T = [9, 4, 12, 6], 12
-    inputs = torch.full((len(lengths), T), 50256)
-    targets = torch.full((len(lengths), T), -100)
-    for row, n in enumerate(lengths):
-        tokens = torch.randint(0, 50256, (n,), generator=g)
-        inputs[row, :n] = tokens
-        targets[row, : n - 1], targets[row, n - 1] = tokens[1:], 50256
-    targets[1, :2] = -100  # masked prompt: positions 0-1 are context only
-    targets[3] = -100  # nothing to learn in this row
-    return inputs, targets
-
-
-@pytest.mark.parametrize("extra", [{}, {"gradient_checkpointing": True}, {"num_items_in_batch": 50}])
-def test_padding_free_equals_the_padded_loss_and_gradients(extra):
-    inputs, targets = right_padded_batch()
-    kwargs = {k: v for k, v in extra.items() if k != "gradient_checkpointing"}
-    results = []
-    for padding_free in (False, True):
-        model = tiny_model(seed=3).train()
-        if extra.get("gradient_checkpointing"):
-            enable_activation_checkpointing(model)
-        loss = model(inputs, shift_labels=targets, loss_only=padding_free, padding_free=padding_free, **kwargs).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (padded, g_padded), (free, g_free) = results
-    assert torch.allclose(padded, free, atol=1e-6), (padded, free)
-    worst = max((g_padded[n] - g_free[n]).abs().max().item() for n in g_padded)
-    assert worst < 1e-6, worst
-
-
-def test_padding_free_keeps_examples_isolated():
-    """A row's loss does not depend on the other rows: the batch loss is the target-weighted mean of
-    the rows' losses computed one at a time."""
-    inputs, targets = right_padded_batch(seed=1)
-    model = tiny_model(seed=4)
-    with torch.no_grad():
-        batch = model(inputs, shift_labels=targets, loss_only=True, padding_free=True).loss
-        sums, count = 0.0, 0
-        for row in range(3):  # row 3 has no target
-            n = int((targets[row] != -100).sum())
-            one = model(inputs[row : row + 1], shift_labels=targets[row : row + 1], loss_only=True, padding_free=True)
-            sums, count = sums + one.loss * n, count + n
-    assert torch.allclose(batch, sums / count, atol=1e-6)
-
-
-def test_padding_free_with_dropout_and_lora_trains():
-    from peft import LoraConfig, get_peft_model
-
-    inputs, targets = right_padded_batch(seed=2)
-    model = get_peft_model(tiny_model(seed=5, drop_rate=0.1).train(),
-                           LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "c_fc"]))
-    loss = model(input_ids=inputs, shift_labels=targets, loss_only=True, padding_free=True).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]  # lora_A gets 0 while B is still 0
-    assert len(lora_b) == 2 * model.config.n_layer and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
-
-
-def test_per_target_losses_in_row_major_order():
-    inputs, targets = right_padded_batch(seed=5)
-    model = tiny_model(seed=6)
-    model.loss_chunk_size = 7  # several output-head chunks
-    with torch.no_grad():
-        logits = model(inputs).logits
-        expected = F.cross_entropy(logits[targets != -100], targets[targets != -100], reduction="none")
-        for padding_free in (False, True):
-            per_target = model(inputs, shift_labels=targets, loss_only=True, padding_free=padding_free,
-                               loss_reduction="none").loss
-            assert per_target.shape == expected.shape and torch.allclose(per_target, expected, atol=1e-5)
-    with pytest.raises(ValueError, match="needs loss_only=True"):
-        model(inputs, shift_labels=targets, loss_reduction="none")
-
-
-def shared_preamble_batch(seed: int = 0, mask_rows: tuple[int, ...] = ()):
-    """Like :func:`right_padded_batch`, but every row starts with the same 10-token preamble (a prompt
-    template); ``mask_rows`` get their first 6 targets masked (a masked prompt)."""
-    g = torch.Generator().manual_seed(seed)
-    preamble = torch.randint(0, 50256, (10,), generator=g)
-    lengths, T = [17, 12, 21, 14], 21
-    inputs = torch.full((len(lengths), T), 50256)
-    targets = torch.full((len(lengths), T), -100)
-    for row, n in enumerate(lengths):
-        tokens = torch.cat([preamble, torch.randint(0, 50256, (n - 10,), generator=g)])
-        inputs[row, :n] = tokens
-        targets[row, : n - 1], targets[row, n - 1] = tokens[1:], 50256
-    for row in mask_rows:
-        targets[row, :6] = -100
-    return inputs, targets
-
-
-@pytest.mark.parametrize("mask_rows", [(), (0, 1, 2, 3), (2,)])
-def test_shared_prefix_equals_the_padded_loss_and_gradients(mask_rows):
-    inputs, targets = shared_preamble_batch(mask_rows=mask_rows)
-    results = []
-    for options in ({}, {"loss_only": True, "padding_free": True, "share_prefix": True}):
-        model = tiny_model(seed=7).train()
-        loss = model(inputs, shift_labels=targets, **options).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (padded, g_padded), (shared, g_shared) = results
-    assert torch.allclose(padded, shared, atol=1e-6), (padded, shared)
-    worst = max((g_padded[n] - g_shared[n]).abs().max().item() for n in g_padded)
-    assert worst < 1e-6, worst
-    # per-target losses too, in the batch's row-major order
-    with torch.no_grad():
-        model.eval()
-        logits = model(inputs).logits
-        expected = F.cross_entropy(logits[targets != -100], targets[targets != -100], reduction="none")
-        per_target = model(inputs, shift_labels=targets, loss_only=True, padding_free=True, share_prefix=True,
-                           loss_reduction="none").loss
-    assert torch.allclose(per_target, expected, atol=1e-5)
-
-
-def test_shared_prefix_computes_the_preamble_once():
-    """9 positions are shared (the 10 preamble tokens, minus the last, whose target differs per row);
-    with a row masking its start, sharing stops where the targets stop agreeing; with dropout while
-    training, nothing is shared."""
-    from gpt_sft.modeling_gpt import IGNORE_INDEX
-
-    def computed_tokens(model, inputs, targets, share):
-        seen = {}
-
-        def record(module, args, output):  # returns None: the output stays as it is
-            seen["n"] = output.shape[0]
-
-        hook = model.transformer.ln_f.register_forward_hook(record)
-        model(inputs, shift_labels=targets, loss_only=True, padding_free=True, share_prefix=share)
-        hook.remove()
-        return seen["n"]
-
-    inputs, targets = shared_preamble_batch()
-    real = int(sum(int((row != IGNORE_INDEX).nonzero().max()) + 1 for row in targets))  # 17 + 12 + 21 + 14
-    model = tiny_model(seed=8)
-    with torch.no_grad():
-        assert computed_tokens(model, inputs, targets, share=False) == real == 64
-        assert computed_tokens(model, inputs, targets, share=True) == real - 3 * 9
-        masked_inputs, masked_targets = shared_preamble_batch(mask_rows=(2,))
-        assert computed_tokens(model, masked_inputs, masked_targets, share=True) == real  # disagree at 0
-        dropout = tiny_model(seed=8, drop_rate=0.1).train()
-        assert computed_tokens(dropout, inputs, targets, share=True) == real
-
-
-def test_padding_free_rejects_what_it_cannot_do():
-    inputs, targets = right_padded_batch()
-    model = tiny_model()
-    with pytest.raises(ValueError, match="needs loss_only=True and shift_labels"):
-        model(inputs, shift_labels=targets, padding_free=True)
-    with pytest.raises(ValueError, match="left padding is not supported"):
-        mask = torch.ones_like(inputs)
-        mask[0, 0] = 0
-        model(inputs, attention_mask=mask, shift_labels=targets, loss_only=True, padding_free=True)
-    with pytest.raises(ValueError, match="not with a KV cache"):
-        from transformers import DynamicCache
-
-        model(inputs, shift_labels=targets, loss_only=True, padding_free=True,
-              cache=DynamicCache(config=model.config))
 
 
 def test_context_length_overflow_is_a_clear_error():

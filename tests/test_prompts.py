@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-import gpt_sft.prompts as prompts
-from gpt_sft.prompts import (
+import gpt_sft.data.prompts as prompts
+from gpt_sft.data.prompts import (
     PromptStyle,
     available_prompt_styles,
     extract_response,
@@ -21,32 +21,20 @@ from gpt_sft.prompts import (
 )
 
 
-# ---- the book's code, verbatim (ch07 main chapter code, exercise 7.1 solution) -------------------
-def book_format_input(entry):
-    instruction_text = (
-        f"Below is an instruction that describes a task. "
-        f"Write a response that appropriately completes the request."
-        f"\n\n### Instruction:\n{entry['instruction']}"
-    )
-
-    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
-
-    return instruction_text + input_text
-
-
-def book_format_input_phi(entry):
-    instruction_text = (
-        f"<|user|>\n{entry['instruction']}"
-    )
-
-    input_text = f"\n{entry['input']}" if entry["input"] else ""
-
-    return instruction_text + input_text
+def reference_prompt(entry, style):
+    """The book's two prompt formats as DESIGN part 1 states them (the formats are facts; this is our
+    own reference, written from that description)."""
+    has_input = bool(entry["input"])
+    if style == "alpaca":
+        head = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                "the request.\n\n### Instruction:\n")
+        return head + entry["instruction"] + ("\n\n### Input:\n" + entry["input"] if has_input else "")
+    return "<|user|>\n" + entry["instruction"] + ("\n" + entry["input"] if has_input else "")
 
 
 BOOK = {
-    "alpaca": (book_format_input, lambda e: f"\n\n### Response:\n{e['output']}", "### Response:"),
-    "phi3": (book_format_input_phi, lambda e: f"\n<|assistant|>:\n{e['output']}", "<|assistant|>:"),
+    "alpaca": (lambda e: reference_prompt(e, "alpaca"), lambda e: f"\n\n### Response:\n{e['output']}", "### Response:"),
+    "phi3": (lambda e: reference_prompt(e, "phi3"), lambda e: f"\n<|assistant|>:\n{e['output']}", "<|assistant|>:"),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt_sft import tokenizer as gtok
+from gpt_sft.model import tokenizer as gtok
 
 TRICKY = [
     "Hello, world",
@@ -82,7 +82,7 @@ def test_identical_to_tiktoken_get_encoding(tmp_path, monkeypatch):
     script = textwrap.dedent(
         """
         import json, sys, tiktoken
-        from gpt_sft.tokenizer import get_tokenizer
+        from gpt_sft.model.tokenizer import get_tokenizer
         ref, ours = tiktoken.get_encoding("gpt2"), get_tokenizer()
         texts = json.loads(sys.stdin.read())
         print(json.dumps([ref.encode(t, allowed_special="all") == ours.encode(t, allowed_special="all") for t in texts]))

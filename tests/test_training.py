@@ -14,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt_sft.synthetic_data import make_synthetic_instructions
-from gpt_sft.training import TrainConfig, TrainingDiverged, main, train
+from gpt_sft.data.synthetic import make_synthetic_instructions
+from gpt_sft.cli.train import main, train
+from gpt_sft.train.config import TrainConfig
+from gpt_sft.train.state import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
@@ -49,7 +51,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0):
 
 
 def test_flags_yaml_and_defaults(tmp_path):
-    from gpt_sft.config_cli import parse_config
+    from gpt_sft.common.options import parse_config
 
     defaults = parse_config(TrainConfig, [])
     # the book's recipe
@@ -72,7 +74,7 @@ def test_flags_yaml_and_defaults(tmp_path):
     ("- a\n- b\n", "must be a mapping"),
 ])
 def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, message):
-    from gpt_sft.config_cli import parse_config
+    from gpt_sft.common.options import parse_config
 
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)
@@ -122,7 +124,7 @@ def test_speed_switches_keep_the_books_losses_and_weights(tmp_path, data_file):
     assert_same_weights(fast, book, atol=1e-5)
     # ... and the weights moved: the comparison is not between two untouched models
     start = TrainConfig(**{**TINY_ARGS, "data": str(data_file), "tie_word_embeddings": False})
-    from gpt_sft.training import build_model
+    from gpt_sft.train.loop import build_model
 
     initial = build_model(start).state_dict()
     assert max((weights(fast)[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
@@ -143,8 +145,8 @@ def test_compile_trains_the_same_and_saves_plain_weights(tmp_path, data_file):
 def test_merged_evaluation_equals_batch_by_batch():
     """Padding-free evaluation runs all batches in one forward pass; each batch's loss is unchanged."""
     from gpt_sft import GPTConfig, GPTForCausalLM
-    from gpt_sft.collator import InstructionDataCollator
-    from gpt_sft.training import batch_losses
+    from gpt_sft.data.collator import InstructionDataCollator
+    from gpt_sft.train.loss import BOOK, LossPaths, batch_loss, batch_losses
 
     torch.manual_seed(0)
     model = GPTForCausalLM(GPTConfig(n_embd=32, n_layer=2, n_head=2)).eval()
@@ -155,23 +157,24 @@ def test_merged_evaluation_equals_batch_by_batch():
                     for n in torch.randint(5, longest + 1, (size,), generator=g)]
         batches.append(InstructionDataCollator(mask_prompt=True)(examples))
     with torch.no_grad():
-        one_by_one = [model(input_ids=b["input_ids"][:, :-1], shift_labels=b["labels"][:, 1:]).loss for b in batches]
-        merged = batch_losses(model, batches, {"loss_only": True, "padding_free": True})
-        separate = batch_losses(model, batches, {"loss_only": True, "padding_free": False})
+        one_by_one = [batch_loss(model, b["input_ids"][:, :-1], b["labels"][:, 1:], BOOK) for b in batches]
+        merged = batch_losses(model, batches, LossPaths(padding_free=True, share_prefix=False))
+        separate = batch_losses(model, batches, LossPaths(padding_free=False, share_prefix=False))
     assert torch.allclose(torch.stack(merged), torch.stack(one_by_one), atol=1e-5)
     assert torch.allclose(torch.stack(separate), torch.stack(one_by_one), atol=1e-5)
     assert len({round(x.item(), 4) for x in merged}) == 3  # three different batch losses, not one mean
 
 
 def test_speed_switches_and_fused_optimizer():
-    from gpt_sft.training import make_optimizer
+    from gpt_sft.train.loop import make_optimizer
 
     # each switch builds on the one before it; LoRA dropout turns the shared prefix off
-    assert TrainConfig().forward_options() == {"loss_only": True, "padding_free": True, "share_prefix": True}
-    assert TrainConfig(targets_only_logits=False).forward_options() == {
-        "loss_only": False, "padding_free": False, "share_prefix": False}
-    assert TrainConfig(padding_free=False).forward_options()["share_prefix"] is False
-    assert TrainConfig(lora_rank=4, lora_dropout=0.1).forward_options()["share_prefix"] is False
+    from gpt_sft.train.loss import BOOK, LossPaths
+
+    assert TrainConfig().loss_paths() == LossPaths(targets_only=True, padding_free=True, share_prefix=True)
+    assert TrainConfig(targets_only_logits=False).loss_paths() == BOOK
+    assert TrainConfig(padding_free=False).loss_paths().share_prefix is False
+    assert TrainConfig(lora_rank=4, lora_dropout=0.1).loss_paths().share_prefix is False
     params = [torch.nn.Parameter(torch.ones(3))]
     assert make_optimizer(TrainConfig(), params).defaults["fused"] is True
     assert not make_optimizer(TrainConfig(fused_optimizer=False), params).defaults["fused"]
@@ -180,7 +183,7 @@ def test_speed_switches_and_fused_optimizer():
 def test_cpu_threads_default_shares_the_cores_among_local_processes(monkeypatch):
     import psutil
 
-    from gpt_sft.training import cpu_threads
+    from gpt_sft.train.loop import cpu_threads
 
     assert cpu_threads(TrainConfig(cpu_threads=3)) == 3
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -302,7 +305,7 @@ def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_pat
     """The Hub is unreachable here: a local stand-in of HfApi records the calls and copies the files."""
     import shutil
 
-    import huggingface_hub
+    import gpt_sft.export.hub
 
     secret = "hf_SECRETtokenTHATmustNEVERbePRINTED"
     monkeypatch.setenv("HF_TOKEN", secret)
@@ -324,7 +327,7 @@ def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_pat
                     (uploaded / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(path, uploaded / rel)
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", LocalHubStandIn)
+    monkeypatch.setattr(gpt_sft.export.hub, "HfApi", LocalHubStandIn)
     out = run(tmp_path, "push", data_file, max_steps=2, save_every=1, push_to_hub="me/tiny-sft", hub_private=True)
     assert calls == [("create_repo", "me/tiny-sft", True), ("upload_folder", "me/tiny-sft")]
     files = {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()}
@@ -342,7 +345,7 @@ def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_pat
 def test_lora_trains_only_adapters_and_the_merged_model_reloads(tmp_path, data_file):
     from transformers import AutoModelForCausalLM
 
-    from gpt_sft.training import build_model
+    from gpt_sft.train.loop import build_model
 
     untied = {**TINY_ARGS, "tie_word_embeddings": False, "data": str(data_file)}
     peft_model = build_model(TrainConfig(**untied, lora_rank=4))
@@ -367,7 +370,7 @@ def test_lora_trains_only_adapters_and_the_merged_model_reloads(tmp_path, data_f
 
 
 def test_lora_skips_a_tied_output_head(data_file, capsys):
-    from gpt_sft.training import build_model
+    from gpt_sft.train.loop import build_model
 
     peft_model = build_model(TrainConfig(**TINY_ARGS, data=str(data_file), lora_rank=2))  # tied
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
@@ -416,7 +419,7 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mixed_precision"] == "bf16" and "mixed precision: bf16" in result.stdout + result.stderr
     # accelerate launch sets OMP_NUM_THREADS=1 for a CPU run; the trainer uses the cores instead
-    from gpt_sft.training import cpu_threads
+    from gpt_sft.train.loop import cpu_threads
 
     assert f"{cpu_threads(TrainConfig())} threads, mixed precision" in result.stdout + result.stderr
     assert metrics["global_step"] == 3 and all(v == v for v in metrics["history"]["train_loss"])  # finite

@@ -1,4 +1,4 @@
-"""gpt_sft.weights: every source of GPT-2 weights gives the same logits as Hugging Face's GPT-2.
+"""gpt_sft.model.loading: every source of GPT-2 weights gives the same logits as Hugging Face's GPT-2.
 
 One tiny random ``GPT2LMHeadModel`` (n_embd 64, 2 layers, 4 heads, 128 positions) is written in every
 format the loader reads -- a Hugging Face folder, OpenAI's TensorFlow checkpoint layout, the book's
@@ -22,14 +22,11 @@ from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gpt_sft import GPTForCausalLM
-from gpt_sft.download import DownloadError
-from gpt_sft.weights import (
-    OPENAI_FILES,
-    WeightLoadingError,
-    convert_book_state_dict,
-    convert_hf_gpt2_state_dict,
-    load_pretrained,
-)
+from gpt_sft.common.download import DownloadError
+from gpt_sft.model.convert import convert_book_state_dict, convert_hf_gpt2_state_dict
+from gpt_sft.model.loading import load_pretrained
+from gpt_sft.model.sources import OPENAI_FILES
+from gpt_sft.model.weights import WeightLoadingError
 
 TINY = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "vocab_size": 1000}
 ATOL = 1e-4
@@ -404,7 +401,7 @@ def test_book_pth_n_head_must_be_given_for_a_non_gpt2_size(book_pth):
 
 def test_book_n_head_inferred_from_preset():
     # A gpt2-small-shaped book state dict (meta tensors: names and shapes only) needs no n_head.
-    from gpt_sft.weights import infer_config_from_state_dict
+    from gpt_sft.model.weights import infer_config_from_state_dict
 
     sd = {
         "tok_emb.weight": torch.empty(50257, 768, device="meta"),

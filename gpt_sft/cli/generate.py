@@ -1,0 +1,140 @@
+"""``gpt-sft generate``: responses from a fine-tuned model, for a data split (written as the book's
+``instruction-data-with-response.json``), for one ``--prompt``, or ``--interactive``.
+
+On a gpt-sft checkpoint the data, its split and the prompt style default to the checkpoint's recipe,
+so ``gpt-sft generate --model RUN --split test`` answers exactly the run's held-out entries. A flag
+that contradicts the recipe is obeyed, with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common.atomic_io import write_json_atomic
+from ..common.options import option, parse_config
+from ..data.load import load_instruction_data
+from ..data.prompts import PromptStyle, get_prompt_style
+from ..data.recipe import Recipe, entries_of_split, warn_recipe
+from ..data.split import split_dataset
+from ..generate.responses import add_responses, generate_responses
+from ..generate.settings import BACKENDS, OVERFLOW_POLICIES, GenerationSettings
+from ..model.loading import load_model, load_tokenizer
+from .errors import report_errors
+
+
+@dataclass
+class GenerateConfig:
+    """Generate responses with an instruction-tuned GPT-2."""
+
+    model: str | None = option(None, "Checkpoint folder (or a Hub id, or any source --model of train takes)")
+    data: str | None = option(None, "Instruction data; default: the checkpoint's recipe (the data it was trained on)")
+    split: str = option("test", "Which split of --data: train, val, test or all (split as the checkpoint's recipe "
+                        "says, else the book's 85/10/5 in file order)", choices=["train", "val", "test", "all"])
+    prompt: str | None = option(None, "One instruction: generate, print the response")
+    input: str = option("", "With --prompt: the entry's input field")
+    interactive: bool = option(False, "Read instructions from stdin, one per line, until EOF or 'exit'", switch=True)
+    output: str | None = option(None, "Output JSON for a split (default: ./<data name>-with-response.json)")
+    response_key: str = option("model_response", "Field the responses are written to")
+    prompt_style: str | None = option(None, "Prompt style; default: the checkpoint's (alpaca without a recipe)")
+    max_new_tokens: int = option(256, "New tokens per response (the book's 256)")
+    temperature: float = option(0.0, "0: greedy (the book); > 0 samples from softmax(logits / temperature)")
+    top_k: int | None = option(None, "Keep the k most likely tokens before sampling or argmax")
+    seed: int = option(123, "Sampling seed; prompt i uses seed + i")
+    batch_size: str = option("auto", "Prompts per batch: an integer, or auto")
+    overflow: str = option("shrink", "Prompts too long for the context with --max-new-tokens", choices=list(OVERFLOW_POLICIES))
+    backend: str = option("cache", "cache (our batched KV-cache loop) or transformers (model.generate)",
+                          choices=list(BACKENDS))
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
+    dtype: str = option("auto", "auto (the checkpoint's), float32, bfloat16, float16")
+    progress: bool = option(True, "Show a progress bar")
+    trust_remote_code: bool = option(False, "Allow a model folder that is not a gpt-sft checkpoint to run its own "
+                                     "Python code (auto_map); gpt-sft checkpoints always load with the installed code",
+                                     switch=True)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("--model is required: a checkpoint folder")
+        if self.prompt is not None and self.interactive:
+            raise ValueError("--prompt and --interactive exclude each other")
+        if self.batch_size != "auto" and not (self.batch_size.isdigit() and int(self.batch_size) > 0):
+            raise ValueError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
+
+    def settings(self, style: PromptStyle) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, seed=self.seed,
+            batch_size=self.batch_size if self.batch_size == "auto" else int(self.batch_size), style=style,
+            overflow=self.overflow, backend=self.backend, progress=self.progress,
+        )
+
+
+def follow_recipe(recipe: Recipe | None, given: str | None, what: str, recorded: str | None) -> str | None:
+    """``given`` if set (with a warning when it contradicts the recipe), else the recipe's value."""
+    if given is None:
+        return recorded
+    if recipe is not None and recorded is not None and given != recorded:
+        warn_recipe(f"{what} {given!r} differs from the checkpoint's recipe ({recorded!r}): using {given!r}")
+    return given
+
+
+def entries_to_answer(cfg: GenerateConfig, recipe: Recipe | None) -> tuple[list[dict], str]:
+    """The entries of ``cfg.split`` and the data source they came from."""
+    data = follow_recipe(recipe, cfg.data, "--data", recipe.data if recipe else None)
+    if data is None:
+        raise ValueError(f"{cfg.model} has no recipe (recipe.json): pass --data, --prompt or --interactive")
+    if recipe is not None and data == recipe.data:
+        splits = recipe.splits()  # the run's own split: fractions, shuffle and seed as trained
+    else:
+        dataset = load_instruction_data(data)
+        if cfg.split == "all":
+            return [dict(row) for row in dataset], data
+        splits = split_dataset(dataset)
+    if cfg.split == "all":
+        return [dict(row) for name in ("train", "validation", "test") for row in splits[name]], data
+    return entries_of_split(splits, cfg.split), data
+
+
+def run_interactive(model, tokenizer, settings: GenerationSettings) -> None:
+    interactive_tty = sys.stdin.isatty()
+    while True:
+        if interactive_tty:
+            print("Instruction (exit to quit)> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            break
+        instruction = line.strip()
+        if instruction.lower() in ("exit", "quit"):
+            break
+        if instruction:
+            print(generate_responses(model, tokenizer, [{"instruction": instruction, "input": ""}], settings)[0])
+            print(flush=True)
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpt-sft generate`` (also ``scripts/generate.py``)."""
+    cfg = parse_config(GenerateConfig, argv, prog="gpt-sft generate")
+    recipe = Recipe.read(cfg.model) if Path(cfg.model).is_dir() else None
+    style_name = follow_recipe(recipe, cfg.prompt_style, "--prompt-style", recipe.prompt_style if recipe else None)
+    style = recipe.style() if recipe is not None and style_name == recipe.prompt_style else get_prompt_style(style_name or "alpaca")
+    settings = cfg.settings(style)
+    entries, data = (None, None) if cfg.prompt is not None or cfg.interactive else entries_to_answer(cfg, recipe)
+    # the data is checked before the (slower) model load
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if entries is not None:
+        output = Path(cfg.output) if cfg.output else Path.cwd() / f"{Path(data).stem}-with-response.json"
+        responses = generate_responses(model, tokenizer, entries, settings)
+        # the book: json.dump(test_data, file, indent=4)
+        write_json_atomic(output, add_responses(entries, responses, key=cfg.response_key), indent=4)
+        print(f"Wrote {len(entries)} entries with {cfg.response_key!r} to {output}", file=sys.stderr)
+        return 0
+    single = dataclasses.replace(settings, progress=False)
+    if cfg.prompt is not None:
+        print(generate_responses(model, tokenizer, [{"instruction": cfg.prompt, "input": cfg.input}], single)[0])
+        return 0
+    run_interactive(model, tokenizer, single)
+    return 0

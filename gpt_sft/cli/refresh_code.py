@@ -1,0 +1,70 @@
+"""``gpt-sft refresh-code DIR``: replace the model code a checkpoint carries with the installed one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from ..common.options import CommandParser
+from ..data.chat_template import chat_template
+from ..data.recipe import Recipe
+from ..model.checkpoint_code import REFRESH_COMMAND, code_version, refresh_model_code
+from ..model.modeling_gpt import MODEL_CODE_VERSION
+from .errors import add_debug_flag, report_errors
+
+
+def add_missing_chat_template(folder: Path) -> str | None:
+    """Give an older checkpoint's tokenizer the chat template of its recipe's prompt style."""
+    recipe = Recipe.read(folder)
+    if not (folder / "tokenizer_config.json").is_file() or recipe is None:
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.chat_template:
+        return None
+    try:
+        tokenizer.chat_template = chat_template(recipe.style())
+    except ValueError as err:
+        print(f"{folder}: no chat template added: {err}", file=sys.stderr)
+        return None
+    # Saved beside the checkpoint, then each file renamed over the old one: never half-written.
+    with tempfile.TemporaryDirectory(prefix=".tokenizer.tmp-", dir=folder) as tmp:
+        tokenizer.save_pretrained(tmp)
+        for path in Path(tmp).iterdir():
+            os.replace(path, folder / path.name)
+    return f"chat template ({recipe.prompt_style})"
+
+
+@report_errors
+def main(argv: Sequence[str]) -> int:
+    parser = CommandParser(
+        prog=REFRESH_COMMAND,
+        description="Replace the model code (configuration_gpt.py, modeling_gpt.py) that gpt-sft checkpoint "
+        "folders carry for trust_remote_code loading with the installed version, in place; each file is replaced "
+        "atomically. Adds the chat template of the checkpoint's prompt style if its tokenizer has none.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("folders", nargs="+", metavar="DIR", help="gpt-sft checkpoint folder(s)")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    status = 0
+    for folder in args.folders:
+        before = code_version(folder)
+        try:
+            changed = refresh_model_code(folder)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        added = add_missing_chat_template(Path(folder))
+        if changed or added:
+            print(f"{folder}: model code version {before} -> {MODEL_CODE_VERSION}; updated "
+                  + ", ".join(changed + ([added] if added else [])))
+        else:
+            print(f"{folder}: already current (model code version {MODEL_CODE_VERSION})")
+    return status

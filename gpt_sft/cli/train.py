@@ -1,0 +1,94 @@
+"""``gpt-sft train`` (``accelerate launch scripts/train.py``): the book's chapter 7 recipe, end to end.
+
+Without arguments it runs the book's recipe (gpt2-medium, the book's data set, Alpaca prompts, batch
+8, AdamW lr 5e-5 / weight decay 0.1, 2 epochs, seed 123, evaluation of 5 train and 5 validation
+batches every 5 steps, a greedy sample after each epoch). Every option is a field of
+:class:`~gpt_sft.train.config.TrainConfig`, settable by ``--kebab-case`` flag or YAML.
+
+setup (output folder, accelerator, model, data) -> fit -> save (checkpoint, recipe, card) ->
+test-set responses -> push. No interruption loses the trained model: one during training saves a
+resumable checkpoint, one during the final save waits for it, one while generating test responses
+leaves the saved model and says how to generate them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..common.atomic_io import write_json_atomic
+from ..common.options import parse_config
+from ..export.hub import push_folder_to_hub
+from ..export.run_folder import prepare_output_dir, save_run
+from ..generate.responses import add_responses, generate_responses
+from ..generate.settings import GenerationSettings
+from ..model.tokenizer import get_tokenizer
+from ..train.config import TrainConfig
+from ..train.loop import Run, fit, make_accelerator, setup, trainable_parameters
+from ..train.report import hardware_description
+from ..train.state import Interruptions, InterruptedRun, resolve_resume, say
+from .errors import report_errors
+
+
+def generate_test_responses(run: Run, model) -> Path | None:
+    """The book's ``instruction-data-with-response.json``: greedy responses to the test split."""
+    cfg, data = run.cfg, run.data
+    if not (cfg.generate and data.test_entries and run.accelerator.is_main_process):
+        return None
+    responses_path = Path(cfg.output_dir) / "test-responses.json"
+    model.eval()
+    responses = generate_responses(model, get_tokenizer(), data.test_entries,
+                                   GenerationSettings(max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style))
+    write_json_atomic(responses_path, add_responses(data.test_entries, responses), indent=4)
+    say(run.accelerator, f"Wrote {len(responses)} test-set responses to {responses_path}")
+    return responses_path
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Fine-tune as configured; returns the output folder."""
+    accelerator = make_accelerator(cfg)
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    for note in prepare_output_dir(cfg, resume is not None, accelerator.is_main_process):
+        say(accelerator, note)
+    accelerator.wait_for_everyone()
+    run = setup(cfg, accelerator)
+    trainable, total = trainable_parameters(run.model)
+    threads = f", {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else ""
+    say(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}"
+                     f"{threads}, mixed precision: {accelerator.mixed_precision}")
+    with Interruptions(accelerator) as interruptions:
+        fit(run, interruptions)
+        say(accelerator, f"Training completed in {run.state.train_seconds / 60:.2f} minutes.")
+        with interruptions.deferred():
+            output_dir, final_model = save_run(run)
+        if interruptions.requested:
+            say(accelerator, f"Interrupted: the trained model is saved in {output_dir}; no test-set responses were "
+                             f"generated (gpt-sft generate --model {output_dir} --split test)")
+            raise InterruptedRun(interruptions.signum)
+    try:
+        generate_test_responses(run, final_model)
+    except KeyboardInterrupt:
+        say(accelerator, f"Interrupted while generating test-set responses; the trained model is saved in "
+                         f"{output_dir} (gpt-sft generate --model {output_dir} --split test)")
+        raise
+    if cfg.push_to_hub and accelerator.is_main_process:
+        url = push_folder_to_hub(output_dir, cfg.push_to_hub, private=cfg.hub_private)
+        say(accelerator, f"Pushed to {url}")
+    accelerator.end_training()
+    return output_dir
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpt-sft train`` / ``accelerate launch scripts/train.py``: errors are one line, Ctrl-C exits 130."""
+    cfg = parse_config(TrainConfig, argv)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
+        with contextlib.suppress(ValueError, OSError):  # stderr is no real file (captured): no stack dumps
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+    train(cfg)
+    return 0

@@ -1,0 +1,1 @@
+"""Pieces every stage uses: atomic writes, downloads, typed command options."""

@@ -1,0 +1,1 @@
+"""Data: prompt styles, loading and validation, splits, tokenization, the book's collator, recipes."""

@@ -1,0 +1,76 @@
+"""A prompt style as a Hugging Face chat template, saved with every checkpoint's tokenizer.
+
+The book's format is single-turn: one instruction, with an optional input. The template takes
+exactly one user message -- its ``content`` is the instruction, an optional ``input`` key the entry's
+input -- and renders :func:`~gpt_sft.data.prompts.format_prompt` of that entry character for character;
+with ``add_generation_prompt=True`` the style's response header follows, so that
+``pipeline(messages)`` answers with the bare response. Anything else raises an error naming the format.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .prompts import PromptStyle, get_prompt_style
+
+
+_INSTRUCTION_MARK = "\x00gpt-sft-instruction\x00"
+_INPUT_MARK = "\x00gpt-sft-input\x00"
+_OUTPUT_MARK = "\x00gpt-sft-output\x00"
+_SINGLE_TURN = (
+    "gpt-sft models follow the book's single-turn format: pass exactly one message, "
+    "{'role': 'user', 'content': <instruction>} (an optional 'input' key is the entry's input); "
+    "a conversation with history or a system message cannot be formatted"
+)
+
+
+def _jinja_text(text: str) -> str:
+    """``text`` as a Jinja expression that prints it verbatim (a string literal, so the
+    ``trim_blocks``/``lstrip_blocks`` of transformers' chat-template environment cannot touch it)."""
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+
+
+def _split_once(text: str, mark: str, style: str) -> tuple[str, str]:
+    before, found, after = text.partition(mark)
+    if not found or mark in after:
+        raise ValueError(f"prompt style {style!r} does not place its fields verbatim, so it has no chat template")
+    return before, after
+
+
+def chat_template(style: PromptStyle | str = "alpaca") -> str:
+    """A Jinja chat template for ``tokenizer.chat_template`` that renders a style's prompt.
+
+    It takes exactly one user message: its ``content`` is the instruction and an optional ``input`` key
+    the entry's input. ``apply_chat_template(messages, tokenize=False)`` is then exactly
+    :func:`format_prompt` of that entry (what the book generates from); with
+    ``add_generation_prompt=True`` the style's response header follows (alpaca ``"\\n\\n### Response:\\n"``),
+    i.e. the training text up to the output, so that ``pipeline(messages)`` answers with the bare
+    response. More messages, a system message or non-text content raise an error naming the format.
+
+    Raises:
+        ValueError: a style whose prompt is a function that does not place the fields verbatim.
+    """
+    resolved = get_prompt_style(style)
+    plain = resolved.format_prompt({"instruction": _INSTRUCTION_MARK, "input": ""})
+    with_input = resolved.format_prompt({"instruction": _INSTRUCTION_MARK, "input": _INPUT_MARK})
+    plain_head, plain_tail = _split_once(plain, _INSTRUCTION_MARK, resolved.name)
+    input_head, rest = _split_once(with_input, _INSTRUCTION_MARK, resolved.name)
+    input_middle, input_tail = _split_once(rest, _INPUT_MARK, resolved.name)
+    response = resolved.format_response({"instruction": _INSTRUCTION_MARK, "input": "", "output": _OUTPUT_MARK})
+    header, after_output = _split_once(response, _OUTPUT_MARK, resolved.name)
+    if after_output or _INSTRUCTION_MARK in header:
+        raise ValueError(f"prompt style {resolved.name!r}: its response does not end with the output, "
+                         "so it has no chat template")
+    fail = "{{ raise_exception(" + json.dumps(_SINGLE_TURN) + ") }}"
+    return (
+        "{%- if messages | length != 1 or messages[0]['role'] != 'user' or messages[0]['content'] is not string -%}"
+        + fail + "{%- endif -%}"
+        "{%- set entry = messages[0] -%}"
+        "{%- if entry['input'] is defined and entry['input'] -%}"
+        + _jinja_text(input_head) + "{{ entry['content'] }}" + _jinja_text(input_middle) + "{{ entry['input'] }}"
+        + _jinja_text(input_tail)
+        + "{%- else -%}"
+        + _jinja_text(plain_head) + "{{ entry['content'] }}" + _jinja_text(plain_tail)
+        + "{%- endif -%}"
+        "{%- if add_generation_prompt -%}" + _jinja_text(header) + "{%- endif -%}"
+    )

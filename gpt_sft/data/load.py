@@ -1,0 +1,385 @@
+"""Loading instruction data as a :class:`datasets.Dataset`, from wherever it is.
+
+Sources (:func:`load_instruction_data`): an ``http(s)://`` URL (downloaded once into
+``$GPT_SFT_CACHE/data`` -- default ``~/.cache/gpt_sft/data`` -- with a progress bar, written
+atomically, reused offline afterwards), a local ``.json`` file (a list of objects), ``.jsonl`` file
+(one object a line) or ``.parquet``/``.csv`` file, a Hugging Face Hub data set name (such as
+``"tatsu-lab/alpaca"``; extra keyword arguments go to :func:`datasets.load_dataset`), an existing
+:class:`datasets.Dataset`, or a list of dicts. Every entry is validated (:mod:`.validate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, DatasetInfo, Value, load_dataset
+
+from ..common.download import download_file, hub_offline_reason
+from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, _UnparsableLine, _a, _json_type,
+                       validate_entries)
+
+logger = logging.getLogger(__name__)
+
+BOOK_DATA_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
+)
+_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+_FILE_SUFFIXES = (".json", ".jsonl", *_FILE_BUILDERS)
+_ORIGIN_PREFIX = "gpt_sft instruction data from "
+
+_LOCAL_FILE_HINT = (
+    "To use a local copy instead, pass its path: load_instruction_data('path/to/data.json') "
+    "(a JSON list of objects with instruction/input/output, or a .jsonl file)."
+)
+
+
+def default_data_cache_dir() -> Path:
+    """``$GPT_SFT_CACHE/data`` (default ``~/.cache/gpt_sft/data``): where downloaded data sets are kept."""
+    root = os.environ.get("GPT_SFT_CACHE") or Path.home() / ".cache" / "gpt_sft"
+    return Path(root).expanduser() / "data"
+
+
+def _read_json(path: Path, source: str, skip_invalid: bool = False) -> tuple[list[Any], list[int] | None]:
+    """Entries of a ``.json`` (list) or ``.jsonl`` file, and their line numbers for JSON Lines."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InstructionDataError(source, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if path.suffix.lower() == ".jsonl":
+        return _parse_jsonl(text, source, skip_invalid)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise InstructionDataError(source, "not usable JSON: nested too deeply (entries are flat objects)") from None
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # several JSON values: maybe JSON Lines named .json
+            try:
+                return _parse_jsonl(text, source, skip_invalid)
+            except InstructionDataError:
+                pass
+        raise InstructionDataError(
+            source, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from None
+    if not isinstance(data, list):
+        hint = ""
+        if isinstance(data, dict):
+            lists = [k for k, v in data.items() if isinstance(v, list)]
+            if lists:
+                hint = f" (it has a list under {lists[0]!r}: save that list alone, or use .jsonl)"
+        raise InstructionDataError(source, f"expected a JSON list of entries, got a {_json_type(data)}{hint}")
+    return data, None
+
+
+def _parse_jsonl(text: str, source: str, skip_invalid: bool = False) -> tuple[list[Any], list[int]]:
+    """One entry a line; a line that is not JSON is an error, or with ``skip_invalid`` an invalid entry
+    that validation counts and skips like any other."""
+    entries, lines = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except (json.JSONDecodeError, RecursionError) as err:
+            problem = (f"not valid JSON: {err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError)
+                       else "not usable JSON: nested too deeply")
+            if not skip_invalid:
+                raise InstructionDataError(
+                    source, problem + " (pass skip_invalid=True to skip such lines)", len(entries), line=lineno
+                ) from None
+            entries.append(_UnparsableLine(problem))
+        lines.append(lineno)
+    return entries, lines
+
+
+def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str) -> Dataset:
+    """A Dataset with columns instruction, input, output, then every extra field (union, first-seen order)."""
+    keys: dict[str, None] = dict.fromkeys(TEXT_FIELDS)
+    for entry in entries:
+        for key in entry:
+            if key not in keys:
+                keys[key] = None
+    columns: dict[str, list[Any]] = {}
+    for key in keys:
+        if key == "input":
+            columns[key] = [entry.get("input") or "" for entry in entries]
+        else:
+            columns[key] = [entry.get(key) for entry in entries]
+    info = DatasetInfo(description=_ORIGIN_PREFIX + source)
+    try:
+        return Dataset.from_dict(columns, info=info)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as err:
+        for key, values in columns.items():
+            try:
+                pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as col_err:
+                typed = [(i, _json_type(v)) for i, v in enumerate(values) if v is not None]
+                first_type = typed[0][1] if typed else "null"
+                index = next((i for i, kind in typed if kind != first_type), None)
+                found = (f"{_a(_json_type(values[index]))} where entry {typed[0][0]} has {_a(first_type)}"
+                         if index is not None else str(col_err))
+                raise InstructionDataError(
+                    source, f"field {key!r} does not have one type in all entries: {found}", index
+                ) from None
+        raise InstructionDataError(source, f"could not build a data set: {err}") from None
+
+
+def _origin(dataset: Dataset) -> str:
+    """The source a data set was loaded from (for error messages)."""
+    description = dataset.info.description or ""
+    if description.startswith(_ORIGIN_PREFIX):
+        return description[len(_ORIGIN_PREFIX):].split("\n", 1)[0]
+    if dataset.cache_files:
+        return dataset.cache_files[0]["filename"]
+    return dataset.info.dataset_name or "<in-memory data set>"
+
+
+def _set_origin(dataset: Dataset, source: str) -> Dataset:
+    """Record ``source`` in the first line of ``dataset.info.description`` (kept by select/map)."""
+    old = dataset.info.description or ""
+    if not old.startswith(_ORIGIN_PREFIX):
+        dataset.info.description = _ORIGIN_PREFIX + source + (f"\n\n{old}" if old else "")
+    return dataset
+
+
+def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool) -> tuple[Dataset, LoadStats]:
+    """Check the columns and entries of a ``datasets.Dataset``; normalise ``input``."""
+    missing = [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
+    if missing:
+        raise InstructionDataError(
+            source,
+            f"missing column(s) {missing}; found {dataset.column_names}. Instruction data needs "
+            "'instruction' and 'output' (and optionally 'input'): rename yours with dataset.rename_column(old, new)",
+        )
+    for name in TEXT_FIELDS:
+        feature = dataset.features.get(name)
+        if feature is None:
+            continue
+        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string", "null")):
+            shown = f"Value({feature.dtype!r})" if isinstance(feature, Value) else feature  # one repr in datasets 3 to 5
+            raise InstructionDataError(source, f"column {name!r} has type {shown}, expected string")
+    present = [name for name in TEXT_FIELDS if name in dataset.column_names]
+    if len(dataset) == 0:
+        raise InstructionDataError(source, "the data set is empty")
+    columns = dataset.select_columns(present)[:]
+    entries = [dict(zip(present, values)) for values in zip(*(columns[name] for name in present))]
+    valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid)
+    if len(valid) != len(dataset):
+        dataset = dataset.select(valid)
+    if "input" not in dataset.column_names:
+        dataset = dataset.add_column("input", [""] * len(dataset))
+    elif dataset.features["input"].dtype == "null" or any(entries[i]["input"] is None for i in valid):
+        dataset = dataset.map(
+            lambda batch: {"input": [value or "" for value in batch["input"]]},
+            batched=True,
+            features=_with_string_input(dataset.features),
+            keep_in_memory=True,
+            load_from_cache_file=False,
+            desc="Filling missing inputs",
+        )
+    return dataset, stats
+
+
+def _with_string_input(features):
+    features = features.copy()
+    features["input"] = Value("string")
+    return features
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.lower().endswith(_FILE_SUFFIXES)
+        or os.path.isabs(source)
+        or source.startswith((".", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or (source.count("/") == 1 and os.path.isdir(source.split("/")[0]))  # outputs/typo: not a Hub name
+    )
+
+
+def _offline_by_choice() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@overload
+def load_instruction_data(
+    source: str | os.PathLike | Dataset | Sequence[Mapping[str, Any]] = ...,
+    *,
+    skip_invalid: bool = ...,
+    return_stats: Literal[False] = ...,
+    split: str = ...,
+    cache_dir: str | os.PathLike | None = ...,
+    progress: bool = ...,
+    **load_kwargs: Any,
+) -> Dataset: ...
+
+
+@overload
+def load_instruction_data(
+    source: str | os.PathLike | Dataset | Sequence[Mapping[str, Any]] = ...,
+    *,
+    skip_invalid: bool = ...,
+    return_stats: Literal[True],
+    split: str = ...,
+    cache_dir: str | os.PathLike | None = ...,
+    progress: bool = ...,
+    **load_kwargs: Any,
+) -> tuple[Dataset, LoadStats]: ...
+
+
+def load_instruction_data(
+    source: str | os.PathLike | Dataset | Sequence[Mapping[str, Any]] = BOOK_DATA_URL,
+    *,
+    skip_invalid: bool = False,
+    return_stats: bool = False,
+    split: str = "train",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **load_kwargs: Any,
+) -> Dataset | tuple[Dataset, LoadStats]:
+    """Load and validate instruction data; return a :class:`datasets.Dataset`.
+
+    Args:
+        source: URL (default: the book's data set), local ``.json``/``.jsonl``/``.parquet``/``.csv``
+            file, Hugging Face Hub data set name (e.g. ``"tatsu-lab/alpaca"``, or ``"json"`` with
+            ``data_files=...``), a ``Dataset``, or a list of dicts.
+        skip_invalid: Skip invalid entries (logged with counts by reason) instead of raising.
+        return_stats: Also return a :class:`LoadStats`.
+        split: Split to load from a Hub data set.
+        cache_dir: Download folder for URLs (default :func:`default_data_cache_dir`).
+        progress: Show a progress bar while downloading.
+        **load_kwargs: Passed to :func:`datasets.load_dataset` for Hub names.
+
+    The columns are ``instruction``, ``input`` (``""`` where missing), ``output`` and any extra field.
+
+    Raises:
+        InstructionDataError: the source cannot be read, is not a list of entries, is empty, or has an
+            invalid entry (unless ``skip_invalid``). The message names the source, entry and problem.
+        gpt_sft.download.DownloadError: a URL that is not cached yet cannot be downloaded (the
+            message says how to pass a local copy instead).
+    """
+    if isinstance(source, DatasetDict):
+        source = source[split]
+    path: Path | None = None  # the file read, if any
+    if isinstance(source, Dataset):
+        name = _origin(source)
+        dataset, stats = _validate_dataset(source, name, skip_invalid)
+    elif isinstance(source, (list, tuple)):
+        name = "<list of entries>"
+        dataset, stats = _load_entries(list(source), None, name, skip_invalid)
+    elif isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if text.startswith(("http://", "https://")):
+            path = _download(text, cache_dir, progress)
+            name = text
+            dataset, stats = _load_file(path, name, skip_invalid)
+        elif "://" in text:
+            raise InstructionDataError(text, "unsupported URL scheme (use http(s):// or a local path)")
+        elif os.path.isfile(os.path.expanduser(text)):
+            path = Path(text).expanduser()
+            name = str(path)
+            dataset, stats = _load_file(path, name, skip_invalid)
+        elif os.path.isdir(os.path.expanduser(text)):
+            name = str(Path(text).expanduser())
+            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs)
+        elif _looks_like_path(text) or isinstance(source, os.PathLike):
+            raise InstructionDataError(text, "file not found")
+        else:
+            name = text
+            if "data_files" in load_kwargs:
+                name = f"{text} (data_files={load_kwargs['data_files']})"
+            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs)
+    else:
+        raise TypeError(f"load_instruction_data: unsupported source type {type(source).__name__}")
+    stats.sha256 = _sha256(path) if path is not None else None
+    stats.fingerprint = dataset._fingerprint
+
+    if len(dataset) == 0:
+        raise InstructionDataError(
+            name, "no valid entries" + (f" (all {stats.num_read} were skipped: {stats.skipped})" if stats.num_read else "")
+        )
+    if stats.num_skipped:
+        logger.warning("%s", stats)
+    return (dataset, stats) if return_stats else dataset
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, cache_dir: str | os.PathLike | None, progress: bool) -> Path:
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_data_cache_dir()
+    filename = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "data.json"
+    dest = folder / hashlib.sha256(url.encode()).hexdigest()[:16] / filename
+    return download_file(url, dest, progress=progress, local_hint=_LOCAL_FILE_HINT)
+
+
+def _load_entries(
+    entries: list[Any], lines: list[int] | None, source: str, skip_invalid: bool
+) -> tuple[Dataset, LoadStats]:
+    if not entries:
+        raise InstructionDataError(source, "the data set is empty (no entries)")
+    valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, lines=lines)
+    if not valid:
+        raise InstructionDataError(source, f"no valid entries (all {stats.num_read} were skipped: {stats.skipped})")
+    kept = entries if len(valid) == len(entries) else [entries[i] for i in valid]
+    return _dataset_from_entries(kept, source), stats
+
+
+def _load_file(path: Path, source: str, skip_invalid: bool) -> tuple[Dataset, LoadStats]:
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl") or suffix not in _FILE_BUILDERS:
+        if suffix not in (".json", ".jsonl"):
+            # Unknown suffix (e.g. a URL without one): try JSON, say what we expected if it fails.
+            try:
+                entries, lines = _read_json(path, source, skip_invalid)
+            except InstructionDataError as err:
+                raise InstructionDataError(
+                    source, f"{err.problem} (supported files: {', '.join(_FILE_SUFFIXES)})", err.index
+                ) from None
+        else:
+            entries, lines = _read_json(path, source, skip_invalid)
+        return _load_entries(entries, lines, source, skip_invalid)
+    try:
+        dataset = load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
+    except Exception as err:  # noqa: BLE001 - any reader error becomes one clear message
+        raise InstructionDataError(source, f"could not read the file ({err.__class__.__name__}: {err})") from None
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid)
+    return _set_origin(dataset, source), stats
+
+
+def _load_hub(
+    name: str, source: str, split: str, skip_invalid: bool, load_kwargs: dict[str, Any]
+) -> tuple[Dataset, LoadStats]:
+    if not _offline_by_choice() and not os.path.isdir(name):
+        offline = hub_offline_reason()
+        if offline is not None:  # say so now, instead of after ~25 s of retries
+            raise InstructionDataError(
+                source,
+                f"not a local file, and the Hugging Face Hub cannot be reached to load it as a data set ({offline}; "
+                f"if it is in the local cache, set HF_DATASETS_OFFLINE=1). {_LOCAL_FILE_HINT}",
+            )
+    try:
+        dataset = load_dataset(name, split=split, **load_kwargs)
+    except Exception as err:  # noqa: BLE001 - network, not-found, offline... all get one message
+        raise InstructionDataError(
+            source,
+            f"could not load this data set with datasets.load_dataset ({err.__class__.__name__}: {err}). "
+            f"If it is a Hugging Face Hub data set, check the name and your network (HF_DATASETS_OFFLINE "
+            f"is {os.environ.get('HF_DATASETS_OFFLINE', 'unset')}). {_LOCAL_FILE_HINT}",
+        ) from None
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid)
+    return _set_origin(dataset, source), stats
+
+

@@ -1,0 +1,108 @@
+"""What a checkpoint records about its data, so that later stages use exactly what training used.
+
+``recipe.json`` in a checkpoint folder: the data source and its SHA-256, the prompt style (a
+registered name, an import path ``package.module:NAME``, and the templates of a format-string style
+registered at run time), the split fractions, shuffle and seed. ``gpt-sft generate --split test`` on
+a checkpoint then returns the run's own held-out entries, formatted the run's way; a flag that
+contradicts the recipe is obeyed with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+
+from ..common.atomic_io import write_json_atomic
+from .load import load_instruction_data
+from .prompts import PromptStyle, get_prompt_style
+from .split import split_dataset
+from .validate import LoadStats
+
+RECIPE_FILE = "recipe.json"
+SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+
+
+class RecipeWarning(UserWarning):
+    """A later stage does something other than the checkpoint's recipe says (on request, or forced)."""
+
+
+def warn_recipe(message: str) -> None:
+    """One line on stderr (a file name without source lines), whoever calls it."""
+    warnings.warn_explicit(message, RecipeWarning, filename="gpt-sft", lineno=0)
+
+
+@dataclass
+class Recipe:
+    """How a run's data was made: source, style and split."""
+
+    data: str | None = None
+    prompt_style: str = "alpaca"
+    prompt_style_spec: dict[str, Any] | None = None
+    train_fraction: float = 0.85
+    test_fraction: float = 0.10
+    shuffle_split: bool = False
+    seed: int = 123
+    skip_invalid: bool = False
+    data_sha256: str | None = None
+    data_fingerprint: str | None = None
+
+    @classmethod
+    def of_training(cls, cfg: Any, style: PromptStyle, stats: LoadStats) -> "Recipe":
+        """The recipe of a training config (any object with the training options' names)."""
+        return cls(data=str(cfg.data), prompt_style=str(cfg.prompt_style) if not isinstance(cfg.prompt_style, PromptStyle)
+                   else cfg.prompt_style.name, prompt_style_spec=style.spec(), train_fraction=cfg.train_fraction,
+                   test_fraction=cfg.test_fraction, shuffle_split=cfg.shuffle_split, seed=cfg.seed,
+                   skip_invalid=cfg.skip_invalid, data_sha256=stats.sha256, data_fingerprint=stats.fingerprint)
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> "Recipe | None":
+        """The recipe saved in a checkpoint folder; for folders from before ``recipe.json``, what their
+        ``training_args.json`` says; ``None`` for a folder with neither (not a gpt-sft training run)."""
+        folder = Path(folder)
+        for name in (RECIPE_FILE, "training_args.json"):
+            path = folder / name
+            if path.is_file():
+                values = json.loads(path.read_text(encoding="utf-8"))
+                known = {f.name for f in dataclasses.fields(cls)}
+                return cls(**{k: v for k, v in values.items() if k in known})
+        return None
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        return write_json_atomic(Path(folder) / RECIPE_FILE, dataclasses.asdict(self))
+
+    def style(self) -> PromptStyle:
+        """The run's prompt style: registered or importable by its name, else rebuilt from its templates."""
+        try:
+            return get_prompt_style(self.prompt_style)
+        except ValueError:
+            if self.prompt_style_spec:
+                return PromptStyle.from_spec(self.prompt_style_spec)
+            raise ValueError(
+                f"the run was trained with prompt style {self.prompt_style!r}, which is neither registered here nor "
+                "importable: register it (gpt_sft.register_prompt_style), or name it as package.module:NAME"
+            ) from None
+
+    def splits(self) -> DatasetDict:
+        """The run's train / validation / test splits, made again exactly as training made them."""
+        if not self.data:
+            raise ValueError("the checkpoint's recipe names no data: pass --data")
+        dataset, stats = load_instruction_data(self.data, skip_invalid=self.skip_invalid, return_stats=True)
+        if self.data_sha256 and stats.sha256 and stats.sha256 != self.data_sha256:
+            warn_recipe(f"{self.data} changed since the run was trained (SHA-256 {stats.sha256[:12]}..., recorded "
+                        f"{self.data_sha256[:12]}...): its splits are not the run's")
+        return split_dataset(dataset, self.train_fraction, self.test_fraction, shuffle=self.shuffle_split, seed=self.seed)
+
+
+def entries_of_split(splits: DatasetDict, split: str) -> list[dict]:
+    """The entries of ``split`` (``train``, ``val``/``validation``, ``test``)."""
+    return [dict(row) for row in splits[SPLIT_NAMES[split]]]
+
+
+__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "entries_of_split", "warn_recipe"]

@@ -1,0 +1,1 @@
+"""Export: checkpoint bundles, the model card, the run folder, pushing to the Hub."""

@@ -1,0 +1,146 @@
+"""The model card (``README.md`` of a checkpoint): Hub metadata, how to use the model, how it was
+trained, its losses and, once evaluated, its judge score."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from ..common.atomic_io import write_json_atomic, write_text_atomic
+from ..data.prompts import format_prompt, get_prompt_style
+from ..model.configuration_gpt import resolve_preset_name
+from ..model.sources import HUB_REPOS
+from ..train.config import TrainConfig
+from ..train.lora import lora_alpha
+
+
+def model_card_template_path() -> Path:
+    """``model_cards/gpt-sft.md`` of a source checkout, or the copy installed under ``<prefix>/share``."""
+    override = os.environ.get("GPT_SFT_MODEL_CARD_TEMPLATE")
+    candidates = [Path(override)] if override else []
+    candidates += [
+        Path(__file__).resolve().parents[2] / "model_cards" / "gpt-sft.md",
+        Path(sys.prefix) / "share" / "gpt-sft" / "model_cards" / "gpt-sft.md",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("model card template not found; looked in: " + ", ".join(map(str, candidates)))
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
+    """The model card (Hub metadata + hyperparameters, losses, hardware, time, judge score if any)."""
+    preset = resolve_preset_name(cfg.model) if cfg.model != "scratch" else None
+    hub_base = HUB_REPOS.get(preset or "")
+    base_model = hub_base or (cfg.model if "/" in cfg.model and not Path(cfg.model).exists() else None)
+    datasets = [cfg.data] if ("/" in cfg.data and "://" not in cfg.data and not Path(cfg.data).exists()) else None
+    card_data = ModelCardData(
+        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation",
+        base_model=base_model, datasets=datasets,
+        tags=["gpt-sft", "gpt2", "instruction-tuning", "sft", "llms-from-scratch", "custom_code"]
+        + (["lora", "peft"] if cfg.lora_rank else []),
+    )
+    repo_id = repo_id or cfg.push_to_hub or Path(cfg.output_dir).name
+    method = "full fine-tuning"
+    if cfg.lora_rank:
+        method = (f"LoRA r={cfg.lora_rank}, lora_alpha={lora_alpha(cfg):g} on {', '.join(cfg.lora_target_modules)}"
+                  f" ({'merged' if cfg.merge_lora else 'adapter'})")
+    example_entry = {"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast."}
+    example = format_prompt(example_entry, cfg.prompt_style)
+    message = {"role": "user", "content": example_entry["instruction"], "input": example_entry["input"]}
+    judge = metrics.get("judge")
+    stats = metrics.get("data") or {}
+    data_summary = "–"
+    if stats:
+        skipped = stats.get("entries_skipped", 0)
+        reasons = ", ".join(f"{n} {why}" for why, n in (stats.get("skipped_by_reason") or {}).items())
+        split = stats.get("split", {})
+        overlong = stats.get("train_overlong", 0)
+        data_summary = (
+            f"{stats.get('entries_loaded')} of {stats.get('entries_read')} entries used"
+            + (f" ({skipped} invalid skipped: {reasons})" if skipped else " (none skipped)")
+            + f"; split {split.get('train')}/{split.get('validation')}/{split.get('test')} train/validation/test"
+            + (f"; {overlong} over-long training examples "
+               + ("dropped" if stats.get("train_dropped") else "truncated") if overlong else "")
+        )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(model_card_template_path()),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base_description=f"GPT-2 {preset}" if preset else ("a randomly initialised GPT of "
+                                    f"{cfg.n_layers} layers and width {cfg.emb_dim}" if cfg.model == "scratch" else cfg.model),
+        eval_batches=cfg.eval_batches,
+        base_model=base_model or cfg.model,
+        lora=bool(cfg.lora_rank),
+        example_prompt=repr(example),
+        example_message=repr(message),
+        response_marker=repr(get_prompt_style(cfg.prompt_style).response_marker or ""),
+        prompt_style=cfg.prompt_style,
+        data=cfg.data,
+        data_summary=data_summary,
+        mask_prompt="yes" if cfg.mask_prompt else "no",
+        epochs=_fmt(metrics.get("epochs_trained"), 2),
+        global_step=_fmt(metrics.get("global_step")),
+        batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        processes=metrics.get("processes", 1),
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        allowed_max_length=cfg.allowed_max_length,
+        method=method,
+        seed=cfg.seed,
+        hardware=metrics.get("hardware", "–"),
+        train_minutes=_fmt(metrics.get("train_minutes"), 2),
+        tokens_seen=_fmt(metrics.get("tokens_seen")),
+        initial_train_loss=_fmt(metrics.get("initial_train_loss")),
+        initial_val_loss=_fmt(metrics.get("initial_val_loss")),
+        final_train_loss=_fmt(metrics.get("final_train_loss")),
+        final_val_loss=_fmt(metrics.get("final_val_loss")),
+        judge_score=None if not judge else _fmt(judge.get("average_score"), 2),
+        judge_details=None if not judge else f"{judge.get('judge_model')}, {judge.get('num_scored')} of {judge.get('num_entries')} scored",
+    )
+    return str(card)
+
+
+
+def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.PathLike) -> dict:
+    """Add a judge report's summary (``scripts/evaluate.py`` output) to a training output folder:
+    ``metrics.json`` gets a ``judge`` entry and the model card ``README.md`` is rendered again with the
+    score. Both files are replaced atomically. Returns the ``judge`` entry.
+    """
+    folder = Path(checkpoint_dir)
+    for name in ("metrics.json", "training_args.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: no {name}; the folder must be a gpt-sft training output")
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    try:
+        summary, judge = report["summary"], report.get("judge", {})
+    except (KeyError, TypeError):
+        raise ValueError(f"{report_path}: not a judge report (no 'summary')") from None
+    entry = {
+        "average_score": summary.get("mean"), "num_scored": summary.get("scored"), "num_entries": summary.get("n"),
+        "unscored_reasons": summary.get("reasons", {}), "judge_model": judge.get("model"),
+        "judge_backend": judge.get("backend"), **{k: v for k, v in report.get("metrics", {}).items()},
+        "report": Path(report_path).name,
+    }
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics["judge"] = entry
+    cfg = TrainConfig(**json.loads((folder / "training_args.json").read_text(encoding="utf-8")))
+    write_text_atomic(folder / "README.md", render_model_card(cfg, metrics))
+    write_json_atomic(folder / "metrics.json", metrics)
+    return entry

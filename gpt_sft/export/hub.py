@@ -1,0 +1,29 @@
+"""Pushing a finished checkpoint folder to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, api=None,
+                       commit_message: str = "Upload gpt-sft fine-tuned model") -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` (without training checkpoints or logs).
+
+    The token comes from huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``); it is never
+    printed. ``api`` defaults to ``huggingface_hub.HfApi()``; tests pass a local stand-in.
+    """
+    if api is None:
+        api = HfApi()
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json); nothing pushed")
+    repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
+        ignore_patterns=["checkpoints/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*"],
+    )
+    return str(getattr(repo, "url", None) or f"https://huggingface.co/{repo_id}")
+

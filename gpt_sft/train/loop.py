@@ -1,0 +1,337 @@
+"""The training loop with Accelerate: setup -> step -> evaluate -> fit.
+
+Every optimizer step averages the cross-entropy over all target tokens of all micro-batches of that
+step on all processes (a token-level mean), so gradient accumulation and data parallelism give the
+loss and the update of one large batch. With batch 8 on one process this is exactly the book's
+per-batch ``cross_entropy``. The book's evaluation: 5 train and 5 validation batches every 5 steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..common.options import config_to_dict
+from ..data.collator import IGNORE_INDEX
+from ..data.prompts import format_prompt
+from ..model.configuration_gpt import GPTConfig, resolve_preset_name
+from ..model.loading import load_pretrained, peek_context_length
+from ..model.modeling_gpt import GPTForCausalLM
+from ..model.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from .config import TrainConfig, too_long_message
+from .data import TrainingData, build_data, load_splits, optimizer_steps_per_epoch
+from .lora import apply_lora
+from .loss import LossPaths, TrainingLoss, base_model, batch_losses
+from .state import (STATE_FILE, Interruptions, InterruptedRun, TrainerState, TrainingDiverged, capture_rng_state,
+                    resolve_resume, restore_rng_state, save_training_checkpoint, say)
+
+
+@dataclass
+class Run:
+    """Everything a training run holds. ``loss`` is what Accelerate prepared (the data-parallel
+    wrapper around :class:`TrainingLoss`); ``model`` the model being trained (a peft model with LoRA)."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    loss: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    data: TrainingData
+    state: TrainerState
+
+    @property
+    def paths(self) -> LossPaths:
+        return self.cfg.loss_paths()
+
+
+# --------------------------------------------------------------------------------------------------
+# setup
+
+
+def build_model(cfg: TrainConfig):
+    """The model to fine-tune (a fresh random one for ``--model scratch``), with LoRA if asked for."""
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "scratch":
+        config = GPTConfig(
+            n_embd=cfg.emb_dim, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_positions=cfg.context_length,
+            drop_rate=cfg.drop_rate, tie_word_embeddings=bool(cfg.tie_word_embeddings),
+        )
+        model = GPTForCausalLM(config)
+    else:
+        # --model-format chooses where a preset's weights come from; any other source says what it is.
+        fmt = cfg.model_format if resolve_preset_name(cfg.model) is not None else None
+        model = load_pretrained(cfg.model, format=fmt, tie_word_embeddings=cfg.tie_word_embeddings,
+                                drop_rate=cfg.drop_rate)
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    if cfg.lora_rank:
+        model = apply_lora(model, cfg)
+    if cfg.compile:
+        compile_blocks(model)
+    return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass. transformers 5.23 renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+def compile_blocks(model) -> None:
+    """Regional ``torch.compile``: each transformer block compiled in place (the same code for all, so
+    one compilation), dynamic shapes for the varying batch lengths. Parameter names stay unchanged."""
+    for block in base_model(model).transformer.h:
+        block.compile(dynamic=True)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW as in the book (every parameter decayed), fused into one kernel when ``cfg.fused_optimizer``."""
+    return torch.optim.AdamW(list(params), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             fused=True if cfg.fused_optimizer else None)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(total_steps, 1))
+
+
+def cpu_threads(cfg: TrainConfig) -> int:
+    """``cfg.cpu_threads``, or the CPU cores this process may use divided among the processes on this
+    machine (``accelerate launch`` sets ``OMP_NUM_THREADS=1`` unless told ``--cpu``, which would leave
+    all but one core idle)."""
+    if cfg.cpu_threads:
+        return cfg.cpu_threads
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(local, 1))
+
+
+def resolve_allowed_max_length(cfg: TrainConfig, context_length: int) -> None:
+    """``--allowed-max-length`` defaults to the model's context; a longer one is an error now, not at the
+    first evaluation. The value is written back into ``cfg`` (and so into ``training_args.json``)."""
+    if cfg.allowed_max_length is None:
+        cfg.allowed_max_length = context_length
+    elif cfg.allowed_max_length > context_length:
+        raise ValueError(too_long_message(cfg.allowed_max_length, context_length))
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # Several processes (torchrun / accelerate launch) without a GPU: Accelerate only uses gloo data
+    # parallelism when told it runs on the CPU; otherwise every process would train alone.
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(log_with=cfg.log_with, project_dir=str(cfg.output_dir), cpu=cpu_processes or None,
+                       mixed_precision=cfg.mixed_precision)
+
+
+def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
+    """Model, optimizer, scheduler, data, and the resumed state if ``cfg`` resumes."""
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg))
+    if cfg.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    set_seed(cfg.seed)
+    loaded = load_splits(cfg)  # the data first: its errors come before a long model load
+    context = cfg.context_length if cfg.model == "scratch" else peek_context_length(cfg.model)
+    model = None
+    if context is None:  # only the model tells its context: load it before tokenizing
+        model = build_model(cfg)
+        context = model.config.n_positions
+    resolve_allowed_max_length(cfg, context)
+    data = build_data(cfg, accelerator.num_processes, loaded)
+    say(accelerator, data.report)
+    if model is None:
+        model = build_model(cfg)
+    if model.config.n_positions < cfg.allowed_max_length:  # a peeked config that disagreed with the weights
+        raise ValueError(too_long_message(cfg.allowed_max_length, model.config.n_positions))
+    # The book decays every parameter (AdamW(model.parameters(), weight_decay=0.1)).
+    optimizer = make_optimizer(cfg, (p for p in model.parameters() if p.requires_grad))
+    # before prepare(): each process will see ceil(batches / processes) of the loader's batches
+    per_process = math.ceil(len(data.train) / accelerator.num_processes)
+    steps = optimizer_steps_per_epoch(per_process, cfg) * cfg.epochs
+    scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.max_steps) if cfg.max_steps else steps)
+    loss, optimizer, data.train, data.val, scheduler = accelerator.prepare(
+        TrainingLoss(model, cfg.loss_paths()), optimizer, data.train, data.val, scheduler)
+    if cfg.log_with:
+        accelerator.init_trackers("gpt-sft", config={k: str(v) for k, v in config_to_dict(cfg).items()})
+    state = TrainerState()
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = TrainerState(**json.loads((resume / STATE_FILE).read_text()))
+        say(accelerator, f"Resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
+    return Run(cfg, accelerator, loss, model, optimizer, scheduler, data, state)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_loss(run: Run, loader, num_batches: int) -> float:
+    """Mean per-batch loss over the first ``num_batches`` batches (the book's ``calc_loss_loader``)."""
+    run.model.eval()
+    with torch.no_grad(), run.accelerator.autocast():  # the precision training runs in
+        losses = batch_losses(run.model, list(itertools.islice(loader, num_batches)), run.paths)
+    run.model.train()
+    if not losses:
+        return float("nan")
+    mean = torch.stack(losses).mean()
+    return run.accelerator.reduce(mean, "mean").item() if run.accelerator.num_processes > 1 else mean.item()
+
+
+def print_sample(run: Run, prompt: str, max_new_tokens: int = 50) -> None:
+    """The book's ``generate_and_print_sample``: greedy continuation, newlines shown as spaces."""
+    tok = get_tokenizer()
+    model = run.model
+    ids = torch.tensor([tok.encode(prompt)], device=run.accelerator.device)
+    budget = base_model(model).config.n_positions - ids.shape[1]
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max(1, min(max_new_tokens, budget)), do_sample=False,
+                             eos_token_id=END_OF_TEXT_ID, pad_token_id=END_OF_TEXT_ID)
+    model.train()
+    say(run.accelerator, tok.decode(out[0].tolist()).replace("\n", " "))
+
+
+def evaluate(run: Run, step: int, step_loss: float) -> None:
+    """The book's periodic evaluation: ``eval_batches`` train and validation batches, logged."""
+    cfg, state = run.cfg, run.state
+    train_loss = evaluate_loss(run, run.data.train, cfg.eval_batches)
+    val_loss = evaluate_loss(run, run.data.val, cfg.eval_batches)
+    state.train_losses.append(train_loss)
+    state.val_losses.append(val_loss)
+    state.track_tokens_seen.append(state.tokens_seen)
+    state.eval_steps.append(step)
+    say(run.accelerator, f"Ep {state.epoch + 1} (Step {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+    run.accelerator.log({"train/loss": train_loss, "val/loss": val_loss, "train/step_loss": step_loss,
+                         "tokens_seen": state.tokens_seen, "lr": run.scheduler.get_last_lr()[0]}, step=step)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+def step_loss(run: Run, window: list[dict]) -> tuple[float, int]:
+    """Forward and backward passes over one optimizer step's micro-batches: ``(loss, tokens)``."""
+    accelerator, world = run.accelerator, run.accelerator.num_processes
+    # Token-level mean over the whole optimizer step, on all processes: (targets, the book's
+    # tokens_seen = padded input tokens), summed over processes.
+    counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), b["input_ids"][:, :-1].numel()]
+                           for b in window], device=accelerator.device).sum(0)
+    counts = accelerator.reduce(counts, "sum") if world > 1 else counts
+    n_global, tokens = counts[0], int(counts[1])
+    total = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(window):
+        sync = i == len(window) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(run.loss):
+            loss = run.loss(batch["input_ids"][:, :-1], batch["labels"][:, 1:], num_items_in_batch=n_global)
+            # DDP averages gradients over processes; undo that to keep the global token mean.
+            accelerator.backward(loss * world)
+        total += loss.detach().float()
+    return (accelerator.reduce(total, "sum").item() if world > 1 else total.item()), tokens
+
+
+def fit(run: Run, interruptions: Interruptions) -> TrainerState:
+    """Run the epochs; checkpoints on schedule and on Ctrl-C/SIGTERM; stops on a NaN loss."""
+    cfg, accelerator, data, state = run.cfg, run.accelerator, run.data, run.state
+    total_steps = optimizer_steps_per_epoch(len(data.train), cfg) * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    if state.initial_train_loss is None:
+        state.initial_train_loss = evaluate_loss(run, data.train, cfg.eval_batches)
+        state.initial_val_loss = evaluate_loss(run, data.val, cfg.eval_batches)
+        say(accelerator, f"Initial losses: training loss {state.initial_train_loss:.3f}, "
+                         f"validation loss {state.initial_val_loss:.3f}")
+    in_step, step_rng = False, None
+    # disable=None: shown on a terminal, hidden in logs (and with TQDM_DISABLE=1)
+    bar = tqdm(total=total_steps, initial=state.global_step, desc="training",
+               disable=None if accelerator.is_main_process else True, dynamic_ncols=True)
+    last_good: Path | None = None
+    started = window_start = time.perf_counter()
+    run.model.train()
+    try:
+        while state.epoch < cfg.epochs and not (cfg.max_steps and state.global_step >= cfg.max_steps):
+            data.sampler.set_epoch(state.epoch)
+            loader = data.train
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(state.epoch)
+            if state.micro_batches_in_epoch:
+                loader = accelerator.skip_first_batches(loader, state.micro_batches_in_epoch)
+            batches = iter(loader)
+            while window := [b for b in itertools.islice(batches, cfg.gradient_accumulation_steps)]:
+                in_step, step_rng = True, capture_rng_state()
+                loss, tokens = step_loss(run, window)
+                if not math.isfinite(loss):
+                    kept = f"; last good checkpoint: {last_good}" if last_good else ""
+                    raise TrainingDiverged(
+                        f"Loss became {loss} at epoch {state.epoch + 1}, step {state.global_step}: training stopped "
+                        f"without saving this state{kept}. Try a lower --learning-rate, --max-grad-norm 1.0 or full "
+                        "precision."
+                    )
+                with interruptions.critical():  # the update, its evaluation and its checkpoint happen whole
+                    if cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(run.loss.parameters(), cfg.max_grad_norm)
+                    run.optimizer.step()
+                    run.scheduler.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                    state.micro_batches_in_epoch += len(window)
+                    state.tokens_seen += tokens
+                    step = state.global_step  # the book counts from 0
+                    state.global_step += 1
+                    in_step = False
+                    elapsed = time.perf_counter() - window_start
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+                    bar.update(1)
+                    window_start = time.perf_counter()
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        evaluate(run, step, loss)
+                    state.train_seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                    if cfg.save_every and state.global_step % cfg.save_every == 0:
+                        last_good = save_training_checkpoint(accelerator, state, cfg.output_dir, cfg.keep_checkpoints)
+                if interruptions.agreed(accelerator.num_processes):
+                    raise InterruptedRun(interruptions.signum)
+                if cfg.max_steps and state.global_step >= cfg.max_steps:
+                    break
+            if cfg.max_steps and state.global_step >= cfg.max_steps and state.micro_batches_in_epoch < len(data.train):
+                break
+            if cfg.sample_every_epoch and data.val_entries:
+                print_sample(run, format_prompt(data.val_entries[0], cfg.prompt_style))
+            state.epoch += 1
+            state.micro_batches_in_epoch = 0
+    except KeyboardInterrupt:
+        bar.close()
+        if in_step:  # stopped inside a step: the checkpoint is the state from before it, to the random numbers
+            run.optimizer.zero_grad(set_to_none=True)
+            restore_rng_state(step_rng)
+        with interruptions.deferred():
+            path = save_training_checkpoint(accelerator, state, cfg.output_dir, cfg.keep_checkpoints)
+        say(accelerator, f"Interrupted: saved a resumable checkpoint to {path}; continue with "
+                         f"--resume-from-checkpoint {path}")
+        raise
+    finally:
+        bar.close()
+    return state
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))

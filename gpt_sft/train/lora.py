@@ -1,0 +1,28 @@
+"""LoRA through peft, as the book's appendix E defines it (every Linear layer by default)."""
+
+from __future__ import annotations
+
+import sys
+
+from peft import LoraConfig, get_peft_model
+
+from .config import TrainConfig
+
+
+def lora_alpha(cfg: TrainConfig) -> float:
+    """peft's ``lora_alpha``: default ``16 * rank``, which is the book's ``alpha=16`` (the book scales
+    the adapter by alpha, peft by alpha / rank)."""
+    return cfg.lora_alpha if cfg.lora_alpha is not None else 16.0 * cfg.lora_rank
+
+
+def apply_lora(model, cfg: TrainConfig):
+    """``model`` with LoRA adapters on ``cfg.lora_target_modules``; only the adapters train."""
+    targets = list(cfg.lora_target_modules)
+    if model.config.tie_word_embeddings and "lm_head" in targets:
+        # Merging an lm_head adapter into a head tied to wte would change the input embedding too.
+        targets.remove("lm_head")
+        print("LoRA: lm_head is tied to the token embedding, so it gets no adapter "
+              "(use --no-tie-word-embeddings, the book's choice, to adapt it)", file=sys.stderr)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=lora_alpha(cfg),
+                      lora_dropout=cfg.lora_dropout, target_modules=targets)
+    return get_peft_model(model, lora)

@@ -1,0 +1,132 @@
+"""The shape of the package: the folders follow the pipeline, a stage never imports a later one,
+no import cycles, modules of one sitting, imports at the top, and the loss outside the model file."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "gpt_sft"
+# The pipeline, first to last: each layer may import itself and the layers before it, never later ones.
+LAYERS = ["common", "model", "data", "train", "generate", "judge", "export", "cli"]
+MAX_LINES = 470
+# Imports that stay inside a function, and why.
+LATE_IMPORTS = {
+    ("gpt_sft.model.sources", "tensorflow"): "an optional extra (gpt-sft[tf]), only for OpenAI's checkpoints",
+}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+        if "metrics" in parts:  # evaluate modules, loaded by path: they import no gpt_sft code
+            continue
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imported(name: str, path: Path) -> list[tuple[str, int, bool]]:
+    """``(module imported, line, at top level)`` for every gpt_sft import of a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    top_level = {id(node) for node in tree.body}
+    result = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            targets = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            result.append((target, node.lineno, id(node) in top_level))
+    return result
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "gpt_sft" or len(parts) < 2:
+        return None
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else None
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    edges = defaultdict(set)
+    for name, path in known.items():
+        for target, _, _ in imported(name, path):
+            if target in known and target != name:
+                edges[name].add(target)
+    return edges
+
+
+def test_the_folders_are_the_pipeline_stages():
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(LAYERS)
+    assert [p.name for p in PACKAGE.glob("*.py")] == ["__init__.py"], "every module lives in its stage's folder"
+
+
+def test_no_stage_imports_a_later_one():
+    wrong = []
+    for name, path in modules().items():
+        own = layer_of(name)
+        if own is None:
+            continue
+        for target, line, _ in imported(name, path):
+            theirs = layer_of(target)
+            if theirs is not None and theirs > own:
+                wrong.append(f"{path.relative_to(REPO_ROOT)}:{line} ({LAYERS[own]}) imports {target} ({LAYERS[theirs]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_there_are_no_import_cycles():
+    edges = graph()
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = "done"
+
+    for node in sorted(modules()):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_modules_are_short_and_import_at_the_top():
+    too_long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not too_long, too_long
+    late = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {id(node) for node in tree.body}
+        guarded = {id(child) for node in tree.body if isinstance(node, ast.Try) for child in ast.walk(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level | guarded:
+                what = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                if (name, what) not in LATE_IMPORTS:
+                    late.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} imports {what} inside a function")
+    assert not late, "\n".join(late)
+
+
+def test_the_loss_lives_outside_the_shipped_model_file():
+    model_file = (PACKAGE / "model" / "modeling_gpt.py").read_text()
+    for word in ("shift_labels", "loss_only", "padding_free", "share_prefix", "loss_reduction"):
+        assert word not in model_file, word
+    assert model_file.count("F.cross_entropy") == 1, "one plain labels loss, for Hugging Face callers"
+    assert (PACKAGE / "train" / "loss.py").read_text().count("F.cross_entropy") == 2  # book's mean, per target
