@@ -37,8 +37,9 @@ class EvaluateConfig:
 
     responses: str | None = opts.option(None, "JSON list of entries with instruction/input/output and a response field")
     response_key: str = opts.option("model_response", "Field holding the model response")
-    backend: str = opts.option("ollama", "Judge backend (ollama as in the book; openai: any OpenAI-compatible server; "
-                          "hf: a Hugging Face model in-process)", choices=list(BACKEND_NAMES))
+    # the judge's defaults are JudgeConfig's own
+    backend: str = opts.option(JudgeConfig.backend, "Judge backend (ollama as in the book; openai: any OpenAI-"
+                               "compatible server; hf: a Hugging Face model in-process)", choices=list(BACKEND_NAMES))
     url: str | None = opts.option(None, "Judge server base URL (default http://localhost:11434 for ollama, "
                              "http://localhost:8000 for openai)")
     judge_model: str | None = opts.option(None, "Judge model name, or a Hub id/folder for --backend hf (default llama3)")
@@ -47,16 +48,17 @@ class EvaluateConfig:
     cache: str | None = opts.option(None, "Resumable JSONL cache (default <output>.cache.jsonl)")
     no_cache: bool = opts.option(False, "Do not read or write a cache", switch=True)
     concurrency: int = opts.option(1, "Questions in flight at once")
-    timeout: float = opts.option(120.0, "Total seconds per request")
-    retries: int = opts.option(3, "Transport retries per request on connection errors, timeouts, 5xx, 429")
-    backoff: float = opts.option(1.0, "First backoff in seconds, doubled per retry")
+    timeout: float = opts.option(JudgeConfig.timeout, "Total seconds per request")
+    retries: int = opts.option(JudgeConfig.retries, "Transport retries per request on connection errors, timeouts, "
+                               "5xx, 429")
+    backoff: float = opts.option(JudgeConfig.backoff, "First backoff in seconds, doubled per retry")
     parse_retries: int = opts.option(2, "Times an unparsable reply is asked again")
     retry_unscored: bool = opts.option(False, "Ask again entries cached as unparsable", switch=True)
     max_consecutive_failures: int = opts.option(3, "Stop after this many failed requests in a row (0: never)")
-    api_key_env: str = opts.option("OPENAI_API_KEY", "Environment variable holding the API key for --backend openai")
-    seed: int = opts.option(123, "Judge seed (the book's)")
-    temperature: float = opts.option(0.0, "Judge temperature (the book's 0)")
-    num_ctx: int = opts.option(2048, "Ollama context size (the book's 2048)")
+    api_key_env: str = opts.option(JudgeConfig.api_key_env, "Environment variable holding the API key for --backend openai")
+    seed: int = opts.option(JudgeConfig.seed, "Judge seed (the book's)")
+    temperature: float = opts.option(JudgeConfig.temperature, "Judge temperature (the book's 0)")
+    num_ctx: int = opts.option(JudgeConfig.num_ctx, "Ollama context size (the book's 2048)")
     max_tokens: int | None = opts.option(None, "Reply length bound (default 32 for openai/hf, unset for ollama)")
     option: list[str] = opts.option([], "Extra backend option KEY=VALUE (Ollama options / OpenAI body field); VALUE is "
                                "JSON if it parses; repeatable", repeat=True, metavar="KEY=VALUE")

@@ -40,14 +40,17 @@ class GenerateConfig:
     output: str | None = option(None, "Output JSON for a split (default: ./<data name>-with-response.json)")
     response_key: str = option("model_response", "Field the responses are written to")
     prompt_style: str | None = option(None, "Prompt style; default: the checkpoint's (alpaca without a recipe)")
-    max_new_tokens: int = option(256, "New tokens per response (the book's 256)")
-    temperature: float = option(0.0, "0: greedy (the book); > 0 samples from softmax(logits / temperature)")
-    top_k: int | None = option(None, "Keep the k most likely tokens before sampling or argmax")
-    seed: int = option(123, "Sampling seed; prompt i uses seed + i")
-    batch_size: str = option("auto", "Prompts per batch: an integer, or auto")
-    overflow: str = option("shrink", "Prompts too long for the context with --max-new-tokens", choices=list(OVERFLOW_POLICIES))
-    backend: str = option("cache", "cache (our batched KV-cache loop) or transformers (model.generate)",
-                          choices=list(BACKENDS))
+    # the defaults are GenerationSettings' own
+    max_new_tokens: int = option(GenerationSettings.max_new_tokens, "New tokens per response (the book's 256)")
+    temperature: float = option(GenerationSettings.temperature, "0: greedy (the book); > 0 samples from "
+                                "softmax(logits / temperature)")
+    top_k: int | None = option(GenerationSettings.top_k, "Keep the k most likely tokens before sampling or argmax")
+    seed: int = option(GenerationSettings.seed, "Sampling seed; prompt i uses seed + i")
+    batch_size: str = option(str(GenerationSettings.batch_size), "Prompts per batch: an integer, or auto")
+    overflow: str = option(GenerationSettings.overflow, "Prompts too long for the context with --max-new-tokens",
+                           choices=list(OVERFLOW_POLICIES))
+    backend: str = option(GenerationSettings.backend, "cache (our batched KV-cache loop) or transformers "
+                          "(model.generate)", choices=list(BACKENDS))
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
     dtype: str = option("auto", "auto (the checkpoint's), float32, bfloat16, float16")
     progress: bool = option(True, "Show a progress bar")

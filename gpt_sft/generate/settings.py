@@ -59,8 +59,8 @@ class GenerationSettings:
         max_new_tokens: Most new tokens per response (the book's 256).
         temperature: 0 (default) = greedy argmax; > 0 = sample from ``softmax(logits / temperature)``.
         top_k: Keep only the ``top_k`` largest logits (ties with the k-th kept) before greedy/sampling.
-        seed: Sampling seed; prompt ``i`` uses a generator seeded with ``seed + i``. ``None``: drawn from
-            torch's global RNG (so ``torch.manual_seed`` still makes runs reproducible).
+        seed: Sampling seed (default 123, the book's); prompt ``i`` uses a generator seeded with
+            ``seed + i``. ``None``: drawn from torch's global RNG (``torch.manual_seed`` then decides).
         batch_size: Prompts per batch, or ``"auto"`` (:func:`auto_batch_size`).
         style: Prompt style of dict entries and of response extraction (``"alpaca"``, ``"phi3"``, any
             style known to :mod:`gpt_sft.data.prompts`), or ``"raw"``: string prompts used verbatim and the
@@ -78,7 +78,7 @@ class GenerationSettings:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_k: int | None = None
-    seed: int | None = None
+    seed: int | None = 123
     batch_size: int | str = "auto"
     style: str = "alpaca"
     eos_token_id: int | None = END_OF_TEXT_ID
