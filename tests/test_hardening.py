@@ -167,6 +167,15 @@ def test_train_continues_from_its_own_checkpoint_from_the_command_line(tiny_chec
 # ---------------------------------------------------------------- 4. interrupts around the final save
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """SIGINT as a terminal delivers it: a job started in the background (``.ci/run &``) inherits SIGINT
+    ignored, which training rightly keeps ignored, and the Ctrl-C tests below would then test nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_the_final_save_waits_for_it(data_file, tmp_path, monkeypatch, capsys, signum, status):
     real_plot = run_folder.plot_losses
@@ -333,9 +342,12 @@ def test_without_network_hub_names_fail_fast(tmp_path):
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("HF_DATASETS_OFFLINE", None)
     (tmp_path / "outputs").mkdir()
+    # The first case never touches the network: its time (imports, mostly) is the baseline, so that a
+    # loaded machine does not fail the test; the Hub's own retries would add ~25 s to the others.
+    baseline = None
     for args, expected in (
-        (["scripts/train.py", "--model", "scratch", "--data", "someone/instructions"], "--data someone/instructions"),
         (["scripts/train.py", "--model", "scratch", "--data", "outputs/typo"], "--data outputs/typo: file not found"),
+        (["scripts/train.py", "--model", "scratch", "--data", "someone/instructions"], "--data someone/instructions"),
         (["scripts/generate.py", "--model", "someone/model", "--prompt", "hi"], "--model someone/model"),
     ):
         started = time.monotonic()
@@ -344,7 +356,9 @@ def test_without_network_hub_names_fail_fast(tmp_path):
         (line,) = error_lines(result.stderr)
         assert result.returncode == 1 and line.startswith(f"error: {expected}"), line
         assert "cannot be reached" in line or "file not found" in line
-        assert took < 25, f"{args}: {took:.0f} s (the Hub's own retries take ~25 s more)"
+        if baseline is None:
+            baseline = took
+        assert took < baseline + 12, f"{args}: {took:.0f} s, {baseline:.0f} s without the network"
 
 
 def test_disk_full_during_the_save_says_so(data_file, tmp_path):
