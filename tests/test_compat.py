@@ -214,9 +214,13 @@ def test_chat_template_renders_exactly_our_prompt():
             assert prompt == format_prompt(entry, style)
             with_header = tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
             assert with_header == prompt + {"alpaca": "\n\n### Response:\n", "phi3": "\n<|assistant|>:\n"}[style]
+            # a system message before it carries the input (what OpenAI servers and Ollama pass through)
+            as_system = [{"role": "system", "content": entry["input"]}, {"role": "user", "content": entry["instruction"]}]
+            assert tokenizer.apply_chat_template(as_system, tokenize=False) == prompt
         for conversation in (
             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
-            [{"role": "system", "content": "be nice"}, {"role": "user", "content": "a"}],
+            [{"role": "system", "content": "x"}, {"role": "user", "content": "a", "input": "y"}],  # two inputs
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "x"}],
             [{"role": "user", "content": [{"type": "text", "text": "a"}]}],
         ):
             with pytest.raises(Exception, match="single-turn format"):

@@ -6,7 +6,7 @@ batches every 5 steps, a greedy sample after each epoch). Every option is a fiel
 :class:`~gpt_sft.train.config.TrainConfig`, settable by ``--kebab-case`` flag or YAML.
 
 setup (output folder, accelerator, model, data) -> fit -> save (checkpoint, recipe, card) ->
-test-set responses -> push. No interruption loses the trained model: one during training saves a
+test-set responses -> exports -> push. No interruption loses the trained model: one during training saves a
 resumable checkpoint, one during the final save waits for it, one while generating test responses
 leaves the saved model and says how to generate them.
 """
@@ -33,6 +33,7 @@ from ..train.loop import Run, fit, make_accelerator, setup, trainable_parameters
 from ..train.report import hardware_description
 from ..train.state import Interruptions, InterruptedRun, resolve_resume, say
 from .errors import report_errors
+from .export import ExportConfig, export
 
 
 def generate_test_responses(run: Run, model) -> Path | None:
@@ -76,6 +77,10 @@ def train(cfg: TrainConfig) -> Path:
         say(accelerator, f"Interrupted while generating test-set responses; the trained model is saved in "
                          f"{output_dir} (gpt-sft generate --model {output_dir} --split test)")
         raise
+    if cfg.export and accelerator.is_main_process:
+        for fmt in cfg.export:
+            export(ExportConfig(model=str(output_dir), format=fmt, output=str(Path(output_dir) / "export" / fmt),
+                                overwrite=True))
     if cfg.push_to_hub and accelerator.is_main_process:
         url = push_folder_to_hub(output_dir, cfg.push_to_hub, private=cfg.hub_private)
         say(accelerator, f"Pushed to {url}")

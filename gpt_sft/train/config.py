@@ -9,6 +9,8 @@ from ..common.options import option
 from ..data.load import BOOK_DATA_URL
 from .loss import LossPaths
 
+# What `--export` (and `gpt-sft export --format`) can write.
+EXPORT_FORMATS = ("hf-gpt2", "gguf", "ollama")
 LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "c_proj", "c_fc", "lm_head"]
 
 
@@ -91,12 +93,18 @@ class TrainConfig:
                          "training checkpoints); without it a non-empty --output-dir is refused unless resuming")
     generate: bool = option(True, "Generate test-set responses at the end (--no-generate skips it)")
     max_new_tokens: int = option(256, "New tokens per test-set response")
+    export: list[str] = option([], "Also export the final model: hf-gpt2 (stock GPT-2, no remote code), gguf, ollama; "
+                               "each into <output-dir>/export/<format> (as gpt-sft export does)")
     push_to_hub: str | None = option(None, "Hub repo id to upload the final folder to (token from HF login/env)")
     hub_private: bool = option(False, "Create the Hub repo as private")
 
     def __post_init__(self):
         def flag(name: str) -> str:
             return "--" + name.replace("_", "-")
+
+        unknown = [f for f in self.export if f not in EXPORT_FORMATS]
+        if unknown:
+            raise ValueError(f"--export {','.join(unknown)}: not an export format; choose from {', '.join(EXPORT_FORMATS)}")
 
         positive = ("epochs", "batch_size", "gradient_accumulation_steps", "n_layers",
                     "emb_dim", "n_heads", "context_length", "max_new_tokens", "eval_batches")

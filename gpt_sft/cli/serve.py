@@ -1,0 +1,127 @@
+"""``gpt-sft serve``: an OpenAI-compatible server for a fine-tuned model, on llama.cpp's server.
+
+The engine is llama.cpp through ``llama-cpp-python[server]``; gpt-sft only prepares its input. Given a
+checkpoint folder, the model is exported to GGUF first (cached, keyed by the checkpoint's files, so a
+second start is immediate); given a ``.gguf`` file, that file is served. The GGUF file carries the
+checkpoint's chat template, so ``/v1/chat/completions`` with one user message (the instruction; the
+input, if any, as a system message before it) is answered in the trained format. Send
+``temperature: 0`` and ``repeat_penalty: 1.0`` (llama-cpp-python's default is 1.1) for the greedy
+answer that ``gpt-sft generate --prompt`` gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common.options import option, parse_config
+from ..export.gguf_file import GGUF_TYPES, write_gguf
+from ..model.modeling_gpt import MODEL_CODE_VERSION
+from ..model.sources import default_cache_dir
+from .errors import report_errors
+from .export import export_style, plain_model
+
+
+@dataclass
+class ServeConfig:
+    """Serve a fine-tuned model through an OpenAI-compatible API (llama.cpp's server)."""
+
+    model: str | None = option(None, "Checkpoint folder (exported to GGUF first) or a .gguf file")
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes it to the network)")
+    port: int = option(8000, "Port")
+    gguf_type: str = option("f16", "GGUF weight type when exporting a checkpoint: f32 (exact), f16 or q8_0",
+                            choices=list(GGUF_TYPES))
+    prompt_style: str | None = option(None, "Prompt style of the chat template; default: the checkpoint's recipe")
+    name: str | None = option(None, "Model name the API reports; default: the checkpoint's folder or file name")
+    context_length: int | None = option(None, "Context window (default: the model's)")
+    threads: int | None = option(None, "CPU threads (default: llama.cpp's choice)")
+    gguf_cache: str | None = option(None, "Folder for the GGUF export of a checkpoint (default: "
+                                    "~/.cache/gpt_sft/gguf, or $GPT_SFT_CACHE/gguf)")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("--model is required: a checkpoint folder or a .gguf file")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"--port must be in 1..65535, got {self.port}")
+
+
+def _fingerprint(folder: Path, cfg: ServeConfig) -> str:
+    """What the GGUF export depends on: the checkpoint's files (name, size, mtime), the type, the style
+    and the model code version."""
+    digest = hashlib.sha256(f"{folder.resolve()}|{cfg.gguf_type}|{cfg.prompt_style}|{MODEL_CODE_VERSION}".encode())
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".jinja"):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
+def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
+    """The GGUF file to serve, the model name, and the model's context length when known."""
+    source = Path(cfg.model)
+    if source.is_file():
+        if source.suffix != ".gguf":
+            raise ValueError(f"--model {source}: a checkpoint folder or a .gguf file is needed")
+        return source, cfg.name or source.stem, None
+    if not source.is_dir():
+        raise FileNotFoundError(f"--model {source}: no such folder or file")
+    name = cfg.name or source.resolve().name
+    cache = Path(cfg.gguf_cache) if cfg.gguf_cache else default_cache_dir() / "gguf"
+    path = cache / f"{name}-{_fingerprint(source, cfg)}-{cfg.gguf_type}.gguf"
+    style, _ = export_style(cfg.model, cfg.prompt_style)
+    model = None
+    if not path.is_file():
+        model = plain_model(cfg.model)
+        print(f"Exporting {source} to GGUF ({cfg.gguf_type}) for llama.cpp: {path}", file=sys.stderr)
+        write_gguf(model, path, gguf_type=cfg.gguf_type, style=style, name=name)
+    context = model.config.n_positions if model is not None else _context_of(source)
+    return path, name, context
+
+
+def _context_of(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["n_positions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None) -> list[str]:
+    """The llama.cpp server's command line."""
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", name,
+           "--host", cfg.host, "--port", str(cfg.port)]
+    n_ctx = cfg.context_length or context
+    if n_ctx:
+        cmd += ["--n_ctx", str(n_ctx)]
+    if cfg.threads:
+        cmd += ["--n_threads", str(cfg.threads), "--n_threads_batch", str(cfg.threads)]
+    return cmd
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpt-sft serve``."""
+    cfg = parse_config(ServeConfig, argv, prog="gpt-sft serve")
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
+        raise RuntimeError("gpt-sft serve runs llama.cpp's server: pip install 'llama-cpp-python[server]' "
+                           "(or gpt-sft's serve extra)")
+    gguf, name, context = gguf_for(cfg)
+    print(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1 (OpenAI-compatible, llama.cpp server); Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    proc = subprocess.Popen(server_command(gguf, name, cfg, context))
+    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731 - the server shuts down cleanly
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,474 @@
+"""Export and serving: stock GPT-2 without remote code, GGUF through llama.cpp, Ollama's Modelfile,
+and ``gpt-sft serve`` on llama.cpp's server -- each checked against our own model.
+
+Real tools throughout: transformers in a fresh process that cannot import gpt_sft, llama.cpp (through
+llama-cpp-python) reading the GGUF file the ``gguf`` package wrote, Go's ``text/template`` rendering the
+Modelfile's TEMPLATE as Ollama does (Ollama itself cannot be installed here: this is the test of the
+Modelfile), and llama.cpp's OpenAI-compatible server on 127.0.0.1. The trained offline demo (a model that
+really reads its prompt) is the checkpoint wherever answers are compared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_sft.cli.export import main as export_main
+from gpt_sft.data.prompts import format_prompt, get_prompt_style
+from gpt_sft.data.split import split_dataset
+from gpt_sft.data.load import load_instruction_data
+from gpt_sft.export.checkpoint import save_checkpoint
+from gpt_sft.export.ollama import modelfile
+from gpt_sft.generate.responses import generate_responses
+from gpt_sft.generate.settings import GenerationSettings
+from gpt_sft.model.configuration_gpt import GPTConfig
+from gpt_sft.model.loading import load_model
+from gpt_sft.model.modeling_gpt import GPTForCausalLM
+from gpt_sft.model.tokenizer import END_OF_TEXT_ID, get_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = bool(os.environ.get("GPT_SFT_LANE"))
+NEW_TOKENS = 32
+
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (the dev extra installs it)")
+
+
+@pytest.fixture(scope="module")
+def untied_checkpoint(tmp_path_factory) -> Path:
+    """A random 2-layer GPT with an untied head and no q/k/v bias (both differ from GPT-2's defaults)."""
+    torch.manual_seed(7)
+    model = GPTForCausalLM(GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128, tie_word_embeddings=False,
+                                     qkv_bias=False)).eval()
+    return save_checkpoint(model, tmp_path_factory.mktemp("untied") / "untied")
+
+
+@pytest.fixture(scope="module")
+def book_test_entries(book_data_path) -> list[dict]:
+    """The first 10 entries of the book's test split (85/10/5 in file order)."""
+    return [dict(e) for e in split_dataset(load_instruction_data(book_data_path))["test"].select(range(10))]
+
+
+def _our_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    model = load_model(folder, device="cpu", dtype="float32")
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+# ------------------------------------------------------------------ stock GPT-2
+
+_FRESH_PROCESS = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class NoGptSft(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "gpt_sft":
+                raise ImportError("gpt_sft is not importable in this process")
+    sys.meta_path.insert(0, NoGptSft())
+    import numpy as np, torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    folder, ids, messages = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        np.save(folder + "/../logits.npy", model(torch.tensor([ids])).logits[0].numpy())
+    answers = []
+    if messages:
+        generator = pipeline("text-generation", model=folder)
+        for message in messages:
+            out = generator([message], max_new_tokens=24, do_sample=False)
+            answers.append(out[0]["generated_text"][-1]["content"].strip())
+    print(json.dumps({"class": type(model).__name__, "tied": model.lm_head.weight is model.transformer.wte.weight,
+                      "eos": model.generation_config.eos_token_id, "pad": model.generation_config.pad_token_id,
+                      "ids": tokenizer("Hello, world. ### Response:")["input_ids"], "answers": answers,
+                      "gpt_sft_loaded": any(m.split(".")[0] == "gpt_sft" for m in sys.modules)}))
+""")
+
+
+def _in_fresh_process(folder: Path, ids: list[int], messages: list[dict]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(folder), json.dumps(ids), json.dumps(messages)],
+                            capture_output=True, text=True, cwd=folder.parent, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_hf_gpt2_export_of_an_untied_model_loads_without_gpt_sft(untied_checkpoint, tmp_path):
+    out = tmp_path / "stock"
+    assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and "auto_map" not in config and config["tie_word_embeddings"] is False
+    assert not list(out.glob("*.py")), "a stock export carries no model code"
+    ids = get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.", "input": ""}))
+    seen = _in_fresh_process(out, ids, [])
+    assert seen["class"] == "GPT2LMHeadModel" and not seen["gpt_sft_loaded"]
+    assert seen["tied"] is False, "an untied head stays untied"
+    assert seen["eos"] == END_OF_TEXT_ID and seen["pad"] == END_OF_TEXT_ID
+    assert seen["ids"] == get_tokenizer().encode("Hello, world. ### Response:")
+    theirs = np.load(tmp_path / "logits.npy")
+    assert np.abs(theirs - _our_logits(untied_checkpoint, ids)).max() < 1e-4
+
+
+def test_hf_gpt2_export_of_the_trained_demo_answers_like_generate(demo_run, tmp_path):
+    folder, entries = demo_run
+    out = tmp_path / "demo-gpt2"
+    assert export_main(["--model", str(folder), "--format", "hf-gpt2", "--output", str(out)]) == 0
+    held_out = entries[-3:]
+    messages = [{"role": "user", "content": e["instruction"], **({"input": e["input"]} if e["input"] else {})}
+                for e in held_out]
+    ids = get_tokenizer().encode(format_prompt(held_out[0]))
+    seen = _in_fresh_process(out, ids, messages)
+    assert seen["class"] == "GPT2LMHeadModel" and seen["tied"] is True and not seen["gpt_sft_loaded"]
+    assert np.abs(np.load(tmp_path / "logits.npy") - _our_logits(folder, ids)).max() < 1e-4
+    ours = generate_responses(load_model(folder, device="cpu"), get_tokenizer(), held_out,
+                              GenerationSettings(max_new_tokens=24, progress=False))
+    assert seen["answers"] == ours
+    assert ours == [e["output"] for e in held_out], "the demo model answers its held-out tasks"
+    card = (out / "README.md").read_text()
+    assert "stock GPT-2" in card and "trust_remote_code" in card and "### Instruction:" in card
+    assert "| data |" in card and "| epochs |" in card, "the card says how the model was trained"
+    assert json.loads((out / "recipe.json").read_text())["prompt_style"] == "alpaca"
+
+
+def test_export_refuses_a_non_empty_output_without_overwrite(untied_checkpoint, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert export_main(["--model", str(untied_checkpoint), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert export_main(["--model", str(untied_checkpoint), "--output", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+# ------------------------------------------------------------------ GGUF / llama.cpp
+
+
+def _llama(path: Path, **kw):
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, **kw)
+
+
+def _gguf_export(folder: Path, out: Path, gguf_type: str) -> Path:
+    assert export_main(["--model", str(folder), "--format", "gguf", "--gguf-type", gguf_type, "--output", str(out)]) == 0
+    files = list(out.glob("*.gguf"))
+    assert len(files) == 1 and files[0].name.endswith(f"-{gguf_type}.gguf")
+    return files[0]
+
+
+def _greedy_llama(llm, ids: list[int], n: int) -> list[int]:
+    """llama.cpp's greedy continuation of ``ids``, up to ``n`` tokens, stopping at end-of-text."""
+    llm.reset()
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        out.append(int(token))
+        if token == END_OF_TEXT_ID or len(out) == n:
+            break
+    return out
+
+
+def _greedy_ours(model, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=END_OF_TEXT_ID,
+                             pad_token_id=END_OF_TEXT_ID)
+    return out[0, len(ids):].tolist()
+
+
+@needs_llama_cpp
+def test_gguf_f32_logits_of_an_untied_model_equal_ours(untied_checkpoint, tmp_path):
+    path = _gguf_export(untied_checkpoint, tmp_path / "gguf", "f32")
+    text = format_prompt({"instruction": "Classify: dance", "input": "Dance"}) + "\n\n### Response:\n"
+    ids = get_tokenizer().encode(text)
+    llm = _llama(path, logits_all=True)
+    try:
+        llm.eval(ids)
+        theirs = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert np.abs(theirs - _our_logits(untied_checkpoint, ids)).max() < 1e-3
+
+
+@needs_llama_cpp
+def test_gguf_tokenizer_equals_gpt2_on_the_book_data(untied_checkpoint, tmp_path, book_data_path):
+    path = _gguf_export(untied_checkpoint, tmp_path / "gguf", "q8_0")
+    tok = get_tokenizer()
+    llm = _llama(path, vocab_only=True)
+    try:
+        for entry in json.loads(book_data_path.read_text()):
+            text = format_prompt(entry) + "\n\n### Response:\n" + entry["output"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), entry["instruction"]
+        assert llm.tokenize(b"<|endoftext|>", add_bos=False, special=True) == [END_OF_TEXT_ID]
+        assert llm.token_eos() == END_OF_TEXT_ID
+    finally:
+        llm.close()
+
+
+@needs_llama_cpp
+def test_gguf_greedy_tokens_equal_ours_on_the_book_test_prompts(demo_run, book_test_entries, tmp_path):
+    """f32: every token of 32 greedy ones equals ours on the book's first 10 test prompts; f16 and
+    q8_0: the agreement is measured and printed (and must stay high on a trained model)."""
+    folder, entries = demo_run
+    model = load_model(folder, device="cpu", dtype="float32")
+    tok = get_tokenizer()
+    prompts = [tok.encode(format_prompt(e)) for e in book_test_entries]
+    ours = [_greedy_ours(model, ids, NEW_TOKENS) for ids in prompts]
+    agreement = {}
+    for gguf_type in ("f32", "f16", "q8_0"):
+        llm = _llama(_gguf_export(folder, tmp_path / gguf_type, gguf_type))
+        try:
+            theirs = [_greedy_llama(llm, ids, NEW_TOKENS) for ids in prompts]
+            stop = _greedy_llama(llm, tok.encode(format_prompt(entries[-1])), 64)
+        finally:
+            llm.close()
+        same = sum(next((i for i, (a, b) in enumerate(zip(o, t)) if a != b), min(len(o), len(t)))
+                   for o, t in zip(ours, theirs))
+        agreement[gguf_type] = same / sum(len(o) for o in ours)
+        if gguf_type == "f32":
+            assert theirs == ours
+        assert stop[-1] == END_OF_TEXT_ID and len(stop) < 64, "llama.cpp stops at <|endoftext|>"
+    print(f"greedy token agreement with ours (first divergence): {agreement}")
+    assert agreement["f16"] >= 0.9 and agreement["q8_0"] >= 0.8
+
+
+# ------------------------------------------------------------------ Ollama
+
+
+@pytest.fixture(scope="module")
+def go_renderer(tmp_path_factory) -> Path:
+    """tests/go/ollama_render.go built with Go (Debian's golang-go): Go's text/template, as Ollama uses."""
+    if shutil.which("go") is None:
+        if IN_CI:
+            pytest.fail("Go is missing: .ci/run installs golang-go to test the Ollama template")
+        pytest.skip("Go is not installed (apt-get install golang-go): it renders the Modelfile's template")
+    binary = tmp_path_factory.mktemp("go") / "ollama_render"
+    env = {**os.environ, "GOCACHE": str(binary.parent / "cache"), "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
+    subprocess.run(["go", "build", "-o", str(binary), str(REPO / "tests" / "go" / "ollama_render.go")],
+                   check=True, env=env, timeout=300)
+    return binary
+
+
+def _modelfile_template(text: str) -> str:
+    start = text.index('TEMPLATE """') + len('TEMPLATE """')
+    return text[start: text.index('"""', start)]
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3"])
+def test_ollama_modelfile_renders_exactly_our_prompt(go_renderer, tmp_path, style):
+    text = modelfile("m-f16.gguf", get_prompt_style(style), context_length=1024, model_name="m")
+    template = tmp_path / "template"
+    template.write_text(_modelfile_template(text))
+    header = get_prompt_style(style).format_response({"instruction": "", "input": "", "output": ""})
+    for entry in ({"instruction": "Count the words in the list.", "input": ""},
+                  {"instruction": "Count the words.", "input": "door {{ fire }} \"sun\"\n\tsea"},
+                  {"instruction": "Name a {{ .System }} colour.", "input": ""}):
+        values = {"Prompt": entry["instruction"], "System": entry["input"]}
+        rendered = subprocess.run([str(go_renderer), str(template), json.dumps(values)], capture_output=True,
+                                  text=True, check=True).stdout
+        assert rendered == format_prompt(entry, style) + header
+    assert 'PARAMETER stop "<|endoftext|>"' in text and "PARAMETER temperature 0" in text
+    assert "PARAMETER repeat_penalty 1.0" in text and "FROM ./m-f16.gguf" in text
+
+
+def test_ollama_export_writes_the_gguf_and_a_modelfile_from_the_recipe(demo_run, tmp_path):
+    folder, _ = demo_run
+    out = tmp_path / "ollama"
+    assert export_main(["--model", str(folder), "--format", "ollama", "--gguf-type", "q8_0", "--output", str(out),
+                        "--name", "demo"]) == 0
+    text = (out / "Modelfile").read_text()
+    assert "FROM ./demo-q8_0.gguf" in text and (out / "demo-q8_0.gguf").is_file()
+    assert "### Instruction:" in _modelfile_template(text), "the recipe's alpaca format"
+    assert "ollama create demo -f Modelfile" in (out / "README.md").read_text()
+
+
+# ------------------------------------------------------------------ gpt-sft serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_serve_answers_like_our_model_and_like_generate(demo_run, book_test_entries, tmp_path):
+    """``gpt-sft serve`` (f32) on the trained demo: for the book's first 10 test prompts, every chat
+    completion is exactly our model's greedy continuation of the same chat prompt; for the demo's own
+    held-out tasks, the answers are what ``gpt-sft generate --prompt`` prints (the model writes the
+    response header itself there, as it learned to)."""
+    requests = pytest.importorskip("requests")
+    from gpt_sft.model.loading import load_tokenizer
+
+    folder, entries = demo_run
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "gpt_sft.cli.main", "serve", "--model", str(folder), "--gguf-type", "f32",
+           "--port", str(port), "--gguf-cache", str(tmp_path / "cache"), "--threads", "1", "--name", "demo"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+
+    def chat(entry: dict, max_tokens: int) -> str:
+        messages = ([{"role": "system", "content": entry["input"]}] if entry["input"] else []) + [
+            {"role": "user", "content": entry["instruction"]}]
+        reply = requests.post(f"{url}/chat/completions", timeout=120, json={
+            "model": "demo", "messages": messages, "temperature": 0, "repeat_penalty": 1.0, "max_tokens": max_tokens})
+        return reply.json()["choices"][0]["message"]["content"]
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                models = requests.get(f"{url}/models", timeout=2).json()
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        assert [m["id"] for m in models["data"]] == ["demo"]
+        tok, chat_tokenizer = get_tokenizer(), load_tokenizer(folder)
+        model = load_model(folder, device="cpu", dtype="float32")
+        for entry in book_test_entries:
+            message = {"role": "user", "content": entry["instruction"], **({"input": entry["input"]} if entry["input"] else {})}
+            rendered = chat_tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
+            ours = [t for t in _greedy_ours(model, tok.encode(rendered), NEW_TOKENS) if t != END_OF_TEXT_ID]
+            assert chat(entry, NEW_TOKENS) == tok.decode(ours), entry["instruction"]
+        style = get_prompt_style("alpaca")
+        header = style.format_response({"instruction": "", "input": "", "output": ""})
+        held_out = entries[-4:]
+        answers = generate_responses(model, tok, held_out, GenerationSettings(max_new_tokens=16, progress=False))
+        assert answers == [e["output"] for e in held_out]
+        for entry, answer in zip(held_out, answers):
+            assert chat(entry, 16).strip() == answer, entry
+        first = held_out[0]
+        cli = subprocess.run([sys.executable, "-m", "gpt_sft.cli.main", "generate", "--model", str(folder), "--prompt",
+                              first["instruction"], "--input", first["input"], "--max-new-tokens", "16"],
+                             capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        assert cli.stdout.strip() == chat(first, 16).strip() == first["output"]
+        assert header not in chat(first, 16)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert list((tmp_path / "cache").glob("demo-*-f32.gguf")), "the GGUF export is cached for the next start"
+
+
+# ------------------------------------------------------------------ at the end of training
+
+
+def test_training_writes_the_exports_with_one_option(tmp_path):
+    from gpt_sft.cli.train import train
+    from gpt_sft.data.synthetic import make_synthetic_instructions
+    from gpt_sft.train.config import TrainConfig
+
+    data = tmp_path / "tasks.json"
+    data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
+    out = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=1,
+                            generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
+                            output_dir=str(tmp_path / "run"), export=["hf-gpt2", "gguf"]))
+    stock = out / "export" / "hf-gpt2"
+    assert json.loads((stock / "config.json").read_text())["model_type"] == "gpt2"
+    assert len(list((out / "export" / "gguf").glob("*.gguf"))) == 1
+    ids = get_tokenizer().encode("Count the words in the list.")
+    seen = _in_fresh_process(stock, ids, [])
+    assert seen["class"] == "GPT2LMHeadModel" and not seen["gpt_sft_loaded"]
+    assert np.abs(np.load(stock.parent / "logits.npy") - _our_logits(out, ids)).max() < 1e-4
+    with pytest.raises(ValueError, match="--export onnx: not an export format"):
+        TrainConfig(export=["onnx"])
+
+
+# ------------------------------------------------------------------ the README's commands
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    return text[start: text.index("\n## ", start + 1)]
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_readme_use_your_model_elsewhere_commands_run(demo_run, tmp_path):
+    """Every command of the README's "Use your model elsewhere" runs here as shown, with outputs/demo
+    replaced by the trained demo and outputs/ by a temporary folder (Ollama and vLLM cannot be
+    installed here: their commands are shown, not run)."""
+    requests = pytest.importorskip("requests")
+    import re
+    import shlex
+
+    folder, _ = demo_run
+    section = _readme_section("Use your model elsewhere")
+
+    def local(text: str) -> str:
+        return text.replace("outputs/demo-", f"{tmp_path}/demo-").replace("outputs/demo", str(folder))
+
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    commands = [line.strip() for lang, body in blocks if lang == "bash" for line in body.splitlines() if line.strip()]
+    exports = [c for c in commands if c.startswith(".venv/bin/gpt-sft export")]
+    assert len(exports) == 3
+    for command in exports:
+        args = shlex.split(local(command))[2:]
+        assert export_main(args) == 0, command
+    assert (tmp_path / "demo-ollama" / "Modelfile").is_file() and list((tmp_path / "demo-gguf").glob("*-q8_0.gguf"))
+    snippet = textwrap.dedent(next(body for lang, body in re.findall(r"```(\w+)\n(.*?)```", textwrap.dedent(section),
+                                                                         flags=re.S) if lang == "python"))
+    result = subprocess.run([sys.executable, "-c", local(snippet)], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "3", "the stock export answers the README's example"
+
+    serve = next(c for c in commands if c.startswith(".venv/bin/gpt-sft serve"))
+    port = _free_port()
+    args = [a if a != "8000" else str(port) for a in shlex.split(local(serve))[1:]]  # serve --model ...
+    env = {**os.environ, "GPT_SFT_CACHE": str(tmp_path / "cache")}
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gpt_sft.cli.main", *args, "--threads", "1"], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+    try:
+        curl = next(c for c in commands if c.startswith("curl"))
+        url, body = re.search(r"(http://\S+)", curl).group(1), json.loads(re.search(r"-d '(.*)'", curl).group(1))
+        url = url.replace(":8000", f":{port}")
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                reply = requests.post(url, json=body, timeout=60).json()
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.5)
+        assert reply["choices"][0]["message"]["content"].strip() == "3"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_serve_exports_a_checkpoint_once_and_serves_a_gguf_file_as_it_is(untied_checkpoint, tmp_path, capsys):
+    from gpt_sft.cli.serve import ServeConfig, gguf_for, server_command
+
+    cfg = ServeConfig(model=str(untied_checkpoint), gguf_type="q8_0", gguf_cache=str(tmp_path / "cache"), port=8123)
+    path, name, context = gguf_for(cfg)
+    assert path.is_file() and name == "untied" and context == 128
+    mtime = path.stat().st_mtime_ns
+    assert gguf_for(cfg)[0] == path and path.stat().st_mtime_ns == mtime, "the cached export is reused"
+    assert gguf_for(ServeConfig(model=str(path)))[:2] == (path, path.stem)
+    cmd = server_command(path, name, cfg, context)
+    assert cmd[1:3] == ["-m", "llama_cpp.server"] and cmd[cmd.index("--n_ctx") + 1] == "128"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1", "local only unless --host says otherwise"
+    from gpt_sft.cli.serve import main as serve_main
+
+    assert serve_main(["--model", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model" in err[0] and "missing" in err[0]
