@@ -85,6 +85,7 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
         eval_batches=cfg.eval_batches,
         base_model=base_model or cfg.model,
         lora=bool(cfg.lora_rank),
+        adapter=bool(cfg.lora_rank) and not cfg.merge_lora,  # base/ beside the adapter
         example_prompt=repr(example),
         example_message=repr(message),
         response_marker=repr(get_prompt_style(cfg.prompt_style).response_marker or ""),

@@ -18,12 +18,13 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool
     if api is None:
         api = HfApi()
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json); nothing pushed")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json or adapter_config.json); "
+                                "nothing pushed")
     repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(
         repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
-        ignore_patterns=["checkpoints/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*"],
+        ignore_patterns=["checkpoints/*", "export/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*"],
     )
     return str(getattr(repo, "url", None) or f"https://huggingface.co/{repo_id}")
 

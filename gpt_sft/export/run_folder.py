@@ -2,14 +2,16 @@
 
 The final save writes the checkpoint bundle (:mod:`.checkpoint`), ``training_args.json`` (the
 recipe, read back by later stages), ``metrics.json``, the loss plot and the model card into a staging
-folder, then moves each file into place. Responses and judge reports of an earlier model are removed
-first, and a folder that already holds a run is refused unless the run resumes or ``--overwrite``
-replaces it.
+folder, then moves each file into place. A LoRA run saved unmerged (``--no-merge-lora``) is a peft
+adapter folder instead (:mod:`gpt_sft.model.adapters`): the LoRA weights only, and its base model in
+``base/``. Responses and judge reports of an earlier model are removed first, and a folder that
+already holds a run is refused unless the run resumes or ``--overwrite`` replaces it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
@@ -19,8 +21,10 @@ from ..common.options import config_to_dict
 from ..data.prompts import get_prompt_style
 from ..data.recipe import RECIPE_FILE, Recipe
 from ..data.validate import LoadStats
+from ..model.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER
 from ..train.config import TrainConfig
 from ..train.data import optimizer_steps_per_epoch
+from ..train.lora import base_without_adapters
 from ..train.loop import Run, trainable_parameters
 from ..train.report import plot_losses, training_metrics
 from .card import render_model_card
@@ -34,9 +38,14 @@ RUN_OUTPUTS = (
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "model-*-of-*.safetensors", "configuration_gpt.py", "modeling_gpt.py", "tokenizer.json",
     "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "recipe.json",
-    "adapter_config.json", "adapter_model.safetensors", "training_args.json", "metrics.json", "README.md",
-    "loss-plot.pdf", "loss-plot.png", "checkpoints", "gpt-sft", *STALE_EVALUATION_FILES,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, "training_args.json", "metrics.json", "README.md",
+    "loss-plot.pdf", "loss-plot.png", "checkpoints", "export", "gpt-sft", *STALE_EVALUATION_FILES,
 )
+# What only a whole model's folder holds, and what only an adapter folder holds: a save of one kind
+# removes the other's, so a resumed run that changed --merge-lora leaves no mix of the two.
+MODEL_ONLY = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+              "model-*-of-*.safetensors", "configuration_gpt.py", "modeling_gpt.py")
+ADAPTER_ONLY = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER)
 _LEFTOVER = re.compile(r"^\.(.+\.tmp(-\w+)?|.+\.old-\d+|final-stage.*)$")  # atomic_io's temporary names
 
 
@@ -92,30 +101,74 @@ def prepare_output_dir(cfg: TrainConfig, resuming: bool, is_main_process: bool) 
     return notes
 
 
+class _AdapterOnly:
+    """A peft model as :func:`save_checkpoint` sees it: ``save_pretrained`` writes the LoRA weights only.
+
+    peft's default (``save_embedding_layers="auto"``) also saves the whole embedding and output head
+    whenever ``lm_head`` is among the target modules (``get_peft_model_state_dict``): with an untied
+    head, the frozen base head's 50257 x width matrix. The base is in ``base/``, so that is never needed.
+    """
+
+    def __init__(self, peft_model) -> None:
+        self.peft_model = peft_model
+        self.generation_config = getattr(peft_model, "generation_config", None)
+
+    def save_pretrained(self, directory, **kwargs) -> None:
+        self.peft_model.save_pretrained(directory, save_embedding_layers=False, **kwargs)
+
+
+def _publish(stage: Path, output_dir: Path, adapter: bool) -> None:
+    """Move the staged run into ``output_dir``. The folder's marker (``config.json``, or an adapter's
+    ``adapter_config.json``) is removed first and moved last, as :func:`publish_folder` does."""
+    for pattern in (MODEL_ONLY if adapter else ADAPTER_ONLY):
+        for path in output_dir.glob(pattern):
+            _remove(path)
+    if not adapter:
+        publish_folder(stage, output_dir)
+        return
+    (output_dir / ADAPTER_CONFIG).unlink(missing_ok=True)
+    last = output_dir / ".final-stage-last"  # a leftover name remove_leftovers knows
+    last.mkdir(exist_ok=True)
+    os.replace(stage / ADAPTER_CONFIG, last / ADAPTER_CONFIG)
+    publish_folder(stage, output_dir)
+    publish_folder(last, output_dir)
+
+
 def save_run(run: Run) -> tuple[Path, object]:
     """Write the final checkpoint folder of ``run``; return it and the model as saved (LoRA merged
-    when ``merge_lora``)."""
+    when ``merge_lora``).
+
+    Unmerged LoRA (``merge_lora=False``) saves the adapter, and beside it in ``base/`` the model LoRA was
+    applied to (the weights before training, a complete gpt-sft checkpoint), which ``adapter_config.json``
+    names by its absolute path (see :mod:`gpt_sft.model.adapters`)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = optimizer_steps_per_epoch(len(run.data.train), cfg)
     metrics = training_metrics(state, steps_per_epoch, accelerator, trainable_parameters(run.model)[0], run.data.stats)
+    adapter = bool(cfg.lora_rank) and not cfg.merge_lora
     model = run.model.merge_and_unload() if cfg.lora_rank and cfg.merge_lora else run.model
     if accelerator.is_main_process:
         for name in STALE_EVALUATION_FILES:
             (output_dir / name).unlink(missing_ok=True)
+        if adapter:
+            # peft reads a relative base path against the working directory, not the adapter folder:
+            # name base/ absolutely (gpt-sft itself looks in <folder>/base first, so a moved folder loads).
+            model.peft_config["default"].base_model_name_or_path = str((output_dir / BASE_FOLDER).resolve())
 
         def extras(tmp: Path):
             plot_losses(state, steps_per_epoch, tmp / "loss-plot")
             (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
+            if adapter:
+                save_checkpoint(base_without_adapters(model), tmp / BASE_FOLDER, prompt_style=cfg.prompt_style)
 
         stage = output_dir / ".final-stage"
         with reporting_disk_full("the trained model", output_dir):
             recipe = Recipe.of_training(cfg, get_prompt_style(cfg.prompt_style), run.data.load_stats or LoadStats(cfg.data, 0, 0))
-            save_checkpoint(model, stage, prompt_style=cfg.prompt_style,
+            save_checkpoint(_AdapterOnly(model) if adapter else model, stage, prompt_style=cfg.prompt_style,
                             extra_json={"training_args.json": config_to_dict(cfg), "metrics.json": metrics,
                                         RECIPE_FILE: dataclasses.asdict(recipe)},
                             write_extra=extras)
-            publish_folder(stage, output_dir)
+            _publish(stage, output_dir, adapter)
     accelerator.wait_for_everyone()
     return output_dir, model
 

@@ -12,6 +12,8 @@ local OpenAI checkpoint folder         ``hparams.json`` + ``model.ckpt.*`` (need
 ``.pth`` / ``.safetensors`` file       a ``state_dict`` in the book's names (``tok_emb``,
                                        ``trf_blocks.N.att.W_query`` ...), HF GPT-2's or ours
 local gpt_sft checkpoint folder        ``config.json`` with ``model_type: gpt_sft``
+local LoRA adapter folder              ``adapter_config.json`` + ``base/`` (``--no-merge-lora``,
+                                       :mod:`.adapters`): the base with the adapter merged in
 =====================================  ==============================================================
 
 Loading is strict (:mod:`gpt_sft.model.weights`). By default the output head gets a *copy* of the
@@ -36,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..common.download import hub_cache_only, hub_offline_reason
 
+from .adapters import adapter_base, base_is_local, is_adapter_folder, merge_adapter
 from .checkpoint_code import warn_if_outdated
 from .configuration_gpt import GPTConfig, resolve_preset_name
 from .convert import convert_hf_gpt2_state_dict, convert_openai_tf_checkpoint, convert_state_dict
@@ -53,12 +56,12 @@ ACCEPTED_SOURCES = (
     "'774M', '1558M'; format='hf' (default, Hugging Face Hub) or format='openai' (OpenAI's TF checkpoint)); "
     "a Hugging Face Hub id 'owner/name'; a local Hugging Face GPT-2 folder (config.json + model.safetensors); "
     "a local OpenAI checkpoint folder (hparams.json + model.ckpt.index); a .pth or .safetensors state_dict "
-    "in the book's names; or a gpt_sft checkpoint folder (config.json with model_type 'gpt_sft')."
+    "in the book's names; a gpt_sft checkpoint folder (config.json with model_type 'gpt_sft'); or a gpt_sft LoRA "
+    "adapter folder (adapter_config.json with its base model in base/)."
 )
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
 
 
 def _check_hf_gpt2_config(hf_config: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -165,6 +168,20 @@ def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCaus
     problems = [f"{kind}: {', '.join(map(str, keys))}" for kind, keys in info.items() if keys and kind != "error_msgs"]
     if problems:  # the header check above should have caught these; never run a half-loaded model
         raise WeightLoadingError(f"{folder}: weights did not load exactly ({'; '.join(problems)})")
+    return finish_model(_tie(model, tie, folder), options.get("dtype"), options.get("device"))
+
+
+def load_adapter_folder(folder: str | os.PathLike, **options: Any) -> GPTForCausalLM:
+    """Load a LoRA adapter folder (:mod:`.adapters`): its base model with the installed code, the adapter
+    applied by peft and merged in -- a plain ``GPTForCausalLM`` that computes what the trained LoRA model did."""
+    folder = Path(folder)
+    base = load_pretrained(adapter_base(folder), drop_rate=options.get("drop_rate"), device=options.get("device"))
+    model = _tie(merge_adapter(base, folder), options.get("tie_word_embeddings"), folder)
+    return finish_model(model, options.get("dtype"), options.get("device"))
+
+
+def _tie(model: GPTForCausalLM, tie: bool | None, folder: Path) -> GPTForCausalLM:
+    """``tie=True``/``False``: tie or untie the head (tying a head that differs from ``wte`` is refused)."""
     wte, head = model.transformer.wte.weight, model.lm_head.weight
     if tie is True and head is not wte:
         if not torch.equal(head, wte):
@@ -177,7 +194,7 @@ def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCaus
     elif tie is False and head is wte:
         model.lm_head.weight = torch.nn.Parameter(wte.detach().clone())
         model.config.tie_word_embeddings = False
-    return finish_model(model, options.get("dtype"), options.get("device"))
+    return model
 
 
 def _build_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,7 +207,6 @@ def _build_options(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-
 def peek_context_length(source: str | os.PathLike) -> int | None:
     """The context length of the model ``source`` names, read without loading it (a config file, a
     safetensors header), or ``None`` when only loading it would tell (a ``.pth`` file, a Hub id)."""
@@ -198,6 +214,8 @@ def peek_context_length(source: str | os.PathLike) -> int | None:
     path = Path(text).expanduser()
     try:
         if path.is_dir():
+            if is_adapter_folder(path):
+                path = Path(adapter_base(path))  # the adapter keeps its base's shape
             if (path / "config.json").is_file():
                 config = json.loads((path / "config.json").read_text(encoding="utf-8"))
                 return int(config.get("n_positions") or config.get("max_position_embeddings") or 1024)
@@ -219,10 +237,10 @@ def peek_context_length(source: str | os.PathLike) -> int | None:
     return None
 
 
-
-
-
 def _load_folder(folder: Path, fmt: str | None, options: dict[str, Any]) -> GPTForCausalLM:
+    if is_adapter_folder(folder):
+        _check_format(fmt, "gpt_sft", folder)
+        return load_adapter_folder(folder, **options)
     config_path = folder / "config.json"
     if config_path.is_file():
         try:
@@ -355,8 +373,6 @@ def load_pretrained(
     raise WeightLoadingError(f"Unknown weights source {text!r}. {ACCEPTED_SOURCES}")
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Any causal LM, for generation and judging
 
@@ -397,9 +413,9 @@ def load_model(
 ) -> torch.nn.Module:
     """Any causal LM to generate with, on ``device`` and in eval mode.
 
-    gpt-sft's own sources (a gpt-sft checkpoint, Hugging Face GPT-2, OpenAI's checkpoint, the book's
-    ``.pth``) go through :func:`load_pretrained` -- strict, with the installed model code, never the
-    Python files in a folder. Any other model goes through ``AutoModelForCausalLM.from_pretrained``;
+    gpt-sft's own sources (a gpt-sft checkpoint or LoRA adapter folder, Hugging Face GPT-2, OpenAI's
+    checkpoint, the book's ``.pth``) go through :func:`load_pretrained` -- strict, with the installed
+    model code, never the Python files in a folder. Any other model goes through ``AutoModelForCausalLM.from_pretrained``;
     one that needs its own code (``auto_map``) is refused unless ``trust_remote_code=True``.
     ``dtype``: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"``, ``"float16"``.
 
@@ -408,7 +424,8 @@ def load_model(
     """
     torch_dtype = parse_dtype(dtype)
     config = folder_config(path) if Path(path).is_dir() else None
-    if config is not None and config.get("model_type") in ("gpt_sft", "gpt2") or Path(path).is_file():
+    ours = config is not None and config.get("model_type") in ("gpt_sft", "gpt2") or Path(path).is_file()
+    if ours or is_adapter_folder(path) and base_is_local(path):  # a gpt-sft LoRA adapter: merged into its base
         return load_pretrained(path, dtype=torch_dtype, device=resolve_device(device))
     if config is not None and config.get("auto_map") and not trust_remote_code:
         raise UntrustedCodeError(
@@ -441,6 +458,6 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, trust_remote_code: 
     return get_tokenizer()
 
 
-__all__ = ["ACCEPTED_SOURCES", "FORMATS", "UntrustedCodeError", "folder_config", "load_gpt_sft_folder",
-           "load_hf_gpt2_folder", "load_model", "load_openai_folder", "load_pretrained", "load_state_dict_file",
-           "load_tokenizer", "peek_context_length", "resolve_device"]
+__all__ = ["ACCEPTED_SOURCES", "FORMATS", "UntrustedCodeError", "folder_config", "load_adapter_folder",
+           "load_gpt_sft_folder", "load_hf_gpt2_folder", "load_model", "load_openai_folder", "load_pretrained",
+           "load_state_dict_file", "load_tokenizer", "peek_context_length", "resolve_device"]

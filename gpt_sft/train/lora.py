@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
+import torch
 from peft import LoraConfig, get_peft_model
 
 from .config import TrainConfig
@@ -26,3 +28,18 @@ def apply_lora(model, cfg: TrainConfig):
     lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=lora_alpha(cfg),
                       lora_dropout=cfg.lora_dropout, target_modules=targets)
     return get_peft_model(model, lora)
+
+
+def base_without_adapters(peft_model):
+    """The model LoRA was applied to, as a plain model again, without touching ``peft_model``: each
+    adapted layer's ``base_layer`` back in its place and no adapter weights. Its tensors are the peft
+    model's own (frozen, so still the weights before training), shared rather than copied."""
+    inner = peft_model.get_base_model()
+    state = {key.replace(".base_layer.", "."): tensor for key, tensor in inner.state_dict().items()
+             if "lora_" not in key}
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        base = type(inner)(copy.deepcopy(inner.config))
+    base.load_state_dict(state, strict=True, assign=True)
+    if base.config.tie_word_embeddings:
+        base.tie_weights()
+    return base.eval()
