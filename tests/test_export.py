@@ -469,6 +469,7 @@ def test_serve_exports_a_checkpoint_once_and_serves_a_gguf_file_as_it_is(untied_
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1", "local only unless --host says otherwise"
     from gpt_sft.cli.serve import main as serve_main
 
+    capsys.readouterr()
     assert serve_main(["--model", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model" in err[0] and "missing" in err[0]

@@ -412,7 +412,7 @@ def test_garbage_reply_retried_then_unscored_and_shown_escaped(tmp_path, capsys)
     path.write_text(json.dumps(entries))
     out = tmp_path / "report.json"
     with FakeJudgeServer(responder) as server:
-        rc = evaluate_main(["--responses", str(path), "--url", server.url, "--output", str(out),
+        rc = evaluate_main(["--prompt", "book", "--responses", str(path), "--url", server.url, "--output", str(out),
                      "--parse-retries", "2", "--backoff", "0.01", "--no-progress", "--no-metrics"])
         assert rc == 0
         assert server.asks_for(entries[1]) == 3  # 1 + 2 parse retries
@@ -460,7 +460,7 @@ def test_api_key_never_in_output_or_report(tmp_path, capsys, monkeypatch):
     path.write_text(json.dumps(entries))
     out = tmp_path / "report.json"
     with FakeJudgeServer(responder) as server:
-        rc = evaluate_main(["--responses", str(path), "--backend", "openai", "--url", server.url,
+        rc = evaluate_main(["--prompt", "book", "--responses", str(path), "--backend", "openai", "--url", server.url,
                      "--judge-model", "m", "--api-key-env", "MY_JUDGE_KEY", "--output", str(out),
                      "--retries", "1", "--backoff", "0.01", "--no-progress", "--no-metrics"])
         assert rc == 0
@@ -484,7 +484,7 @@ def test_reply_echoing_the_key_is_redacted_everywhere(tmp_path, capsys, monkeypa
     path.write_text(json.dumps(entries))
     out = tmp_path / "r.json"
     with FakeJudgeServer(lambda p, n, r: Reply(f"my key is {SECRET}")) as server:
-        assert evaluate_main(["--responses", str(path), "--backend", "openai", "--url", server.url,
+        assert evaluate_main(["--prompt", "book", "--responses", str(path), "--backend", "openai", "--url", server.url,
                        "--output", str(out), "--no-progress", "--no-metrics", "--backoff", "0.01"]) == 0
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
@@ -503,7 +503,7 @@ def test_fatal_http_error_stops_the_run(tmp_path, capsys, monkeypatch):
         with pytest.raises(JudgeFatalError, match="HTTP 404"):
             score_responses(entries, OllamaJudge(fast_config(server)), progress=False)
         assert len(server.requests) == 1  # not retried
-        rc = evaluate_main(["--responses", str(path), "--backend", "openai", "--url", server.url,
+        rc = evaluate_main(["--prompt", "book", "--responses", str(path), "--backend", "openai", "--url", server.url,
                      "--output", str(tmp_path / "r.json"), "--no-progress", "--no-metrics"])
     err = capsys.readouterr().err
     assert rc == 1 and "not found" in err and SECRET not in err and "***" in err
@@ -652,7 +652,7 @@ def test_killed_cli_resumes_without_re_asking(tmp_path, capsys):
             return Reply(hang=True)  # the judge stops answering after k entries
         return Reply(f"The answer is {10 * index}.")
 
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--responses", str(path),
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--prompt", "book", "--responses", str(path),
            "--output", str(out), "--cache", str(cache), "--no-progress", "--no-metrics", "--timeout", "60"]
     with FakeJudgeServer(responder) as server:
         proc = subprocess.Popen(cmd + ["--url", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -695,7 +695,7 @@ def test_cli_report_metrics_and_atomic_write(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(atomic_io.os, "replace", lambda a, b: (replaced.append((str(a), str(b))), real_replace(a, b)))
     scores = {"resp-1": "Score: 60", "resp-3": "90/100"}
     with FakeJudgeServer(lambda p, n, r: Reply(scores.get(response_of(p), "30"))) as server:
-        rc = evaluate_main(["--responses", str(path), "--url", server.url, "--output", str(out), "--no-progress"])
+        rc = evaluate_main(["--prompt", "book", "--responses", str(path), "--url", server.url, "--output", str(out), "--no-progress"])
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "Number of scores: 4 of 4\nAverage score: 45.00\n" in stdout
@@ -716,13 +716,13 @@ def test_cli_report_metrics_and_atomic_write(tmp_path, capsys, monkeypatch):
 def test_cli_rejects_bad_input(tmp_path, capsys):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"instruction": "x", "output": "y"}]))
-    assert evaluate_main(["--responses", str(path), "--no-progress"]) == 2
+    assert evaluate_main(["--prompt", "book", "--responses", str(path), "--no-progress"]) == 2
     assert "no response field 'model_response'" in capsys.readouterr().err
     path.write_text(json.dumps([{"instruction": "x", "output": "y", "answer": ""}]))
-    assert evaluate_main(["--responses", str(path), "--response-key", "answer", "--no-progress", "--no-metrics",
+    assert evaluate_main(["--prompt", "book", "--responses", str(path), "--response-key", "answer", "--no-progress", "--no-metrics",
                    "--output", str(tmp_path / "r.json")]) == 0
     assert "Number of scores: 1 of 1\nAverage score: 0.00" in capsys.readouterr().out
-    assert evaluate_main(["--responses", str(path), "--backend", "hf", "--response-key", "answer"]) == 2
+    assert evaluate_main(["--prompt", "book", "--responses", str(path), "--backend", "hf", "--response-key", "answer"]) == 2
 
 
 def test_console_script_is_declared():
@@ -778,7 +778,136 @@ def test_hf_judge_in_process(tiny_hf_judge_dir, tmp_path, capsys):
 
     path = tmp_path / "responses.json"
     path.write_text(json.dumps(entries))
-    rc = evaluate_main(["--responses", str(path), "--backend", "hf", "--judge-model", str(tiny_hf_judge_dir),
+    rc = evaluate_main(["--prompt", "book", "--responses", str(path), "--backend", "hf", "--judge-model", str(tiny_hf_judge_dir),
                  "--max-tokens", "2", "--output", str(tmp_path / "r.json"), "--no-progress", "--no-metrics"])
     assert rc == 0
     assert "Number of scores: 3 of 3\nAverage score: 56.67" in capsys.readouterr().out  # "85 85" -> 85
+
+
+# --------------------------------------------------------------------------------------------------
+# prompt modes, agreement statistics, pairwise verdicts
+
+
+def test_structured_and_rubric_replies_are_read_from_json_only_in_range():
+    from gpt_sft.judge.modes import MODES
+
+    structured, rubric = MODES["structured"], MODES["rubric"]
+    assert structured.parse('{"score": 85}') == 85 and structured.parse('{ "score": 0 }') == 0
+    assert structured.parse('{"score": 101}') is None and structured.parse('{"score": true}') is None
+    assert structured.parse('{"score": 85.0}') == 85
+    assert structured.parse("The answer is 85.") == 85, "an unconstrained reply falls back to the book's rules"
+    assert rubric.parse('{"score": 4}') == 4 and rubric.parse('{"score": 7}') is None
+    assert rubric.parse("I give it 4") == 4 and rubric.parse("3 or 4") is None
+    assert "Respond with the integer number only." not in structured.template
+    assert structured.template.replace('Respond with a JSON object {{"score": <integer 0-100>}}.', "") == \
+        MODES["book"].template.replace("Respond with the integer number only.", ""), "the book's question otherwise"
+
+
+def test_the_backends_send_the_schema_their_way():
+    from gpt_sft.judge.modes import score_schema
+
+    schema = score_schema(0, 100)
+    ollama = OllamaJudge(JudgeConfig(backend="ollama")).payload("q", schema)
+    assert ollama["format"] == schema
+    openai = OpenAIJudge(JudgeConfig(backend="openai"), environ={})
+    assert openai.payload("q", schema)["response_format"]["json_schema"]["schema"] == schema
+    assert openai.payload("q", schema, "json_object")["response_format"] == {"type": "json_object", "schema": schema}
+    assert "response_format" not in openai.payload("q")
+
+
+def test_an_openai_server_without_json_schema_gets_json_object(tmp_path):
+    """A server that rejects OpenAI's json_schema format naming response_format (llama-cpp-python
+    answers HTTP 500) is asked with json_object + schema from then on, without the transport retries."""
+    seen = []
+
+    def responder(prompt, n, req):
+        fmt = (req["body"].get("response_format") or {}).get("type")
+        seen.append(fmt)
+        if fmt == "json_schema":
+            return Reply(status=500, body='{"error": "validation error: response_format: json_schema"}')
+        return Reply('{"score": 70}')
+
+    with FakeJudgeServer(responder) as server:
+        judge = OpenAIJudge(fast_config(server, "openai", retries=3), environ={})
+        report = score_responses(make_entries(3), judge, mode="structured", progress=False)
+    assert report.scores == [70, 70, 70]
+    assert seen == ["json_schema", "json_object", "json_object", "json_object"]
+    assert judge.structured_output == "response_format json_object"
+
+
+def test_hf_judge_structured_mode_is_constrained(tiny_hf_judge_dir):
+    """With the schema, even a random tiny model can only answer {"score": <digits>}."""
+    judge = HFJudge(JudgeConfig(backend="hf", model=str(tiny_hf_judge_dir), max_tokens=8))
+    from gpt_sft.judge.modes import score_schema
+
+    reply = judge.ask("Score this.", schema=score_schema(0, 100))
+    assert re.fullmatch(r'\{"score": [0-9]{1,9}\}', reply), reply
+    report = score_responses(make_entries(3), judge, mode="structured", progress=False)
+    assert all(r.status in ("scored", "unscored") for r in report.results)
+    assert all(r.score is None or 0 <= r.score <= 100 for r in report.results)
+    assert all(json.loads(r.reply)["score"] is not None for r in report.results)
+
+
+def test_correlations_match_hand_computed_values():
+    from gpt_sft.judge.agreement import average_ranks, kendall_tau_b, pearson, spearman
+
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    assert abs(kendall_tau_b(x, y) - 0.6) < 1e-12  # 8 concordant, 2 discordant of 10 pairs
+    assert abs(spearman(x, y) - 0.8) < 1e-12  # 1 - 6 * 4 / (5 * 24)
+    assert abs(pearson(x, y) - 0.8) < 1e-12
+    assert average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    assert abs(kendall_tau_b([1, 1, 2, 3], [1, 2, 2, 3]) - 0.8) < 1e-12  # tau-b: 4 / sqrt(5 * 5)
+    assert pearson([1, 1, 1], [1, 2, 3]) is None, "a constant judge has no correlation"
+
+
+def test_compare_pairs_entries_by_fingerprint(tmp_path, capsys):
+    from gpt_sft.cli.evaluate import main as evaluate_main
+
+    entries = make_entries(6)
+    scores = {"a": [10, 20, 30, 40, 50, None], "b": [15, 25, 20, 45, 60, 70]}
+    paths = []
+    for name, values in scores.items():
+        def responder(prompt, n, req, values=values):
+            i = int(response_of(prompt).split("-")[1])
+            return Reply("no idea" if values[i] is None else str(values[i]))
+
+        with FakeJudgeServer(responder) as server:
+            out = tmp_path / f"{name}.json"
+            rows = entries if name == "a" else entries[::-1]  # another order: paired by fingerprint
+            (tmp_path / f"{name}-responses.json").write_text(json.dumps(rows))
+            assert evaluate_main(["--prompt", "book", "--responses", str(tmp_path / f"{name}-responses.json"), "--url",
+                                  server.url, "--output", str(out), "--no-progress", "--no-metrics", "--no-cache",
+                                  "--parse-retries", "0"]) == 0
+        paths.append(out)
+    capsys.readouterr()
+    assert evaluate_main(["compare", str(paths[0]), str(paths[1]), "--output", str(tmp_path / "c.json")]) == 0
+    found = json.loads((tmp_path / "c.json").read_text())
+    assert found["n"] == 5 and found["left_out"] == 1
+    from gpt_sft.judge.agreement import pearson
+
+    assert abs(found["pearson"] - pearson([10, 20, 30, 40, 50], [15, 25, 20, 45, 60])) < 1e-12
+    assert (tmp_path / "a-vs-b.png").is_file()
+
+
+def test_pairwise_verdicts_combine_over_both_orders(tmp_path):
+    from gpt_sft.judge.pairwise import combine, judge_pairs, win_rate_interval
+
+    assert combine("A", "B") == "win" and combine("A", "tie") == "win" and combine("A", "A") == "tie"
+    assert combine("B", "A") == "loss" and combine("tie", "tie") == "tie" and combine(None, "A") is None
+    a = make_entries(4)
+    b = [{**e, "model_response": "bad"} for e in a]
+
+    def responder(prompt, n, req):  # prefers the response that is not "bad", whichever position it has
+        first = re.search(r"Response A: `(.*?)`", prompt, re.S).group(1)
+        return Reply('{"winner": "B"}' if first == "bad" else '{"winner": "A"}')
+
+    with FakeJudgeServer(responder) as server:
+        judge = OpenAIJudge(fast_config(server, "openai"), environ={})
+        report = judge_pairs(a, b, judge, cache_path=str(tmp_path / "cache.jsonl"), progress=False)
+    s = report.summary()
+    assert (s["win"], s["tie"], s["loss"]) == (4, 0, 0) and s["first_position_preferred"] == 0.5
+    assert s["win_rate"] == 1.0 and s["win_rate_ci95"] == [1.0, 1.0]
+    rate, low, high = win_rate_interval(["win", "loss", "tie", "win"])
+    assert rate == 0.625 and 0 <= low < rate < high <= 1
+    with pytest.raises(ValueError, match="different entries"):
+        judge_pairs(a, [{**b[0], "instruction": "x"}] + b[1:], judge, progress=False)

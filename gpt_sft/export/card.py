@@ -113,16 +113,34 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
         final_train_loss=_fmt(metrics.get("final_train_loss")),
         final_val_loss=_fmt(metrics.get("final_val_loss")),
         judge_score=None if not judge else _fmt(judge.get("average_score"), 2),
-        judge_details=None if not judge else f"{judge.get('judge_model')}, {judge.get('num_scored')} of {judge.get('num_entries')} scored",
+        judge_details=None if not judge else judge_details(judge),
+        judge_scale=None if not judge else judge_scale(judge),
+        judge_partial=None if not judge else "; ".join(judge.get("partial") or []),
     )
     return str(card)
 
 
 
-def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.PathLike) -> dict:
+def judge_scale(judge: dict) -> str:
+    """What the judge's figure is: its scale and the prompt mode that asked for it."""
+    mode = judge.get("prompt_mode") or "book"
+    return {"book": "0–100, the book's prompt", "structured": "0–100, the book's question with a JSON-schema reply",
+            "rubric": "1–5 rubric"}.get(mode, mode)
+
+
+def judge_details(judge: dict) -> str:
+    """Who judged (the model the server reported, the backend) and how many entries it scored."""
+    model = judge.get("judge_model_reported") or judge.get("judge_model")
+    backend = f" via {judge['judge_backend']}" if judge.get("judge_backend") else ""
+    return f"{model}{backend}, {judge.get('num_scored')} of {judge.get('num_entries')} scored"
+
+
+def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.PathLike,
+                       partial: list[str] | None = None) -> dict:
     """Add a judge report's summary (``scripts/evaluate.py`` output) to a training output folder:
     ``metrics.json`` gets a ``judge`` entry and the model card ``README.md`` is rendered again with the
-    score. Both files are replaced atomically. Returns the ``judge`` entry.
+    score. Both files are replaced atomically. ``partial`` says why the figure is not the checkpoint's
+    full test split (the card marks it so). Returns the ``judge`` entry.
     """
     folder = Path(checkpoint_dir)
     for name in ("metrics.json", "training_args.json"):
@@ -136,8 +154,10 @@ def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.
     entry = {
         "average_score": summary.get("mean"), "num_scored": summary.get("scored"), "num_entries": summary.get("n"),
         "unscored_reasons": summary.get("reasons", {}), "judge_model": judge.get("model"),
-        "judge_backend": judge.get("backend"), **{k: v for k, v in report.get("metrics", {}).items()},
-        "report": Path(report_path).name,
+        "judge_model_reported": ", ".join(judge.get("reported_models") or []) or None,
+        "judge_backend": judge.get("backend"), "prompt_mode": judge.get("prompt_mode", "book"),
+        **{k: v for k, v in report.get("metrics", {}).items()},
+        "report": Path(report_path).name, "partial": list(partial or []),
     }
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     metrics["judge"] = entry

@@ -9,9 +9,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import requests
 import torch
 
 from ..model.loading import load_model, load_tokenizer
+from .errors import JudgeRequestError
 from .http import Judge, JudgeConfig, _HTTPJudge
 from .text import safe_text
 
@@ -30,8 +32,8 @@ class OllamaJudge(_HTTPJudge):
         super().__init__(config)
         self.endpoint = f"{self.url}/api/chat"
 
-    def payload(self, prompt: str) -> dict[str, Any]:
-        """The request body for ``prompt``."""
+    def payload(self, prompt: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request body for ``prompt``; with ``schema``, Ollama's ``format`` constrains the reply."""
         options: dict[str, Any] = {
             "seed": self.config.seed,
             "temperature": self.config.temperature,
@@ -40,16 +42,20 @@ class OllamaJudge(_HTTPJudge):
         if self.config.max_tokens is not None:
             options["num_predict"] = self.config.max_tokens
         options.update(self.config.options)
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "options": options,
             "stream": True,
         }
+        if schema is not None:
+            body["format"] = schema
+        return body
 
-    def ask(self, prompt: str) -> str:
+    def ask(self, prompt: str, schema: dict[str, Any] | None = None) -> str:
         """Send ``prompt``; return the judge's full reply text."""
-        return self._post(self.endpoint, self.payload(prompt))
+        self.structured_output = "ollama format (JSON schema)" if schema is not None else None
+        return self._post(self.endpoint, self.payload(prompt, schema))
 
     def _lines(self, response, deadline: float) -> Iterator[bytes]:
         pending = b""
@@ -69,6 +75,7 @@ class OllamaJudge(_HTTPJudge):
             if "error" in chunk:
                 raise ValueError(f"server error in stream: {safe_text(str(chunk['error']), 200)}")
             message = chunk.get("message") or {}
+            self._note_model(chunk.get("model"))
             parts.append(message.get("content") or "")
             if chunk.get("done"):
                 return "".join(parts)
@@ -92,13 +99,30 @@ class OpenAIJudge(_HTTPJudge):
         base = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
         self.endpoint = f"{base}/v1/chat/completions"
 
+    def served_models(self) -> list[str]:
+        """The model ids the server lists (``GET /v1/models``); ``[]`` if it does not say. A llama.cpp or
+        vLLM server answers for its own model whatever name a request gives, and echoes that name back,
+        so this -- not the reply -- says which judge answered."""
+        try:
+            response = self._session.get(self.endpoint.replace("/chat/completions", "/models"),
+                                         headers=self._headers(), timeout=min(10.0, self.config.timeout))
+            data = response.json() if response.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            return []
+        items = data.get("data") if isinstance(data, dict) else None
+        return [safe_text(str(m["id"]), 200) for m in items or [] if isinstance(m, dict) and m.get("id")]
+
     @property
     def has_api_key(self) -> bool:
         """Whether an API key was found (the key itself is not exposed)."""
         return bool(self._api_key)
 
-    def payload(self, prompt: str) -> dict[str, Any]:
-        """The request body for ``prompt``."""
+    # How a JSON schema is sent: OpenAI's and vLLM's ``json_schema`` response format, else
+    # llama-cpp-python's ``json_object`` with a ``schema`` (its server rejects the other with HTTP 422).
+    SCHEMA_DIALECTS = ("json_schema", "json_object")
+
+    def payload(self, prompt: str, schema: dict[str, Any] | None = None, dialect: str = "json_schema") -> dict[str, Any]:
+        """The request body for ``prompt``; with ``schema``, a ``response_format`` in ``dialect``."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -107,17 +131,41 @@ class OpenAIJudge(_HTTPJudge):
             "max_tokens": self.config.max_tokens if self.config.max_tokens is not None else 32,
             "stream": False,
         }
+        if schema is not None and dialect == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "judgement", "schema": schema, "strict": True}}
+        elif schema is not None:
+            body["response_format"] = {"type": "json_object", "schema": schema}
         body.update(self.config.options)
         return body
 
-    def ask(self, prompt: str) -> str:
-        """Send ``prompt``; return the judge's reply text."""
-        return self._post(self.endpoint, self.payload(prompt))
+    def ask(self, prompt: str, schema: dict[str, Any] | None = None) -> str:
+        """Send ``prompt``; return the judge's reply text. With ``schema``, the first request finds the
+        dialect the server takes (one attempt with ``json_schema``: a server that names
+        ``response_format`` in its error -- llama-cpp-python answers HTTP 500 -- gets ``json_object``
+        from then on)."""
+        if schema is None:
+            return self._post(self.endpoint, self.payload(prompt))
+        dialect = getattr(self, "_dialect", None)
+        if dialect is None:
+            try:
+                reply = self._post(self.endpoint, self.payload(prompt, schema, "json_schema"), retries=0)
+            except JudgeRequestError as err:
+                if "response_format" not in str(err):
+                    raise
+                self._dialect = "json_object"
+            else:
+                self._dialect = "json_schema"
+                self.structured_output = "response_format json_schema"
+                return reply
+        self.structured_output = f"response_format {self._dialect}"
+        return self._post(self.endpoint, self.payload(prompt, schema, self._dialect))
 
     def _read(self, response, deadline: float) -> str:
         data = json.loads(b"".join(self._chunks(response, deadline)).decode("utf-8"))
         if isinstance(data, dict) and "error" in data and "choices" not in data:
             raise ValueError(f"server error: {safe_text(json.dumps(data['error']), 200)}")
+        self._note_model(data.get("model"))
         content = data["choices"][0]["message"].get("content")
         return content if isinstance(content, str) else ""
 
@@ -161,9 +209,49 @@ class HFJudge:
             )
         return prompt
 
-    def ask(self, prompt: str) -> str:
-        """Greedy-decode a reply to ``prompt`` and return only the new text."""
+    def _digit_tokens(self) -> list[int]:
+        """Ids of the tokens that are digits only (a number is made of these)."""
+        if not hasattr(self, "_digits"):
+            vocab = self.tokenizer.get_vocab()
+            ids = sorted(set(vocab.values()))
+            texts = self.tokenizer.batch_decode([[i] for i in ids])
+            self._digits = [i for i, t in zip(ids, texts) if t.isascii() and t.isdigit() and len(t) <= 3]
+        return self._digits
+
+    def _ask_constrained(self, text: str, schema: dict[str, Any]) -> str:
+        """``{"score": N}`` by constrained decoding: the reply starts as that object's text, and only digit
+        tokens (at most three) may follow, then ``}`` ends it. A cheap grammar for the one schema we use."""
+        start = '{"score": '
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        enc = self.tokenizer(text + start, return_tensors="pt", add_special_tokens=not has_template)
+        enc = {k: v.to(self.lm.device) for k, v in enc.items()}
+        prompt_len = enc["input_ids"].shape[1]
+        close = self.tokenizer.encode("}", add_special_tokens=False)
+        eos = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else close[0]
+        digits = self._digit_tokens()
+
+        def allowed(_batch: int, ids: torch.Tensor) -> list[int]:
+            new = ids[prompt_len:].tolist()
+            if new and new[-1] in close:
+                return [eos]
+            return digits if not new else (digits + close if len(new) < 3 else close)
+
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        out = self.lm.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=pad_id,
+                               prefix_allowed_tokens_fn=allowed)
+        # token by token: some tokenizers put spaces between decoded tokens
+        digits_text = "".join(self.tokenizer.decode([t]) for t in out[0, prompt_len:].tolist() if t in set(digits))
+        reply = start + digits_text
+        return reply if reply.endswith("}") else reply + "}"
+
+    def ask(self, prompt: str, schema: dict[str, Any] | None = None) -> str:
+        """Greedy-decode a reply to ``prompt`` and return only the new text; with a ``{"score": integer}``
+        ``schema``, constrained to it (any other schema is not enforced here: the reply is read as text)."""
         text = self.render(prompt)
+        if schema is not None and "score" in (schema.get("properties") or {}):  # other schemas: parsed from text
+            self.structured_output = "constrained decoding"
+            with self._lock, torch.no_grad():
+                return self._ask_constrained(text, schema)
         with self._lock, torch.no_grad():
             has_template = bool(getattr(self.tokenizer, "chat_template", None))
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=not has_template)

@@ -93,7 +93,8 @@ def redact_url(url: str | None) -> str | None:
 
 @runtime_checkable
 class Judge(Protocol):
-    """A judge: anything with ``ask(prompt) -> str`` (the raw reply text).
+    """A judge: anything with ``ask(prompt) -> str`` (the raw reply text). A judge whose backend can
+    constrain its reply takes ``ask(prompt, schema=...)``, a JSON schema the reply must follow.
 
     ``backend`` and ``model`` (optional attributes) enter the cache key, so that scores from one
     judge are never reused for another.
@@ -136,6 +137,13 @@ class _HTTPJudge:
         self._api_key = api_key
         self._redact = _Redactor(api_key, url_password(self.url))
         self._sleep = time.sleep
+        self.reported_models: set[str] = set()  # the model names the server put in its replies
+        self._models_lock = threading.Lock()
+
+    def _note_model(self, name: Any) -> None:
+        if isinstance(name, str) and name:
+            with self._models_lock:
+                self.reported_models.add(safe_text(self._redact(name), 200))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={redact_url(self.url)!r}, model={self.model!r})"
@@ -178,11 +186,13 @@ class _HTTPJudge:
                     pass
         return delay * (1.0 + 0.1 * random.random())  # a little jitter
 
-    def _post(self, url: str, payload: dict[str, Any]) -> Any:
-        """POST with retries; returns the parsed reply via :meth:`_read` or raises a JudgeError."""
+    def _post(self, url: str, payload: dict[str, Any], retries: int | None = None) -> Any:
+        """POST with retries (``config.retries`` unless given); returns the parsed reply via :meth:`_read`
+        or raises a JudgeError."""
         requests = self._requests
         last_error = "no attempt made"
-        for attempt in range(self.config.retries + 1):
+        retries = self.config.retries if retries is None else retries
+        for attempt in range(retries + 1):
             deadline = time.monotonic() + self.config.timeout
             response = None
             try:
@@ -218,11 +228,9 @@ class _HTTPJudge:
             finally:
                 if response is not None:
                     response.close()
-            if attempt < self.config.retries:
+            if attempt < retries:
                 self._sleep(self._backoff_delay(attempt, response))
-        raise JudgeRequestError(
-            safe_text(f"{redact_url(url)}: {last_error} (after {self.config.retries + 1} attempts)", 500)
-        )
+        raise JudgeRequestError(safe_text(f"{redact_url(url)}: {last_error} (after {retries + 1} attempts)", 500))
 
     def _read(self, response, deadline: float) -> str:  # pragma: no cover - abstract
         raise NotImplementedError

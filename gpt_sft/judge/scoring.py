@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
+import json
 import os
 import statistics
 import sys
@@ -30,7 +32,7 @@ from .cache import ScoreCache, cache_key
 from .errors import JudgeRejectedError, JudgeRequestError, JudgeUnavailableError
 from .http import Judge
 from .metrics import metric_path
-from .prompt import build_judge_prompt, parse_score
+from .modes import JudgeMode, get_mode
 from .text import stored_reply
 
 
@@ -59,6 +61,7 @@ class EntryResult:
     cached: bool = False
     error: str | None = None
     key: str | None = None
+    entry_id: str | None = None  # the entry and its response, hashed: pairs reports of the same responses
 
     @property
     def reply(self) -> str | None:
@@ -179,6 +182,12 @@ def validate_entries(entries: Sequence[Any], response_key: str) -> None:
             )
 
 
+def entry_fingerprint(entry: Mapping[str, Any], response: str) -> str:
+    """A short hash of an entry's instruction, input, output and response."""
+    text = json.dumps([entry.get("instruction"), entry.get("input") or "", entry.get("output"), response])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def _judge_identity(judge: Judge) -> tuple[str, str]:
     backend = getattr(judge, "backend", None) or type(judge).__name__
     model = getattr(judge, "model", None)
@@ -199,11 +208,16 @@ def score_responses(
     progress: bool = True,
     on_result: Callable[[EntryResult], None] | None = None,
     style: PromptStyle | str = "alpaca",
+    mode: JudgeMode | str = "book",
 ) -> JudgeReport:
-    """Score every entry's response 0-100 with ``judge`` and the book's prompt.
+    """Score every entry's response with ``judge``: 0-100 with the book's prompt (``mode="book"``), or
+    as another :class:`~.modes.JudgeMode` asks (``structured``: the book's question with a JSON-schema
+    reply; ``rubric``: 1-5).
 
-    * An empty (or whitespace-only, or ``null``) response scores 0 without asking the judge.
-    * Each reply goes through :func:`parse_score`; an unparsable reply is asked again up to
+    * An empty (or whitespace-only, or ``null``) response scores the scale's lowest (the book's 0)
+      without asking the judge.
+    * Each reply goes through the mode's parser (:func:`parse_score` for the book's prompt; the JSON
+      ``score`` for structured modes); an unparsable reply is asked again up to
       ``parse_retries`` times, then the entry is unscored with reason ``"unparsable"`` and all its
       raw replies kept. (With temperature 0 a deterministic judge will usually repeat itself, so
       retries mainly help with sampling or flaky servers.)
@@ -222,6 +236,7 @@ def score_responses(
       already in the cache.
     """
     validate_entries(entries, response_key)
+    mode = get_mode(mode) if isinstance(mode, str) else mode
     backend, model = _judge_identity(judge)
     cache = ScoreCache(cache_path) if cache_path is not None else None
     results: list[EntryResult | None] = [None] * len(entries)
@@ -231,11 +246,12 @@ def score_responses(
     prompts: dict[str, str] = {}
     for i, entry in enumerate(entries):
         response = _response_text(entry, response_key)
+        entry_id = entry_fingerprint(entry, response)
         if not response.strip():
-            results[i] = EntryResult(index=i, score=0, status=STATUS_EMPTY)
+            results[i] = EntryResult(index=i, score=mode.low, status=STATUS_EMPTY, entry_id=entry_id)
             continue
-        prompt = build_judge_prompt(entry, response, style)
-        key = cache_key(backend, model, prompt)
+        prompt = mode.prompt(entry, response, style)
+        key = cache_key(backend, model, prompt if mode.schema is None else f"{prompt}\x00{json.dumps(mode.schema)}")
         record = cache.get(key) if cache is not None else None
         if record is not None and not (retry_unscored and record.get("score") is None):
             results[i] = EntryResult(
@@ -247,6 +263,7 @@ def score_responses(
                 attempts=int(record.get("attempts") or 0),
                 cached=True,
                 key=key,
+                entry_id=entry_id,
             )
             continue
         pending.setdefault(key, []).append(i)
@@ -256,7 +273,7 @@ def score_responses(
         replies: list[str] = []
         for _ in range(parse_retries + 1):
             try:
-                reply = judge.ask(prompts[key])
+                reply = judge.ask(prompts[key]) if mode.schema is None else judge.ask(prompts[key], schema=mode.schema)
             except JudgeRequestError as exc:
                 reason = REASON_REJECTED if isinstance(exc, JudgeRejectedError) else REASON_REQUEST_FAILED
                 return key, EntryResult(index=-1, score=None, status=STATUS_UNSCORED,
@@ -264,7 +281,7 @@ def score_responses(
                                         attempts=len(replies), error=str(exc), key=key)
             reply = "" if reply is None else str(reply)
             replies.append(stored_reply(reply))  # the score is read from the whole reply, only an excerpt is kept
-            score = parse_score(reply)
+            score = mode.parse(reply)
             if score is not None:
                 return key, EntryResult(index=-1, score=score, status=STATUS_SCORED,
                                         replies=replies, attempts=len(replies), key=key)
@@ -280,7 +297,8 @@ def score_responses(
                 "backend": backend, "model": model, "time": time.time(),
             })
         for i in pending[outcome.key]:
-            results[i] = dataclasses.replace(outcome, index=i, replies=list(outcome.replies))
+            results[i] = dataclasses.replace(outcome, index=i, replies=list(outcome.replies),
+                                             entry_id=entry_fingerprint(entries[i], _response_text(entries[i], response_key)))
             if on_result is not None:
                 on_result(results[i])
 
