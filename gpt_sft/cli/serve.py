@@ -108,6 +108,8 @@ def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None)
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft serve``."""
     cfg = parse_config(ServeConfig, argv, prog="gpt-sft serve")
+    if not Path(cfg.model).exists():
+        raise FileNotFoundError(f"--model {cfg.model}: no such folder or file")
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
         raise RuntimeError("gpt-sft serve runs llama.cpp's server: pip install 'llama-cpp-python[server]' "
                            "(or gpt-sft's serve extra)")
