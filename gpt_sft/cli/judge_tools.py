@@ -17,7 +17,7 @@ from ..judge.agreement import agreement, plot_agreement, read_report
 from ..judge.backends import make_judge
 from ..judge.pairwise import judge_pairs
 from ..judge.scoring import validate_entries
-from .errors import report_errors
+from .errors import add_debug_flag, report_errors
 from .judge_options import JudgeOptions, identify_judge, judge_style
 
 
@@ -36,7 +36,7 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("reports", nargs=2, metavar="REPORT", help="two reports written by gpt-sft evaluate")
     parser.add_argument("--plot", help="scatter plot PNG (default: <REPORT_A>-vs-<REPORT_B>.png beside REPORT_A)")
     parser.add_argument("--output", help="also write the figures as JSON here")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     paths = [Path(p) for p in args.reports]
     reports = [read_report(p) for p in paths]

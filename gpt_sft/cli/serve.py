@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from ..common.options import option, parse_config
 from ..export.gguf_file import GGUF_TYPES, write_gguf
+from ..model.loading import peek_context_length
 from ..model.modeling_gpt import MODEL_CODE_VERSION
 from ..model.sources import default_cache_dir
 from .errors import report_errors
@@ -81,15 +81,8 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
         model = plain_model(cfg.model)
         print(f"Exporting {source} to GGUF ({cfg.gguf_type}) for llama.cpp: {path}", file=sys.stderr)
         write_gguf(model, path, gguf_type=cfg.gguf_type, style=style, name=name)
-    context = model.config.n_positions if model is not None else _context_of(source)
+    context = model.config.n_positions if model is not None else peek_context_length(source)
     return path, name, context
-
-
-def _context_of(folder: Path) -> int | None:
-    try:
-        return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["n_positions"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None) -> list[str]:

@@ -46,6 +46,23 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that takes a file name (the GGUF writer,
+    matplotlib); on success it gets ``open``'s permissions and replaces ``path``; on any exception it
+    is removed and ``path`` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write ``obj`` as JSON (UTF-8, not ASCII-escaped) to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")

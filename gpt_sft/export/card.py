@@ -40,11 +40,17 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def hub_base_model(model: str) -> str | None:
+    """The Hub repo a run's ``--model`` names (a GPT-2 preset's, or a Hub id), for the card's
+    ``base_model``; ``None`` for a local folder or ``scratch``."""
+    preset = resolve_preset_name(model)
+    return HUB_REPOS.get(preset or "") or (model if "/" in model and not Path(model).exists() else None)
+
+
 def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
     """The model card (Hub metadata + hyperparameters, losses, hardware, time, judge score if any)."""
     preset = resolve_preset_name(cfg.model) if cfg.model != "scratch" else None
-    hub_base = HUB_REPOS.get(preset or "")
-    base_model = hub_base or (cfg.model if "/" in cfg.model and not Path(cfg.model).exists() else None)
+    base_model = hub_base_model(cfg.model)
     datasets = [cfg.data] if ("/" in cfg.data and "://" not in cfg.data and not Path(cfg.data).exists()) else None
     card_data = ModelCardData(
         language="en", license="mit", library_name="transformers", pipeline_tag="text-generation",

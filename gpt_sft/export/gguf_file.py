@@ -27,6 +27,7 @@ import gguf
 import numpy as np
 import torch
 
+from ..common.atomic_io import atomic_file
 from ..data.chat_template import chat_template
 from ..data.prompts import PromptStyle
 from ..model.tokenizer import END_OF_TEXT_ID, bpe_files
@@ -118,10 +119,8 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f16", style:
         raise ValueError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     cfg = model.config
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     result = GGUFResult(path=path, size_bytes=0)
-    try:
+    with atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "gpt2")
         writer.add_name(name)
         writer.add_context_length(cfg.n_positions)
@@ -164,19 +163,8 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f16", style:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     result.size_bytes = path.stat().st_size
     return result
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 __all__ = ["GGUFResult", "GGUF_TYPES", "gpt2_vocabulary", "write_gguf"]

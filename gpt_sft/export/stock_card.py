@@ -10,8 +10,7 @@ from pathlib import Path
 from huggingface_hub import ModelCardData
 
 from ..data.prompts import PromptStyle
-from ..model.configuration_gpt import resolve_preset_name
-from ..model.sources import HUB_REPOS
+from .card import hub_base_model
 
 _EXAMPLE = {"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast."}
 
@@ -56,8 +55,7 @@ def _base_model(source: Path) -> str | None:
     model = _read_json(source / "training_args.json").get("model")
     if not isinstance(model, str):
         return None
-    preset = resolve_preset_name(model)
-    return HUB_REPOS.get(preset or "") or (model if "/" in model and not Path(model).exists() else None)
+    return hub_base_model(model)
 
 
 def render_export_card(name: str, source: Path, style: PromptStyle, kind: str, usage: str) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 import matplotlib
 
+from ..common.atomic_io import atomic_file
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -131,10 +133,9 @@ def plot_agreement(result: Agreement, name_a: str, name_b: str, path: str | os.P
     ax.set_title(f"n={result.n}  Pearson {fmt(result.pearson)}  Spearman {fmt(result.spearman)}  "
                  f"Kendall {fmt(result.kendall_tau_b)}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -240,7 +240,8 @@ class HFJudge:
         out = self.lm.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=pad_id,
                                prefix_allowed_tokens_fn=allowed)
         # token by token: some tokenizers put spaces between decoded tokens
-        digits_text = "".join(self.tokenizer.decode([t]) for t in out[0, prompt_len:].tolist() if t in set(digits))
+        digit_ids = set(digits)
+        digits_text = "".join(self.tokenizer.decode([t]) for t in out[0, prompt_len:].tolist() if t in digit_ids)
         reply = start + digits_text
         return reply if reply.endswith("}") else reply + "}"
 
