@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,21 @@ def demo_run(tmp_path_factory):
     values = load_yaml_config(TrainConfig, DEMO_RECIPE)
     values.update(data=str(data), output_dir=str(root / "demo"), sample_every_epoch=False)
     return train(TrainConfig(**values)), entries
+
+
+def start_until_checkpoint(args: list[str], checkpoint: Path, env: dict, timeout: float = 240) -> subprocess.Popen:
+    """Start a training command and wait until it has written ``checkpoint``; SIGINT is set as a
+    terminal delivers it (a shell running a job in the background, as CI scripts do, sets it to "ignore",
+    children inherit that, and Python then installs no KeyboardInterrupt handler)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + timeout
+    while time.time() < deadline and not checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.3)
+    if not checkpoint.exists():
+        proc.kill()
+        pytest.fail(f"{checkpoint.name} was never written; the output ends:\n{proc.communicate()[0][-3000:]}")
+    return proc
 
 
 def pytest_collection_modifyitems(config, items):

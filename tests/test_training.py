@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import start_until_checkpoint
 from safetensors.torch import load_file
 
 from gpt_sft.data.synthetic import make_synthetic_instructions
@@ -231,15 +232,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, data_fi
             "--emb-dim", "32", "--n-heads", "2", "--context-length", "64", "--data", str(data_file),
             "--output-dir", str(out), "--epochs", "200", "--eval-every", "0", "--no-generate",
             "--no-sample-every-epoch", "--save-every", "5", "--tie-word-embeddings"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    # As from a terminal: a shell running a job in the background (CI scripts) sets SIGINT to "ignore",
-    # children inherit it and Python then installs no KeyboardInterrupt handler.
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / "checkpoints" / "step-000005").exists():
-        time.sleep(0.5)
-    assert (out / "checkpoints" / "step-000005").exists(), "training never reached step 5"
+    proc = start_until_checkpoint(args, out / "checkpoints" / "step-000005", {**os.environ, "TQDM_DISABLE": "1"})
     proc.send_signal(signal.SIGINT)
     try:
         log, _ = proc.communicate(timeout=120)

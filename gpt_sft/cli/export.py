@@ -21,7 +21,7 @@ from pathlib import Path
 from ..common.atomic_io import atomic_directory, write_text_atomic
 from ..common.options import option, parse_config
 from ..data.prompts import PromptStyle, get_prompt_style
-from ..data.recipe import Recipe
+from ..data.recipe import Recipe, follow_recipe
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..export.hf_gpt2 import export_hf_gpt2
 from ..export.ollama import modelfile
@@ -29,7 +29,6 @@ from ..export.stock_card import render_export_card
 from ..model.loading import load_model
 from ..train.config import EXPORT_FORMATS
 from .errors import report_errors
-from .generate import follow_recipe
 
 FORMATS = EXPORT_FORMATS
 

@@ -18,7 +18,7 @@ from ..common.atomic_io import write_json_atomic
 from ..common.options import option, parse_config
 from ..data.load import load_instruction_data
 from ..data.prompts import PromptStyle, get_prompt_style
-from ..data.recipe import Recipe, entries_of_split, warn_recipe
+from ..data.recipe import Recipe, entries_of_split, follow_recipe
 from ..data.split import split_dataset
 from ..generate.responses import add_responses, generate_responses
 from ..generate.settings import BACKENDS, OVERFLOW_POLICIES, GenerationSettings
@@ -72,15 +72,6 @@ class GenerateConfig:
             batch_size=self.batch_size if self.batch_size == "auto" else int(self.batch_size), style=style,
             overflow=self.overflow, backend=self.backend, progress=self.progress,
         )
-
-
-def follow_recipe(recipe: Recipe | None, given: str | None, what: str, recorded: str | None) -> str | None:
-    """``given`` if set (with a warning when it contradicts the recipe), else the recipe's value."""
-    if given is None:
-        return recorded
-    if recipe is not None and recorded is not None and given != recorded:
-        warn_recipe(f"{what} {given!r} differs from the checkpoint's recipe ({recorded!r}): using {given!r}")
-    return given
 
 
 def entries_to_answer(cfg: GenerateConfig, recipe: Recipe | None) -> tuple[list[dict], str]:

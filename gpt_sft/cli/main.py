@@ -8,10 +8,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import evaluate, export, generate, refresh_code, serve, train
+from . import dpo, evaluate, export, generate, refresh_code, serve, train
 
 COMMANDS = {
     "train": ("fine-tune a GPT-2 on instruction data (the book's chapter 7 recipe by default)", train.main),
+    "dpo": ("preference-tune a fine-tuned model with DPO (the book's chapter 7 DPO recipe by default)", dpo.main),
     "generate": ("generate responses with a fine-tuned checkpoint", generate.main),
     "evaluate": ("score responses with an LLM judge", evaluate.main),
     "export": ("export a checkpoint to stock GPT-2 (no remote code), GGUF (llama.cpp) or Ollama", export.main),

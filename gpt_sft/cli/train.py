@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
 from ..common.atomic_io import write_json_atomic
 from ..common.options import parse_config
@@ -50,14 +51,15 @@ def generate_test_responses(run: Run, model) -> Path | None:
     return responses_path
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Fine-tune as configured; returns the output folder."""
+def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run] = setup) -> Path:
+    """Fine-tune as configured; returns the output folder. ``setup_run`` builds the stage's run (SFT's
+    :func:`~gpt_sft.train.loop.setup`; preference tuning passes its own): everything after it is shared."""
     accelerator = make_accelerator(cfg)
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     for note in prepare_output_dir(cfg, resume is not None, accelerator.is_main_process):
         say(accelerator, note)
     accelerator.wait_for_everyone()
-    run = setup(cfg, accelerator)
+    run = setup_run(cfg, accelerator)
     trainable, total = trainable_parameters(run.model)
     threads = f", {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else ""
     say(accelerator, f"Training {trainable:,} of {total:,} parameters on {hardware_description(accelerator)}"
@@ -88,12 +90,18 @@ def train(cfg: TrainConfig) -> Path:
     return output_dir
 
 
-@report_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    """``gpt-sft train`` / ``accelerate launch scripts/train.py``: errors are one line, Ctrl-C exits 130."""
-    cfg = parse_config(TrainConfig, argv)
+def run_training_command(config_type: type[TrainConfig], setup_run: Callable[[TrainConfig, Accelerator], Run],
+                         argv: Sequence[str] | None) -> int:
+    """Parse ``config_type``'s options and train with ``setup_run``'s stage (``train`` and ``dpo``)."""
+    cfg = parse_config(config_type, argv)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
         with contextlib.suppress(ValueError, OSError):  # stderr is no real file (captured): no stack dumps
             faulthandler.register(signal.SIGUSR1, all_threads=True)
-    train(cfg)
+    train(cfg, setup_run)
     return 0
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpt-sft train`` / ``accelerate launch scripts/train.py``: errors are one line, Ctrl-C exits 130."""
+    return run_training_command(TrainConfig, setup, argv)

@@ -148,7 +148,8 @@ def _set_origin(dataset: Dataset, source: str) -> Dataset:
     return dataset
 
 
-def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool) -> tuple[Dataset, LoadStats]:
+def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool,
+                      response_fields: Sequence[str] = ()) -> tuple[Dataset, LoadStats]:
     """Check the columns and entries of a ``datasets.Dataset``; normalise ``input``."""
     missing = [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
     if missing:
@@ -164,12 +165,12 @@ def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool) -> tupl
         if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string", "null")):
             shown = f"Value({feature.dtype!r})" if isinstance(feature, Value) else feature  # one repr in datasets 3 to 5
             raise InstructionDataError(source, f"column {name!r} has type {shown}, expected string")
-    present = [name for name in TEXT_FIELDS if name in dataset.column_names]
+    present = [name for name in (*TEXT_FIELDS, *response_fields) if name in dataset.column_names]
     if len(dataset) == 0:
         raise InstructionDataError(source, "the data set is empty")
     columns = dataset.select_columns(present)[:]
     entries = [dict(zip(present, values)) for values in zip(*(columns[name] for name in present))]
-    valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid)
+    valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, response_fields=response_fields)
     if len(valid) != len(dataset):
         dataset = dataset.select(valid)
     if "input" not in dataset.column_names:
@@ -217,6 +218,7 @@ def load_instruction_data(
     split: str = ...,
     cache_dir: str | os.PathLike | None = ...,
     progress: bool = ...,
+    response_fields: Sequence[str] = ...,
     **load_kwargs: Any,
 ) -> Dataset: ...
 
@@ -230,6 +232,7 @@ def load_instruction_data(
     split: str = ...,
     cache_dir: str | os.PathLike | None = ...,
     progress: bool = ...,
+    response_fields: Sequence[str] = ...,
     **load_kwargs: Any,
 ) -> tuple[Dataset, LoadStats]: ...
 
@@ -242,6 +245,7 @@ def load_instruction_data(
     split: str = "train",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    response_fields: Sequence[str] = (),
     **load_kwargs: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     """Load and validate instruction data; return a :class:`datasets.Dataset`.
@@ -255,6 +259,8 @@ def load_instruction_data(
         split: Split to load from a Hub data set.
         cache_dir: Download folder for URLs (default :func:`default_data_cache_dir`).
         progress: Show a progress bar while downloading.
+        response_fields: More fields every entry needs as non-empty strings (preference data's
+            ``chosen`` and ``rejected``), validated like ``output``.
         **load_kwargs: Passed to :func:`datasets.load_dataset` for Hub names.
 
     The columns are ``instruction``, ``input`` (``""`` where missing), ``output`` and any extra field.
@@ -270,32 +276,32 @@ def load_instruction_data(
     path: Path | None = None  # the file read, if any
     if isinstance(source, Dataset):
         name = _origin(source)
-        dataset, stats = _validate_dataset(source, name, skip_invalid)
+        dataset, stats = _validate_dataset(source, name, skip_invalid, response_fields)
     elif isinstance(source, (list, tuple)):
         name = "<list of entries>"
-        dataset, stats = _load_entries(list(source), None, name, skip_invalid)
+        dataset, stats = _load_entries(list(source), None, name, skip_invalid, response_fields)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if text.startswith(("http://", "https://")):
             path = _download(text, cache_dir, progress)
             name = text
-            dataset, stats = _load_file(path, name, skip_invalid)
+            dataset, stats = _load_file(path, name, skip_invalid, response_fields)
         elif "://" in text:
             raise InstructionDataError(text, "unsupported URL scheme (use http(s):// or a local path)")
         elif os.path.isfile(os.path.expanduser(text)):
             path = Path(text).expanduser()
             name = str(path)
-            dataset, stats = _load_file(path, name, skip_invalid)
+            dataset, stats = _load_file(path, name, skip_invalid, response_fields)
         elif os.path.isdir(os.path.expanduser(text)):
             name = str(Path(text).expanduser())
-            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs)
+            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs, response_fields)
         elif _looks_like_path(text) or isinstance(source, os.PathLike):
             raise InstructionDataError(text, "file not found")
         else:
             name = text
             if "data_files" in load_kwargs:
                 name = f"{text} (data_files={load_kwargs['data_files']})"
-            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs)
+            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs, response_fields)
     else:
         raise TypeError(f"load_instruction_data: unsupported source type {type(source).__name__}")
     stats.sha256 = _sha256(path) if path is not None else None
@@ -326,18 +332,20 @@ def _download(url: str, cache_dir: str | os.PathLike | None, progress: bool) -> 
 
 
 def _load_entries(
-    entries: list[Any], lines: list[int] | None, source: str, skip_invalid: bool
+    entries: list[Any], lines: list[int] | None, source: str, skip_invalid: bool, response_fields: Sequence[str] = ()
 ) -> tuple[Dataset, LoadStats]:
     if not entries:
         raise InstructionDataError(source, "the data set is empty (no entries)")
-    valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, lines=lines)
+    valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, lines=lines,
+                                    response_fields=response_fields)
     if not valid:
         raise InstructionDataError(source, f"no valid entries (all {stats.num_read} were skipped: {stats.skipped})")
     kept = entries if len(valid) == len(entries) else [entries[i] for i in valid]
     return _dataset_from_entries(kept, source), stats
 
 
-def _load_file(path: Path, source: str, skip_invalid: bool) -> tuple[Dataset, LoadStats]:
+def _load_file(path: Path, source: str, skip_invalid: bool,
+               response_fields: Sequence[str] = ()) -> tuple[Dataset, LoadStats]:
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl") or suffix not in _FILE_BUILDERS:
         if suffix not in (".json", ".jsonl"):
@@ -350,17 +358,18 @@ def _load_file(path: Path, source: str, skip_invalid: bool) -> tuple[Dataset, Lo
                 ) from None
         else:
             entries, lines = _read_json(path, source, skip_invalid)
-        return _load_entries(entries, lines, source, skip_invalid)
+        return _load_entries(entries, lines, source, skip_invalid, response_fields)
     try:
         dataset = load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - any reader error becomes one clear message
         raise InstructionDataError(source, f"could not read the file ({err.__class__.__name__}: {err})") from None
-    dataset, stats = _validate_dataset(dataset, source, skip_invalid)
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields)
     return _set_origin(dataset, source), stats
 
 
 def _load_hub(
-    name: str, source: str, split: str, skip_invalid: bool, load_kwargs: dict[str, Any]
+    name: str, source: str, split: str, skip_invalid: bool, load_kwargs: dict[str, Any],
+    response_fields: Sequence[str] = (),
 ) -> tuple[Dataset, LoadStats]:
     if not _offline_by_choice() and not os.path.isdir(name):
         offline = hub_offline_reason()
@@ -379,7 +388,7 @@ def _load_hub(
             f"If it is a Hugging Face Hub data set, check the name and your network (HF_DATASETS_OFFLINE "
             f"is {os.environ.get('HF_DATASETS_OFFLINE', 'unset')}). {_LOCAL_FILE_HINT}",
         ) from None
-    dataset, stats = _validate_dataset(dataset, source, skip_invalid)
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields)
     return _set_origin(dataset, source), stats
 
 

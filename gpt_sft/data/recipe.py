@@ -100,9 +100,18 @@ class Recipe:
         return split_dataset(dataset, self.train_fraction, self.test_fraction, shuffle=self.shuffle_split, seed=self.seed)
 
 
+def follow_recipe(recipe: Recipe | None, given: str | None, what: str, recorded: str | None) -> str | None:
+    """``given`` if set (with a warning when it contradicts the recipe), else the recipe's value."""
+    if given is None:
+        return recorded
+    if recipe is not None and recorded is not None and given != recorded:
+        warn_recipe(f"{what} {given!r} differs from the checkpoint's recipe ({recorded!r}): using {given!r}")
+    return given
+
+
 def entries_of_split(splits: DatasetDict, split: str) -> list[dict]:
     """The entries of ``split`` (``train``, ``val``/``validation``, ``test``)."""
     return [dict(row) for row in splits[SPLIT_NAMES[split]]]
 
 
-__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "entries_of_split", "warn_recipe"]
+__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "entries_of_split", "follow_recipe", "warn_recipe"]

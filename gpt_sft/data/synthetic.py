@@ -47,13 +47,36 @@ def make_synthetic_instructions(num_examples: int = 600, seed: int = 0) -> list[
     return entries
 
 
+def wrong_answer(instruction: str, words: list[str], rng: random.Random) -> str:
+    """A plausible wrong answer: the count off by one (either way), or the other of yes and no."""
+    right = TASKS[instruction](words)
+    if right in ("yes", "no"):
+        return "no" if right == "yes" else "yes"
+    return str(int(right) + rng.choice([-1, 1]) if int(right) > 1 else int(right) + 1)
+
+
+def make_synthetic_preferences(num_examples: int = 600, seed: int = 0) -> list[dict[str, str]]:
+    """Preference pairs over :func:`make_synthetic_instructions`' entries (same order): the right
+    answer chosen (also the ``output``), a plausible wrong one rejected."""
+    rng = random.Random(seed + 1)
+    entries = make_synthetic_instructions(num_examples, seed)
+    for entry in entries:
+        entry["chosen"] = entry["output"]
+        entry["rejected"] = wrong_answer(entry["instruction"], entry["input"].split("\n"), rng)
+    return entries
+
+
 def main(argv=None) -> int:
-    """``python -m gpt_sft.data.synthetic OUT.json [N]``: write the data set as a JSON list."""
-    argv = sys.argv[1:] if argv is None else argv
+    """``python -m gpt_sft.data.synthetic OUT.json [N] [--preferences]``: write the data set (with
+    ``--preferences``, the pairs) as a JSON list."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pairs = "--preferences" in argv
+    argv = [a for a in argv if a != "--preferences"]
     if not argv:
-        print("usage: python -m gpt_sft.data.synthetic OUT.json [NUM_EXAMPLES]", file=sys.stderr)
+        print("usage: python -m gpt_sft.data.synthetic OUT.json [NUM_EXAMPLES] [--preferences]", file=sys.stderr)
         return 2
-    entries = make_synthetic_instructions(int(argv[1]) if len(argv) > 1 else 600)
+    make = make_synthetic_preferences if pairs else make_synthetic_instructions
+    entries = make(int(argv[1]) if len(argv) > 1 else 600)
     write_json_atomic(Path(argv[0]), entries, indent=1)
     print(f"wrote {len(entries)} entries to {argv[0]}")
     return 0

@@ -91,8 +91,9 @@ def _a(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
-def _entry_problem(entry: Any) -> tuple[str, str] | None:
-    """``(reason, message)`` if ``entry`` is invalid, else ``None``."""
+def _entry_problem(entry: Any, response_fields: Sequence[str] = ()) -> tuple[str, str] | None:
+    """``(reason, message)`` if ``entry`` is invalid, else ``None``. ``response_fields`` are more
+    required non-empty strings (a preference entry's ``chosen`` and ``rejected``)."""
     if isinstance(entry, _UnparsableLine):
         return "not valid JSON", entry.message
     if not isinstance(entry, Mapping):
@@ -109,7 +110,15 @@ def _entry_problem(entry: Any) -> tuple[str, str] | None:
         return "'input' not a string", f"field 'input' must be a string (or missing), got a {_json_type(value)}"
     if not entry["output"].strip():
         return "empty 'output'", "field 'output' is empty"
-    for name in TEXT_FIELDS:
+    for name in response_fields:
+        value = entry.get(name)
+        if value is None:
+            return f"missing '{name}'", f"required field '{name}' {'is null' if name in entry else 'is missing'}"
+        if not isinstance(value, str):
+            return f"'{name}' not a string", f"field '{name}' must be a string, got a {_json_type(value)}"
+        if not value.strip():
+            return f"empty '{name}'", f"field '{name}' is empty"
+    for name in (*TEXT_FIELDS, *response_fields):
         value = entry.get(name)
         if value and END_OF_TEXT in value:
             return (
@@ -126,6 +135,7 @@ def validate_entries(
     *,
     skip_invalid: bool = False,
     lines: Sequence[int] | None = None,
+    response_fields: Sequence[str] = (),
 ) -> tuple[list[int], LoadStats]:
     """Check instruction entries; return the indices of the valid ones and the stats.
 
@@ -137,7 +147,7 @@ def validate_entries(
     bad: list[int] = []
     first: tuple[int, str] | None = None
     for i, entry in enumerate(entries):
-        problem = _entry_problem(entry)
+        problem = _entry_problem(entry, response_fields)
         if problem is None:
             valid.append(i)
             continue

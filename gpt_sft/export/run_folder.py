@@ -39,7 +39,8 @@ RUN_OUTPUTS = (
     "model-*-of-*.safetensors", "configuration_gpt.py", "modeling_gpt.py", "tokenizer.json",
     "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "recipe.json",
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, "training_args.json", "metrics.json", "README.md",
-    "loss-plot.pdf", "loss-plot.png", "checkpoints", "export", "gpt-sft", *STALE_EVALUATION_FILES,
+    "loss-plot.pdf", "loss-plot.png", "dpo-plot.pdf", "dpo-plot.png", "checkpoints", "export", "gpt-sft",
+    *STALE_EVALUATION_FILES,
 )
 # What only a whole model's folder holds, and what only an adapter folder holds: a save of one kind
 # removes the other's, so a resumed run that changed --merge-lora leaves no mix of the two.
@@ -145,6 +146,8 @@ def save_run(run: Run) -> tuple[Path, object]:
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = optimizer_steps_per_epoch(len(run.data.train), cfg)
     metrics = training_metrics(state, steps_per_epoch, accelerator, trainable_parameters(run.model)[0], run.data.stats)
+    if run.stage is not None and run.stage.figures is not None:
+        run.stage.figures(run, metrics)
     adapter = bool(cfg.lora_rank) and not cfg.merge_lora
     model = run.model.merge_and_unload() if cfg.lora_rank and cfg.merge_lora else run.model
     if accelerator.is_main_process:
@@ -157,6 +160,8 @@ def save_run(run: Run) -> tuple[Path, object]:
 
         def extras(tmp: Path):
             plot_losses(state, steps_per_epoch, tmp / "loss-plot")
+            if run.stage is not None and run.stage.plot is not None:
+                run.stage.plot(run, tmp)
             (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
             if adapter:
                 save_checkpoint(base_without_adapters(model), tmp / BASE_FOLDER, prompt_style=cfg.prompt_style)

@@ -62,15 +62,22 @@ def build_data(cfg: TrainConfig, num_processes: int = 1, loaded=None) -> Trainin
                      generator=torch.Generator().manual_seed(cfg.seed))
     report = (f"data: {load_stats}; split {len(splits['train'])}/{len(splits['validation'])}/{len(splits['test'])} "
               f"train/val/test; train: {stats['train']}; val: {stats['validation']}")
-    summary = {
+    summary = data_summary(load_stats, splits, {name: stats[name].num_overlong for name in stats},
+                           {name: stats[name].num_dropped for name in stats})
+    return TrainingData(train, val, [dict(e) for e in splits["validation"]], [dict(e) for e in splits["test"]],
+                        sampler, report, summary, load_stats)
+
+
+def data_summary(load_stats: LoadStats, splits, overlong: dict[str, int], dropped: dict[str, int]) -> dict:
+    """``metrics.json``'s ``data``: what was read, skipped and split, and the over-long and dropped
+    examples of the train and validation splits (keyed ``train``/``validation``)."""
+    return {
         "source": load_stats.source, "entries_read": load_stats.num_read, "entries_loaded": load_stats.num_loaded,
         "entries_skipped": load_stats.num_skipped, "skipped_by_reason": dict(load_stats.skipped),
         "split": {name: len(splits[name]) for name in ("train", "validation", "test")},
-        **{f"{name}_overlong": stats[name].num_overlong for name in ("train", "validation")},
-        **{f"{name}_dropped": stats[name].num_dropped for name in ("train", "validation")},
+        **{f"{name}_overlong": overlong[name] for name in ("train", "validation")},
+        **{f"{name}_dropped": dropped[name] for name in ("train", "validation")},
     }
-    return TrainingData(train, val, [dict(e) for e in splits["validation"]], [dict(e) for e in splits["test"]],
-                        sampler, report, summary, load_stats)
 
 
 def optimizer_steps_per_epoch(num_batches: int, cfg: TrainConfig) -> int:

@@ -1,5 +1,9 @@
 """The training loop with Accelerate: setup -> step -> evaluate -> fit.
 
+The loop (:func:`fit`: epochs, gradient accumulation, checkpoints, interruptions, resuming) is shared
+by every training stage; a :class:`Stage` says what one step and one evaluation compute. SFT's are
+here; preference tuning (:mod:`.dpo_loop`) brings its own.
+
 Every optimizer step averages the cross-entropy over all target tokens of all micro-batches of that
 step on all processes (a token-level mean), so gradient accumulation and data parallelism give the
 loss and the update of one large batch. With batch 8 on one process this is exactly the book's
@@ -14,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +44,22 @@ from .state import (STATE_FILE, Interruptions, InterruptedRun, TrainerState, Tra
                     resolve_resume, restore_rng_state, save_training_checkpoint, say)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What a training stage computes inside the shared loop."""
+
+    step: Callable  # (run, micro-batches of one optimizer step) -> (loss, tokens), gradients accumulated
+    evaluate: Callable  # (run, step, step's loss) -> None: the periodic evaluation, recorded and logged
+    initial: Callable  # (run) -> None: the evaluation before the first step (skipped once recorded)
+    figures: Callable | None = None  # (run, metrics) -> None: adds the stage's own figures to metrics.json
+    plot: Callable | None = None  # (run, folder) -> [paths]: the stage's own plots, beside the loss plot
+
+
 @dataclass
 class Run:
     """Everything a training run holds. ``loss`` is what Accelerate prepared (the data-parallel
-    wrapper around :class:`TrainingLoss`); ``model`` the model being trained (a peft model with LoRA)."""
+    wrapper around the stage's loss module, :class:`TrainingLoss` for SFT); ``model`` the model being
+    trained (a peft model with LoRA); ``stage`` what a step computes (``None``: SFT)."""
 
     cfg: TrainConfig
     accelerator: Accelerator
@@ -52,6 +69,7 @@ class Run:
     scheduler: object
     data: TrainingData
     state: TrainerState
+    stage: Stage | None = None
 
     @property
     def paths(self) -> LossPaths:
@@ -161,6 +179,13 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
         model = build_model(cfg)
     if model.config.n_positions < cfg.allowed_max_length:  # a peeked config that disagreed with the weights
         raise ValueError(too_long_message(cfg.allowed_max_length, model.config.n_positions))
+    return prepare_run(cfg, accelerator, model, data, TrainingLoss(model, cfg.loss_paths()))
+
+
+def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: TrainingData, loss_module: torch.nn.Module,
+                state_type: type[TrainerState] = TrainerState, run_type: type[Run] = Run, **run_fields) -> Run:
+    """Optimizer, scheduler, Accelerate's preparation of ``loss_module`` (the module whose forward
+    computes the stage's loss) and the loaders, trackers, and the resumed state if ``cfg`` resumes."""
     # The book decays every parameter (AdamW(model.parameters(), weight_decay=0.1)).
     optimizer = make_optimizer(cfg, (p for p in model.parameters() if p.requires_grad))
     # before prepare(): each process will see ceil(batches / processes) of the loader's batches
@@ -168,16 +193,16 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     steps = optimizer_steps_per_epoch(per_process, cfg) * cfg.epochs
     scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.max_steps) if cfg.max_steps else steps)
     loss, optimizer, data.train, data.val, scheduler = accelerator.prepare(
-        TrainingLoss(model, cfg.loss_paths()), optimizer, data.train, data.val, scheduler)
+        loss_module, optimizer, data.train, data.val, scheduler)
     if cfg.log_with:
         accelerator.init_trackers("gpt-sft", config={k: str(v) for k, v in config_to_dict(cfg).items()})
-    state = TrainerState()
+    state = state_type()
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
-        state = TrainerState(**json.loads((resume / STATE_FILE).read_text()))
+        state = state_type(**json.loads((resume / STATE_FILE).read_text()))
         say(accelerator, f"Resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
-    return Run(cfg, accelerator, loss, model, optimizer, scheduler, data, state)
+    return run_type(cfg, accelerator, loss, model, optimizer, scheduler, data, state, **run_fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,17 +274,27 @@ def step_loss(run: Run, window: list[dict]) -> tuple[float, int]:
     return (accelerator.reduce(total, "sum").item() if world > 1 else total.item()), tokens
 
 
+def initial_evaluation(run: Run) -> None:
+    """The losses before fine-tuning (the book prints them before it trains)."""
+    state = run.state
+    if state.initial_train_loss is None:
+        state.initial_train_loss = evaluate_loss(run, run.data.train, run.cfg.eval_batches)
+        state.initial_val_loss = evaluate_loss(run, run.data.val, run.cfg.eval_batches)
+        say(run.accelerator, f"Initial losses: training loss {state.initial_train_loss:.3f}, "
+                             f"validation loss {state.initial_val_loss:.3f}")
+
+
+SFT = Stage(step=step_loss, evaluate=evaluate, initial=initial_evaluation)
+
+
 def fit(run: Run, interruptions: Interruptions) -> TrainerState:
     """Run the epochs; checkpoints on schedule and on Ctrl-C/SIGTERM; stops on a NaN loss."""
     cfg, accelerator, data, state = run.cfg, run.accelerator, run.data, run.state
+    stage = run.stage or SFT
     total_steps = optimizer_steps_per_epoch(len(data.train), cfg) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    if state.initial_train_loss is None:
-        state.initial_train_loss = evaluate_loss(run, data.train, cfg.eval_batches)
-        state.initial_val_loss = evaluate_loss(run, data.val, cfg.eval_batches)
-        say(accelerator, f"Initial losses: training loss {state.initial_train_loss:.3f}, "
-                         f"validation loss {state.initial_val_loss:.3f}")
+    stage.initial(run)
     in_step, step_rng = False, None
     # disable=None: shown on a terminal, hidden in logs (and with TQDM_DISABLE=1)
     bar = tqdm(total=total_steps, initial=state.global_step, desc="training",
@@ -278,7 +313,7 @@ def fit(run: Run, interruptions: Interruptions) -> TrainerState:
             batches = iter(loader)
             while window := [b for b in itertools.islice(batches, cfg.gradient_accumulation_steps)]:
                 in_step, step_rng = True, capture_rng_state()
-                loss, tokens = step_loss(run, window)
+                loss, tokens = stage.step(run, window)
                 if not math.isfinite(loss):
                     kept = f"; last good checkpoint: {last_good}" if last_good else ""
                     raise TrainingDiverged(
@@ -302,7 +337,7 @@ def fit(run: Run, interruptions: Interruptions) -> TrainerState:
                     bar.update(1)
                     window_start = time.perf_counter()
                     if cfg.eval_every and step % cfg.eval_every == 0:
-                        evaluate(run, step, loss)
+                        stage.evaluate(run, step, loss)
                     state.train_seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     if cfg.save_every and state.global_step % cfg.save_every == 0:

@@ -33,10 +33,15 @@ def plot_losses(state: TrainerState, steps_per_epoch: int, path_stem: Path) -> l
     ax2.set_xlabel("Tokens seen")
     ax2.xaxis.set_major_locator(MaxNLocator(5))
     ax2.xaxis.set_major_formatter(EngFormatter(sep=""))
+    return save_figure(fig, path_stem, dpi=150)
+
+
+def save_figure(fig, path_stem: Path, dpi: int) -> list[Path]:
+    """``fig`` as ``<stem>.pdf`` and ``<stem>.png``, then closed."""
     fig.tight_layout()
     paths = [path_stem.with_suffix(".pdf"), path_stem.with_suffix(".png")]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return paths
 
