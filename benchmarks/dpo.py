@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import sys
 import time
@@ -98,7 +99,7 @@ def time_method(method: str, args, sft_batches, dpo_batches) -> dict:
             model.eval()
             precomputed = [sequence_logprobs(model, b["input_ids"][:, :-1], b["labels"][:, 1:]) for b in data]
             model.train()
-    times = []
+    times, losses = [], []
     for i, batch in enumerate(data[: args.warmup + args.steps]):
         start = time.perf_counter()
         inputs, targets = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
@@ -116,6 +117,7 @@ def time_method(method: str, args, sft_batches, dpo_batches) -> dict:
                 else:
                     ref = sequence_logprobs(reference, inputs, targets)
             loss, _ = loss_module(inputs, targets, ref)
+        losses.append(loss.item())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -125,7 +127,7 @@ def time_method(method: str, args, sft_batches, dpo_batches) -> dict:
     return {"method": method, "seconds_per_step": sum(times) / len(times),
             "sequences_per_step": sum(b["input_ids"].shape[0] for b in used) / len(used),
             "tokens_per_step": sum(b["input_ids"][:, :-1].numel() for b in used) / len(used),
-            "trainable": sum(p.numel() for p in params)}
+            "trainable": sum(p.numel() for p in params), "first_loss": losses[0]}
 
 
 def main(argv=None) -> int:
@@ -148,8 +150,11 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         results.append(time_method(method.strip(), args, sft_batches, dpo_batches))
         r = results[-1]
+        # Before any update the policy is its reference: every DPO variant's first loss is ln 2.
+        check = "" if r["method"] == "sft" else (" PASSED" if abs(r["first_loss"] - math.log(2)) < 1e-5 else " FAILED")
         print(f"  {r['method']:<16} {r['seconds_per_step']:7.3f} s/step  {r['sequences_per_step']:4.0f} seq "
-              f"{r['tokens_per_step']:7.0f} tok/step  {r['trainable']:,} trainable", flush=True)
+              f"{r['tokens_per_step']:7.0f} tok/step  {r['trainable']:,} trainable  first loss "
+              f"{r['first_loss']:.6f}{check}", flush=True)
     sft = next((r for r in results if r["method"] == "sft"), None)
     if sft:
         print("ratio to the SFT step: " + ", ".join(f"{r['method']} {r['seconds_per_step'] / sft['seconds_per_step']:.2f}x"

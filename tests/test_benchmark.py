@@ -69,3 +69,19 @@ def test_useful_flops_counts_real_tokens_only():
     flops = bench.useful_flops({"labels": labels}, config)
     per_token = 6 * (12 * 2 * 8 * 8 + 8 * 100)
     assert flops == per_token * 6 + 6 * 2 * 8 * (3 ** 2 + 3 ** 2)
+
+
+def test_dpo_benchmark_script_tiny(tmp_path):
+    """benchmarks/dpo.py on a tiny model: every method times its steps, and every DPO variant starts at ln 2."""
+    out = tmp_path / "dpo.json"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "dpo.py"), "--model-size", "tiny",
+                           "--steps", "1", "--warmup", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("PASSED") == 3 and "FAILED" not in proc.stdout
+    results = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in results] == ["sft", "dpo-frozen", "dpo-precomputed", "dpo-lora"]
+    assert all(r["seconds_per_step"] > 0 for r in results)
+    sft, frozen = results[0], results[1]
+    assert frozen["sequences_per_step"] == 2 * sft["sequences_per_step"] == 16, "8 pairs: chosen and rejected"
+    assert results[3]["trainable"] < frozen["trainable"], "LoRA trains the adapters only"
