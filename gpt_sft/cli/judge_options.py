@@ -1,5 +1,6 @@
 """The options every judging command takes (``gpt-sft evaluate``, ``... pairwise``): the responses and
-the judge, typed once; and the prompt style the judge shows entries in."""
+the judge, typed once (the judge's part also serves ``gpt-sft make-preferences``); and the prompt style the judge
+shows entries in."""
 
 from __future__ import annotations
 
@@ -17,19 +18,16 @@ from ..judge.http import BACKEND_NAMES, JudgeConfig
 
 
 @dataclass
-class JudgeOptions:
-    """The responses and the judge: what every judging command takes."""
+class JudgeBackendOptions:
+    """The judge, or any model asked through the judge's backends: what every command that asks one takes
+    (``gpt-sft evaluate``, ``... pairwise``, ``make-preferences``)."""
 
-    responses: str | None = opts.option(None, "JSON list of entries with instruction/input/output and a response field")
-    response_key: str = opts.option("model_response", "Field holding the model response")
     # the judge's defaults are JudgeConfig's own
     backend: str = opts.option(JudgeConfig.backend, "Judge backend (ollama as in the book; openai: any OpenAI-"
                                "compatible server; hf: a Hugging Face model in-process)", choices=list(BACKEND_NAMES))
     url: str | None = opts.option(None, "Judge server base URL (default http://localhost:11434 for ollama, "
                              "http://localhost:8000 for openai)")
     judge_model: str | None = opts.option(None, "Judge model name, or a Hub id/folder for --backend hf (default llama3)")
-    prompt_style: str | None = opts.option(None, "Prompt style the judge sees entries in; default: the run's recipe")
-    output: str | None = opts.option(None, "JSON report path (default <responses>-judge-report.json)")
     cache: str | None = opts.option(None, "Resumable JSONL cache (default <output>.cache.jsonl)")
     no_cache: bool = opts.option(False, "Do not read or write a cache", switch=True)
     concurrency: int = opts.option(1, "Questions in flight at once")
@@ -48,8 +46,6 @@ class JudgeOptions:
     progress: bool = opts.option(True, "Show a progress bar")
 
     def __post_init__(self) -> None:
-        if not self.responses:
-            raise ValueError("--responses is required: a JSON list of entries with responses")
         for name, minimum in (("concurrency", 1), ("retries", 0), ("parse_retries", 0), ("max_consecutive_failures", 0),
                               ("num_ctx", 1), ("limit", 1), ("max_tokens", 1)):
             value = getattr(self, name, None)  # limit and max_consecutive_failures: only some commands
@@ -81,6 +77,21 @@ class JudgeOptions:
         return options
 
 
+@dataclass
+class JudgeOptions(JudgeBackendOptions):
+    """The responses and the judge: what every judging command takes."""
+
+    responses: str | None = opts.option(None, "JSON list of entries with instruction/input/output and a response field")
+    response_key: str = opts.option("model_response", "Field holding the model response")
+    prompt_style: str | None = opts.option(None, "Prompt style the judge sees entries in; default: the run's recipe")
+    output: str | None = opts.option(None, "JSON report path (default <responses>-judge-report.json)")
+
+    def __post_init__(self) -> None:
+        if not self.responses:
+            raise ValueError("--responses is required: a JSON list of entries with responses")
+        super().__post_init__()
+
+
 def judge_style(cfg: JudgeOptions, responses_path: Path):
     """The prompt style of the run that wrote the responses (see the module docstring)."""
     recipe = None
@@ -95,7 +106,7 @@ def judge_style(cfg: JudgeOptions, responses_path: Path):
     return recipe.style() if recipe is not None else get_prompt_style("alpaca")
 
 
-def identify_judge(cfg: JudgeOptions, config: JudgeConfig, judge) -> list[str]:
+def identify_judge(cfg: JudgeBackendOptions, config: JudgeConfig, judge) -> list[str]:
     """The models the judge server says it serves. Without ``--judge-model``, a server serving exactly one
     model is asked for that one by name (so reports and the cache name the real judge); a named model the
     server does not list gets a warning."""

@@ -11,13 +11,11 @@ Its input is the book's ``instruction-data-with-response.json`` format (a JSON l
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -25,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import evaluate
-from tqdm.auto import tqdm
 
 from ..data.prompts import PromptStyle
 from .cache import ScoreCache, cache_key
-from .errors import JudgeRejectedError, JudgeRequestError, JudgeUnavailableError
+from .errors import JudgeRejectedError, JudgeRequestError
 from .http import Judge
 from .metrics import metric_path
 from .modes import JudgeMode, get_mode
+from .runner import ask_all
 from .text import stored_reply
 
 
@@ -269,25 +267,25 @@ def score_responses(
         pending.setdefault(key, []).append(i)
         prompts[key] = prompt
 
-    def ask_one(key: str) -> tuple[str, EntryResult]:
+    def ask_one(key: str) -> EntryResult:
         replies: list[str] = []
         for _ in range(parse_retries + 1):
             try:
                 reply = judge.ask(prompts[key]) if mode.schema is None else judge.ask(prompts[key], schema=mode.schema)
             except JudgeRequestError as exc:
                 reason = REASON_REJECTED if isinstance(exc, JudgeRejectedError) else REASON_REQUEST_FAILED
-                return key, EntryResult(index=-1, score=None, status=STATUS_UNSCORED,
-                                        reason=reason, replies=replies,
-                                        attempts=len(replies), error=str(exc), key=key)
+                return EntryResult(index=-1, score=None, status=STATUS_UNSCORED,
+                                   reason=reason, replies=replies,
+                                   attempts=len(replies), error=str(exc), key=key)
             reply = "" if reply is None else str(reply)
             replies.append(stored_reply(reply))  # the score is read from the whole reply, only an excerpt is kept
             score = mode.parse(reply)
             if score is not None:
-                return key, EntryResult(index=-1, score=score, status=STATUS_SCORED,
-                                        replies=replies, attempts=len(replies), key=key)
-        return key, EntryResult(index=-1, score=None, status=STATUS_UNSCORED,
-                                reason=REASON_UNPARSABLE, replies=replies,
-                                attempts=len(replies), key=key)
+                return EntryResult(index=-1, score=score, status=STATUS_SCORED,
+                                   replies=replies, attempts=len(replies), key=key)
+        return EntryResult(index=-1, score=None, status=STATUS_UNSCORED,
+                           reason=REASON_UNPARSABLE, replies=replies,
+                           attempts=len(replies), key=key)
 
     def finish(outcome: EntryResult) -> None:
         if cache is not None and outcome.reason not in _FAILURE_REASONS:
@@ -302,50 +300,12 @@ def score_responses(
             if on_result is not None:
                 on_result(results[i])
 
-    total_questions = len(pending)
-    bar = None
-    if progress and total_questions:
-        bar = tqdm(total=total_questions, desc="Scoring entries", unit="entry", file=sys.stderr)
-    complete = False
-    failures = 0
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(concurrency)),
-                                                     thread_name_prefix="judge")
     try:
-        keys = iter(list(pending))
-        in_flight: set[concurrent.futures.Future] = set()
-
-        def refill() -> None:
-            while len(in_flight) < max(1, int(concurrency)):
-                key = next(keys, None)
-                if key is None:
-                    return
-                in_flight.add(executor.submit(ask_one, key))
-
-        refill()
-        while in_flight:
-            done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                in_flight.discard(future)
-                key, outcome = future.result()  # JudgeFatalError propagates
-                if outcome.reason in _FAILURE_REASONS:
-                    failures += 1
-                else:
-                    failures = 0
-                finish(outcome)
-                if bar is not None:
-                    bar.update(1)
-                if max_consecutive_failures and failures >= max_consecutive_failures:
-                    raise JudgeUnavailableError(
-                        f"{failures} requests in a row failed; last error: {outcome.error}. "
-                        "Finished entries are cached: fix the judge server and run again to resume."
-                    )
-            refill()
-        complete = True
+        ask_all(list(pending), ask_one, finish,
+                failure=lambda outcome: outcome.error if outcome.reason in _FAILURE_REASONS else None,
+                concurrency=concurrency, max_consecutive_failures=max_consecutive_failures, progress=progress,
+                desc="Scoring entries", unit="entry")
     finally:
-        # do not wait for queued work on an error/interrupt; in-flight requests are abandoned
-        executor.shutdown(wait=complete, cancel_futures=True)
-        if bar is not None:
-            bar.close()
         if cache is not None:
             cache.close()
 
