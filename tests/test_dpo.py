@@ -23,6 +23,7 @@ from gpt_sft.data.collator import IGNORE_INDEX
 from gpt_sft.data.preference import PreferenceCollator, load_preference_data, tokenize_preferences
 from gpt_sft.data.synthetic import make_synthetic_instructions, make_synthetic_preferences
 from gpt_sft.data.validate import InstructionDataError
+from gpt_sft.export.card import record_judge_score
 from gpt_sft.model.configuration_gpt import GPTConfig
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID
@@ -212,6 +213,12 @@ def test_dpo_on_synthetic_pairs_raises_held_out_accuracy_and_writes_the_run(demo
     args = json.loads((out / "training_args.json").read_text())
     assert args["beta"] == 0.1 and args["prompt_style"] == "alpaca", "the SFT recipe's style"
     assert len(json.loads((out / "test-responses.json").read_text())) == 30
+    # a judge score recorded later re-renders the card as a DPO card
+    report = out / "judge-report.json"
+    report.write_text(json.dumps({"summary": {"mean": 42.5, "scored": 30, "n": 30}, "judge": {"model": "judge"}}))
+    record_judge_score(out, report)
+    card = (out / "README.md").read_text()
+    assert "**42.50**" in card and "## Preference tuning (DPO)" in card
 
 
 # ---------------------------------------------------------------- training behaviour
@@ -309,6 +316,13 @@ def test_bad_options_are_one_line_errors(capsys, args, message):
         dpo_main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_without_the_main_job_s_model_the_error_says_what_to_do(tmp_path, pairs_file, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no outputs/gpt2-medium-sft here
+    assert dpo_main(["--data", str(pairs_file)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --model outputs/gpt2-medium-sft: no such folder") and "scripts/train.py" in err[-1]
 
 
 def test_the_command_and_yaml_share_the_training_options(tmp_path, sft_checkpoint, pairs_file):

@@ -125,6 +125,10 @@ def setup_dpo(cfg: DPOConfig, accelerator: Accelerator) -> DPORun:
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg))
     set_seed(cfg.seed)
+    default_model = DPOConfig.__dataclass_fields__["model"].default
+    if cfg.model == default_model and not Path(cfg.model).exists():
+        raise ValueError(f"--model {cfg.model}: no such folder; the default is the main job's output: train the SFT "
+                         "model first (accelerate launch -q scripts/train.py) or pass --model SFT_DIR")
     resolve_prompt_style(cfg)
     load_preference_data(cfg.data, skip_invalid=cfg.skip_invalid)  # its errors before a long model load
     context = cfg.context_length if cfg.model == "scratch" else peek_context_length(cfg.model)
