@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.validate import END_OF_TEXT
 from .cache import ScoreCache, cache_key
 from .errors import JudgeRejectedError, JudgeRequestError, JudgeUnavailableError
 from .http import Judge
@@ -51,7 +52,6 @@ from .modes import parse_json_field
 from .runner import ask_all
 from .text import stored_reply
 
-END_OF_TEXT = "<|endoftext|>"
 DEFAULT_CHOSEN_INSTRUCTION = "Make it more polite: courteous, friendly and respectful."
 DEFAULT_REJECTED_INSTRUCTION = "Make it less polite: curt, rude or condescending, but not offensive."
 PAIRINGS = ("both", "book")
