@@ -16,6 +16,8 @@ MAX_LINES = 470
 # Imports that stay inside a function, and why.
 LATE_IMPORTS = {
     ("gpt_sft.model.sources", "tensorflow"): "an optional extra (gpt-sft[tf]), only for OpenAI's checkpoints",
+    ("gpt_sft.cli.chat_web", "gradio"): "an optional extra (gpt-sft[chat]), only for chat --web, and seconds to "
+                                        "import, which every other gpt-sft command would pay",
 }
 
 

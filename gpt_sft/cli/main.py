@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import dpo, evaluate, export, generate, make_preferences, refresh_code, serve, train
+from . import chat, dpo, evaluate, export, generate, make_preferences, refresh_code, serve, train
 
 COMMANDS = {
     "train": ("fine-tune a GPT-2 on instruction data (the book's chapter 7 recipe by default)", train.main),
     "dpo": ("preference-tune a fine-tuned model with DPO (the book's chapter 7 DPO recipe by default)", dpo.main),
     "generate": ("generate responses with a fine-tuned checkpoint", generate.main),
+    "chat": ("talk to a fine-tuned model, answers streamed: in the terminal, or --web in the browser", chat.main),
     "evaluate": ("score responses with an LLM judge", evaluate.main),
     "make-preferences": ("make chosen/rejected preference data by asking a model to rewrite each response",
                          make_preferences.main),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -48,7 +48,6 @@ def _select_next(
     return torch.cat([torch.multinomial(probs[j : j + 1], 1, generator=g)[0] for j, g in enumerate(generators)])
 
 
-@torch.inference_mode()
 def _decode_batch_cache(
     model: torch.nn.Module,
     prompts: list[list[int]],
@@ -57,6 +56,32 @@ def _decode_batch_cache(
     generators: list[torch.Generator] | None,
 ) -> tuple[list[list[int]], list[bool]]:
     """Our KV-cache loop for one batch. Returns the new ids and whether each stopped at end-of-text."""
+    results: list[list[int]] = [[] for _ in prompts]
+    stopped = [False] * len(prompts)
+    for step in decode_steps(model, prompts, budgets, settings, generators):
+        for row, token in step:
+            if token is None:
+                stopped[row] = True
+            else:
+                results[row].append(token)
+    return results, stopped
+
+
+@torch.inference_mode()  # a generator: torch enters inference mode at every resumption
+def decode_steps(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    budgets: list[int],
+    settings: GenerationSettings,
+    generators: list[torch.Generator] | None,
+) -> Iterator[list[tuple[int, int | None]]]:
+    """Our KV-cache loop for one batch, one step at a time: each step yields ``(row, token)`` for every
+    row still running, ``token`` ``None`` where the row emitted end-of-text (and left the batch).
+
+    ``prompts`` are ids that fit the context with their ``budgets`` (:func:`_fit_prompts`), and the
+    model is in eval mode. :func:`_decode_batch_cache` collects the steps; ``gpt_sft.generate.stream``
+    shows them as they come, so a streamed answer is the batch-of-one answer token for token.
+    """
     device = _model_device(model)
     B = len(prompts)
     lengths = [len(p) for p in prompts]
@@ -83,8 +108,6 @@ def _decode_batch_cache(
     )
     logits = out.logits[:, -1, :]  # (B, vocab)
     active = list(range(B))  # original row of each row still in the batch
-    results: list[list[int]] = [[] for _ in range(B)]
-    stopped = [False] * B
     while True:
         row_generators = [generators[r] for r in active] if generators is not None else None
         next_token = _select_next(logits, settings, row_generators)  # (b,)
@@ -95,11 +118,7 @@ def _decode_batch_cache(
             else torch.zeros_like(next_token, dtype=torch.bool)
         )  # (b,)
         eos_list = is_eos.tolist()
-        for j, row in enumerate(active):
-            if eos_list[j]:
-                stopped[row] = True
-            else:
-                results[row].append(tokens[j])
+        yield [(row, None if eos_list[j] else tokens[j]) for j, row in enumerate(active)]
         budget_left = budget_left - 1
         finished = is_eos | (budget_left <= 0)  # (b,)
         if bool(finished.all()):
@@ -127,7 +146,6 @@ def _decode_batch_cache(
         )
         logits = out.logits[:, -1, :]  # (b, vocab)
         next_position = next_position + 1
-    return results, stopped
 
 
 @torch.inference_mode()

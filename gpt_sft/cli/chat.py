@@ -1,0 +1,170 @@
+"""``gpt-sft chat``: talk to a fine-tuned model in the terminal, or (``--web``) in the browser.
+
+One instruction, with an optional input, per turn, in the checkpoint's own prompt format (its recipe's
+style); the answer is printed as it is generated, and with greedy decoding it is the answer
+``gpt-sft generate --prompt`` prints. Ctrl-C stops the answer, not the chat. ``--url`` talks to a model
+behind an OpenAI-compatible server instead (``gpt-sft serve``, so a GGUF export is tried in the same
+chat); ``--model`` then only names the checkpoint whose recipe gives the prompt format.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from ..common.options import option, parse_config
+from ..data.prompts import get_prompt_style
+from ..generate.chat import SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, Exit, Say
+from ..generate.remote import RemoteModel
+from ..generate.settings import GenerationSettings
+from ..generate.stream import stream_answer
+from ..model.loading import load_model, load_tokenizer
+from . import chat_web
+from .errors import report_errors
+from .export import export_style
+
+try:  # line editing and history at the prompt where the platform has it
+    import readline
+except ImportError:  # pragma: no cover - Windows
+    readline = None
+
+
+@dataclass
+class ChatConfig:
+    """Chat with a fine-tuned model: one instruction per turn, answers streamed."""
+
+    model: str | None = option(None, "Checkpoint folder (or any source --model of generate takes); with --url, only "
+                               "the checkpoint whose recipe gives the prompt format")
+    url: str | None = option(None, "An OpenAI-compatible server to ask instead of loading --model (gpt-sft serve, "
+                             "llama.cpp, vLLM), e.g. http://127.0.0.1:8000")
+    served_model: str | None = option(None, "With --url: the model name to ask for (default: the first the server lists)")
+    api_key_env: str = option("OPENAI_API_KEY", "With --url: environment variable holding the API key, if the "
+                              "server needs one")
+    prompt_style: str | None = option(None, "Prompt style; default: the checkpoint's recipe (alpaca without one)")
+    max_new_tokens: int = option(GenerationSettings.max_new_tokens, "New tokens per answer (the book's 256)")
+    temperature: float = option(GenerationSettings.temperature, "0: greedy (the book); > 0 samples")
+    top_k: int | None = option(GenerationSettings.top_k, "Keep the k most likely tokens before sampling or argmax")
+    seed: int | None = option(GenerationSettings.seed, "Sampling seed of every answer (as generate's --seed)")
+    web: bool = option(False, "Serve the chat as a web page (Gradio) instead of the terminal", switch=True)
+    host: str = option("127.0.0.1", "With --web: the address to listen on (0.0.0.0 exposes it to the network)")
+    port: int = option(7860, "With --web: the port")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
+    dtype: str = option("auto", "auto (the checkpoint's), float32, bfloat16, float16")
+    trust_remote_code: bool = option(False, "Allow a model folder that is not a gpt-sft checkpoint to run its own "
+                                     "Python code (auto_map)", switch=True)
+
+    def __post_init__(self) -> None:
+        if not self.model and not self.url:
+            raise ValueError("--model is required (a checkpoint folder), or --url for a served model")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"--port must be in 1..65535, got {self.port}")
+        try:
+            self.settings()
+        except ValueError as err:  # GenerationSettings speaks of fields; a command line user typed flags
+            raise ValueError(f"--{str(err).replace('_', '-')}") from None
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                                  seed=self.seed, batch_size=1, progress=False)
+
+
+def style_source(cfg: ChatConfig, has_recipe: bool) -> str:
+    """Where the prompt format comes from, in words (shown at the start)."""
+    if cfg.prompt_style:
+        return "--prompt-style"
+    return "the checkpoint's recipe" if has_recipe else "the default: no recipe.json in --model"
+
+
+def answerer(cfg: ChatConfig) -> tuple[Answerer, str]:
+    """How answers are made, and what that is in words: our model loaded, or the server at ``--url``."""
+    if cfg.url:
+        remote = RemoteModel(cfg.url, cfg.served_model, cfg.api_key_env)
+        return remote.stream, f"{remote.name} at {remote.base} (OpenAI-compatible server)"
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    return partial(stream_answer, model, tokenizer), f"{cfg.model} (loaded here)"
+
+
+def _cancel_or_quit(session: ChatSession) -> bool:
+    """Ctrl-C at the prompt: drop a half-typed line or a multi-line input (True), or quit (False)."""
+    if session.reading_input is not None:
+        session.reading_input = None
+        print("\n(input dropped)")
+        return True
+    if readline is not None and readline.get_line_buffer():
+        print()
+        return True
+    return False
+
+
+def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
+    """Print the answer to ``turn`` as it comes; Ctrl-C stops it and returns to the prompt."""
+    shown = ""
+    updates = session.stream(turn)
+    try:
+        for update in updates:
+            if update.note and not update.done and not update.new_tokens:
+                print(f"[note: {update.note}]", file=out)
+            if update.done and not update.text.startswith(shown):  # a style with its own extraction rule
+                print(f"\n[the finished answer reads:]\n{update.text}", end="", file=out)
+            elif update.text != shown:
+                print(update.text[len(shown):], end="", file=out, flush=True)
+            shown = update.text
+            if update.done and not update.stopped_at_eos:
+                print(f"\n[{update.note or f'{update.new_tokens} new tokens, the most allowed: /max-new-tokens raises it'}]",
+                      end="", file=out)
+    except KeyboardInterrupt:
+        updates.close()
+        print(" [stopped]", end="", file=out)
+    print(file=out, flush=True)
+
+
+def run_terminal(session: ChatSession, banner: str) -> int:
+    print(banner, flush=True)
+    while True:
+        try:
+            line = input(session.prompt_label)
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            if _cancel_or_quit(session):
+                continue
+            print()
+            return 0
+        action = session.handle(line)
+        if isinstance(action, Exit):
+            return 0
+        if isinstance(action, Say):
+            print(action.text, flush=True)
+        elif isinstance(action, Ask):
+            show_answer(session, action)
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpt-sft chat``."""
+    cfg = parse_config(ChatConfig, argv, prog="gpt-sft chat")
+    if cfg.model and not cfg.url and Path(cfg.model).suffix == ".gguf":
+        raise ValueError(f"--model {cfg.model}: a GGUF file is not loaded here; serve it (gpt-sft serve --model "
+                         f"{cfg.model}) and chat with --url http://127.0.0.1:8000")
+    if cfg.model:
+        style, recipe = export_style(cfg.model, cfg.prompt_style)
+    else:
+        style, recipe = get_prompt_style(cfg.prompt_style or "alpaca"), None
+    if cfg.web:
+        chat_web.check_gradio()  # before the (slower) model load
+    answer, backend = answerer(cfg)
+    session = ChatSession(answer, style, cfg.settings())
+    banner = "\n".join([
+        f"gpt-sft chat with {backend}",
+        f"Prompt format: {style.name}, from {style_source(cfg, recipe is not None)}.",
+        SINGLE_TURN_NOTE,
+    ])
+    if cfg.web:  # the page shows the settings in their own fields
+        return chat_web.serve(session, banner, cfg)
+    return run_terminal(session, f"{banner}\nSettings: {session.describe_settings()}.\n"
+                                 "/help lists the commands; /exit, Ctrl-D or Ctrl-C at an empty prompt quits.")

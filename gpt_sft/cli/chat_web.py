@@ -1,0 +1,158 @@
+"""``gpt-sft chat --web``: the chat as a web page on 127.0.0.1, built with Gradio.
+
+The same chat as the terminal's (:class:`~gpt_sft.generate.chat.ChatSession`): an instruction and an
+optional input per turn, the answer streamed into the page, the exact prompt in a panel that opens on
+request, the sampling settings beside it. An endpoint field sends the turn to any OpenAI-compatible
+server instead (``gpt-sft serve`` on a GGUF export), formatted the same way.
+
+Elements a script can rely on (``elem_id``): ``instruction``, ``input``, ``send``, ``stop``, ``answer``,
+``prompt`` (inside ``prompt-panel``), ``status`` (``generating... (turn N)``, then ``done (turn N): ...``,
+``stopped (turn N): ...`` or ``error (turn N): ...``, N counting the tab's turns), ``temperature``,
+``top-k``, ``max-new-tokens``, ``seed``, ``endpoint``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+from collections.abc import Iterator
+
+from ..generate.chat import SINGLE_TURN_NOTE, Answerer, ChatSession
+from ..generate.remote import EndpointError, RemoteModel
+
+GENERATING = "generating..."
+INSTALL_HINT = "gpt-sft chat --web needs Gradio: pip install 'gpt-sft[chat]' (or the dev extra)"
+
+
+def check_gradio() -> None:
+    if importlib.util.find_spec("gradio") is None:
+        raise RuntimeError(INSTALL_HINT)
+
+
+class WebChat:
+    """What the page's events do; kept apart from the page so that it reads (and tests) as plain Python."""
+
+    def __init__(self, session: ChatSession, api_key_env: str = "OPENAI_API_KEY"):
+        self.session = session
+        self.api_key_env = api_key_env
+        self.remotes: dict[str, RemoteModel] = {}
+        # Stop is a flag the answer's own loop reads, not Gradio's cancellation of the event: a cancelled
+        # event would lose the last update, and the page would not say that the answer was stopped
+        self.turn_ids = itertools.count(1)
+        self.stopping: set[int] = set()
+
+    def answerer(self, endpoint: str) -> Answerer:
+        """The model chat started with (``endpoint`` empty), or the server at ``endpoint``."""
+        endpoint = (endpoint or "").strip()
+        if not endpoint:
+            return self.session.answer
+        if endpoint not in self.remotes:
+            self.remotes[endpoint] = RemoteModel(endpoint, api_key_env=self.api_key_env)
+        return self.remotes[endpoint].stream
+
+    def settings(self, temperature, top_k, max_new_tokens, seed):
+        """The page's settings, checked by ``GenerationSettings`` (a ``ValueError`` names the field)."""
+        return dataclasses.replace(
+            self.session.settings, temperature=float(temperature or 0), top_k=int(top_k) if top_k else None,
+            max_new_tokens=int(max_new_tokens) if max_new_tokens is not None else 0,
+            seed=int(seed) if seed is not None else None)
+
+    def respond(self, instruction: str, input_: str, temperature, top_k, max_new_tokens, seed, endpoint: str,
+                turns: int) -> Iterator[tuple[str, str, str, int, int]]:
+        """``(answer, prompt, status, turns, turn id)`` as the answer grows. ``turns`` counts this tab's turns:
+        the status names its turn (``done (turn 2): ...``), so that whoever waits for an answer to finish
+        cannot mistake the previous turn's ``done`` for it. The turn id (unique in this server) is what
+        :meth:`stop` is given."""
+        turns, turn_id = int(turns or 0) + 1, next(self.turn_ids)
+        instruction = (instruction or "").strip()
+        if not instruction:
+            yield "", "", f"error (turn {turns}): type an instruction first", turns, turn_id
+            return
+        try:
+            settings = self.settings(temperature, top_k, max_new_tokens, seed)
+            answer = self.answerer(endpoint)
+        except (ValueError, EndpointError) as err:
+            yield "", "", f"error (turn {turns}): {err}", turns, turn_id
+            return
+        turn = self.session.ask(instruction, (input_ or "").strip("\n"))
+        generating = f"{GENERATING} (turn {turns})"
+        yield "", turn.prompt, generating, turns, turn_id
+        updates = answer(turn.prompt, settings)
+        try:
+            for update in updates:
+                if turn_id in self.stopping:  # checked between tokens: the answer ends here, as Ctrl-C ends it
+                    updates.close()
+                    yield update.text, update.prompt, f"stopped (turn {turns}): {update.new_tokens} new tokens", \
+                        turns, turn_id
+                    return
+                status = generating
+                if update.done:
+                    end = "end of text" if update.stopped_at_eos else "the most new tokens allowed"
+                    status = f"done (turn {turns}): {update.new_tokens} new tokens, {end}"
+                if update.note:
+                    status += f" (note: {update.note})"
+                yield update.text, update.prompt, status, turns, turn_id
+        except EndpointError as err:
+            yield "", turn.prompt, f"error (turn {turns}): {err}", turns, turn_id
+        finally:
+            self.stopping.discard(turn_id)
+
+    def stop(self, turn_id) -> None:
+        """The Stop button: end the answer of turn ``turn_id`` at its next token."""
+        if turn_id is not None:
+            self.stopping.add(int(turn_id))
+
+
+def build_page(chat: WebChat, banner: str, endpoint: str = ""):
+    """The Gradio page (``gradio.Blocks``)."""
+    import gradio as gr
+
+    settings = chat.session.settings
+    with gr.Blocks(title="gpt-sft chat", analytics_enabled=False) as page:
+        gr.Markdown("## gpt-sft chat\n" + banner.replace(SINGLE_TURN_NOTE, f"**{SINGLE_TURN_NOTE}**").replace("\n", "  \n"))
+        with gr.Row():
+            with gr.Column(scale=3):
+                instruction = gr.Textbox(label="Instruction", elem_id="instruction", lines=1,
+                                         placeholder="Type an instruction, then Enter or Send")
+                input_box = gr.Textbox(label="Input (optional)", elem_id="input", lines=3)
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", elem_id="stop")
+                answer = gr.Textbox(label="Answer", elem_id="answer", lines=6, interactive=False, buttons=["copy"])
+                status = gr.Textbox(label="Status", elem_id="status", lines=1, max_lines=1, interactive=False)
+                with gr.Accordion("The exact prompt sent to the model", open=False, elem_id="prompt-panel"):
+                    prompt = gr.Textbox(show_label=False, elem_id="prompt", lines=8, interactive=False,
+                                        buttons=["copy"])
+            with gr.Column(scale=1):
+                temperature = gr.Slider(0, 2, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)",
+                                        elem_id="temperature")
+                top_k = gr.Number(value=settings.top_k or 0, precision=0, minimum=0, label="Top-k (0 = off)",
+                                  elem_id="top-k")
+                max_new = gr.Number(value=settings.max_new_tokens, precision=0, minimum=1, label="Max new tokens",
+                                    elem_id="max-new-tokens")
+                seed = gr.Number(value=settings.seed, precision=0, label="Seed (empty = random)", elem_id="seed")
+                server = gr.Textbox(value=endpoint, label="OpenAI-compatible endpoint (empty: the model chat started "
+                                    "with)", elem_id="endpoint", placeholder="http://127.0.0.1:8000")
+        turns, running = gr.State(0), gr.State(None)  # per browser tab: turns so far, the id of the last one
+        inputs = [instruction, input_box, temperature, top_k, max_new, seed, server, turns]
+        outputs = [answer, prompt, status, turns, running]
+        # one answer at a time: a local model is one set of weights on one device
+        for trigger in (send.click, instruction.submit):
+            trigger(chat.respond, inputs, outputs, concurrency_limit=1, concurrency_id="answer")
+        stop.click(chat.stop, running, None, concurrency_limit=None)  # at once, beside the running answer
+    return page
+
+
+def serve(session: ChatSession, banner: str, cfg) -> int:
+    """Serve the page until Ctrl-C."""
+    import gradio as gr
+
+    page = build_page(WebChat(session, cfg.api_key_env), banner, endpoint=cfg.url or "")
+    print(f"gpt-sft chat: http://{cfg.host}:{cfg.port} (Ctrl-C stops)", flush=True)
+    page.queue().launch(server_name=cfg.host, server_port=cfg.port, share=False, inbrowser=False, quiet=True,
+                        theme=gr.themes.Default(), footer_links=[])
+    return 0
+
+
+__all__ = ["GENERATING", "WebChat", "build_page", "check_gradio", "serve"]

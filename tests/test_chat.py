@@ -1,0 +1,248 @@
+"""``gpt-sft chat`` in the terminal: the streamed answer is ``gpt-sft generate --prompt``'s, token for token.
+
+The session's commands and the streaming reader are tested as plain Python; the terminal chat itself is
+driven through a real pseudo-terminal (pexpect) on the trained offline demo, and compared with a
+``gpt-sft generate --prompt`` process. Ctrl-C is sent as the terminal sends it (the ^C character, which
+the kernel turns into SIGINT), to a random model that writes long answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_sft.cli.chat import main as chat_main
+from gpt_sft.data.prompts import PromptStyle, format_prompt, get_prompt_style
+from gpt_sft.export.checkpoint import save_checkpoint
+from gpt_sft.generate.chat import SINGLE_TURN_NOTE, Ask, ChatSession, Exit, Say
+from gpt_sft.generate.responses import generate_responses
+from gpt_sft.generate.settings import GenerationSettings
+from gpt_sft.generate.stream import ResponseText, stream_answer
+from gpt_sft.model.configuration_gpt import GPTConfig
+from gpt_sft.model.loading import load_model, load_tokenizer
+from gpt_sft.model.modeling_gpt import GPTForCausalLM
+
+ALPACA = get_prompt_style("alpaca")
+
+
+def generate_cli(folder: Path, instruction: str, input_: str = "", *flags: str) -> str:
+    """What ``gpt-sft generate --prompt`` prints, less its final newline."""
+    result = subprocess.run([sys.executable, "-m", "gpt_sft.cli.main", "generate", "--model", str(folder),
+                             "--prompt", instruction, "--input", input_, *flags],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.endswith("\n")
+    return result.stdout[:-1]
+
+
+# ------------------------------------------------------------------ the streamed text
+
+
+def test_the_shown_text_never_takes_back_a_character():
+    prompt = format_prompt({"instruction": "Name a colour."}, ALPACA)
+    reader = ResponseText(ALPACA, prompt)
+    # a continuation as it grows token by token; U+FFFD is the first byte of a character not yet complete
+    steps = ["\n", "\n\n###", "\n\n### Resp", "\n\n### Response:", "\n\n### Response:\n", "\n\n### Response:\n Red",
+             "\n\n### Response:\n Red and", "\n\n### Response:\n Red and gr\ufffd", "\n\n### Response:\n Red and gr\xe9",
+             "\n\n### Response:\n Red and gr\xe9en ", "\n\n### Response:\n Red and gr\xe9en ###",
+             "\n\n### Response:\n Red and gr\xe9en ### Res"]
+    shown = [reader.partial(step) for step in steps]
+    assert not any("#" in text or "\ufffd" in text for text in shown), "what may still change is held back"
+    assert shown[-1] == "Red and gr\xe9en"
+    assert all(b.startswith(a) for a, b in itertools.pairwise(shown))
+    final = reader.final(steps[-1])
+    assert final == ALPACA.extract_response(prompt + steps[-1], prompt) == "Red and gr\xe9en ### Res"
+    assert final.startswith(shown[-1])
+
+
+def test_a_style_with_its_own_extraction_shows_only_growing_text():
+    style = PromptStyle(name="upper", prompt="{instruction}", response="{output}",
+                                                 extract=lambda text, prompt: text[len(prompt):].strip().upper()[::-1])
+    reader = ResponseText(style, "Q")
+    assert reader.partial("ab") == "BA"
+    assert reader.partial("abc") == "BA", "CBA does not extend BA: nothing new is shown"
+    assert reader.final("abc") == "CBA"
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run):
+    folder, entries = demo_run
+    return folder, load_model(folder, device="cpu", dtype="float32"), load_tokenizer(folder), entries
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_streamed_answers_are_generate_responses(demo, temperature):
+    """Greedy and sampled (same seed): the last update is generate_responses' answer, and every update
+    extends the one before."""
+    _, model, tokenizer, entries = demo
+    settings = GenerationSettings(temperature=temperature, top_k=20 if temperature else None, seed=11,
+                                  max_new_tokens=24, progress=False)
+    held_out = entries[-6:] + [{"instruction": "Name three primary colors.", "input": ""}]
+    for entry in held_out:
+        expected = generate_responses(model, tokenizer, [entry], settings)[0]
+        updates = list(stream_answer(model, tokenizer, format_prompt(entry, ALPACA), settings))
+        assert updates[-1].done and updates[-1].text == expected, entry
+        assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
+        assert [u.new_tokens for u in updates[1:-1]] == list(range(1, len(updates) - 1)), "one update per token"
+        if temperature == 0 and "output" in entry:
+            assert expected == entry["output"], "the trained demo answers its held-out tasks"
+
+
+def test_an_answer_that_runs_out_of_context_says_so(demo):
+    _, model, tokenizer, _ = demo
+    prompt = format_prompt({"instruction": "Count the words in the list. " * 12}, ALPACA)  # ~110 of 128 tokens
+    last = list(stream_answer(model, tokenizer, prompt, GenerationSettings(max_new_tokens=256, progress=False)))[-1]
+    if last.stopped_at_eos:
+        assert last.note is None
+    else:
+        assert "context of 128" in last.note and last.new_tokens < 256
+
+
+# ------------------------------------------------------------------ the session's commands
+
+
+def _session(answers=None) -> ChatSession:
+    return ChatSession(lambda prompt, settings: iter(answers or []), ALPACA, GenerationSettings())
+
+
+def test_commands_change_the_settings_and_name_themselves_in_errors():
+    session = _session()
+    assert isinstance(session.handle("/temperature 0.7"), Say) and session.settings.temperature == 0.7
+    session.handle("/top-k 5")
+    session.handle("/max-new-tokens 12")
+    session.handle("/seed random")
+    assert (session.settings.top_k, session.settings.max_new_tokens, session.settings.seed) == (5, 12, None)
+    session.handle("/top-k off")
+    assert session.settings.top_k is None
+    assert session.handle("/max-new-tokens 0").text == "/max-new-tokens must be >= 1, got 0"
+    assert session.handle("/temperature hot").text == "/temperature needs a number, got 'hot'"
+    assert session.handle("/temperature -1").text.startswith("/temperature must be a finite number >= 0")
+    assert session.handle("/top-k").text.startswith("/top-k needs a value")
+    assert session.handle("/wat").text == "unknown command /wat; /help lists the commands"
+    assert session.settings.max_new_tokens == 12, "a refused value changes nothing"
+    assert isinstance(session.handle("/exit"), Exit) and session.handle("   ") is None
+
+
+def test_input_is_attached_to_the_next_instruction_only():
+    session = _session()
+    assert session.handle("/prompt").text == "no prompt sent yet"
+    session.handle("/input door fire")
+    turn = session.handle("Count the words in the list.")
+    assert isinstance(turn, Ask) and turn.input == "door fire"
+    assert turn.prompt == format_prompt({"instruction": "Count the words in the list.", "input": "door fire"}, ALPACA)
+    assert session.handle("Again.").input == "", "the input was for one instruction"
+    assert session.handle("/input").text.startswith("type the input") and session.prompt_label == "input> "
+    assert session.handle("a") is None and session.handle("b") is None
+    assert "2 lines" in session.handle("").text and session.pending_input == "a\nb"
+    assert session.handle("//input is a word").instruction == "/input is a word"
+    assert session.last_prompt in session.handle("/prompt").text
+
+
+def test_chat_options_are_checked_with_one_line_naming_the_flag(capsys):
+    for argv, words in ((["--temperature", "1"], "--model is required"),
+                        (["--model", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+                        (["--model", "x", "--port", "0"], "--port must be in 1..65535")):
+        with pytest.raises(SystemExit) as exit_:
+            chat_main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    assert chat_main(["--model", "m.gguf"]) == 1
+    assert "gpt-sft serve --model m.gguf" in capsys.readouterr().err
+    assert chat_main(["--url", "ftp://x", "--model", "m"]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: --url 'ftp://x': an http:// or https:// address")
+
+
+# ------------------------------------------------------------------ in a real terminal
+
+@pytest.fixture
+def pexpect():
+    """pexpect drives the terminal; missing, the terminal tests skip (in CI, where the dev extra installs it,
+    they fail)."""
+    try:
+        import pexpect
+    except ImportError:
+        if os.environ.get("GPT_SFT_LANE"):
+            pytest.fail("pexpect is missing: the dev extra installs it to drive the terminal chat")
+        pytest.skip("pexpect is not installed (the dev extra installs it): it drives the terminal chat")
+    return pexpect
+
+
+def _spawn(pexpect, *args: str):
+    env = {**os.environ, "TERM": "dumb"}  # no escape sequences from readline in what we read
+    child = pexpect.spawn(sys.executable, ["-m", "gpt_sft.cli.main", "chat", *args], env=env, encoding="utf-8",
+                          timeout=240, dimensions=(50, 400))
+    child.expect_exact("you> ")
+    return child
+
+
+def _answer(child, line: str) -> str:
+    """Send one line; the text printed before the next prompt, less the echo of the line."""
+    child.sendline(line)
+    child.expect_exact("you> ")
+    echo, _, printed = child.before.replace("\r\n", "\n").partition("\n")
+    assert echo == line
+    return printed.removesuffix("\n")
+
+
+@pytest.mark.slow
+def test_terminal_chat_streams_the_answer_generate_prints(pexpect, demo_run):
+    folder, entries = demo_run
+    with_input = next(e for e in reversed(entries) if "\n" in e["input"])
+    without = {"instruction": "Name three primary colors.", "input": ""}
+    expected = [generate_cli(folder, e["instruction"], e["input"]) for e in (with_input, without)]
+    child = _spawn(pexpect, "--model", str(folder))
+    try:
+        banner = child.before
+        assert SINGLE_TURN_NOTE in banner and "Prompt format: alpaca, from the checkpoint's recipe" in banner
+        child.sendline("/input")
+        child.expect_exact("input> ")
+        for line in with_input["input"].split("\n"):
+            child.sendline(line)
+            child.expect_exact("input> ")
+        assert "lines)" in _answer(child, "")
+        assert _answer(child, with_input["instruction"]) == expected[0] == with_input["output"]
+        shown = _answer(child, "/prompt").split("\n")
+        assert "\n".join(shown[1:-1]) == format_prompt(with_input, ALPACA), "the exact prompt, input included"
+        assert _answer(child, without["instruction"]) == expected[1]
+        assert "max new tokens 3" in _answer(child, "/max-new-tokens 3")
+        short = _answer(child, with_input["instruction"]).split("\n")
+        assert short[0] == generate_cli(folder, with_input["instruction"], "", "--max-new-tokens", "3")
+        assert short[1].startswith("[") and "/max-new-tokens raises it" in short[1]
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.fixture(scope="module")
+def rambler(tmp_path_factory) -> Path:
+    """A random GPT with a long context: its greedy answers run for thousands of tokens."""
+    torch.manual_seed(3)
+    model = GPTForCausalLM(GPTConfig(n_layer=4, n_embd=256, n_head=4, n_positions=4096, tie_word_embeddings=True))
+    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("rambler") / "rambler")
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(pexpect, rambler):
+    child = _spawn(pexpect, "--model", str(rambler), "--max-new-tokens", "4000")
+    try:
+        child.sendline("Tell me everything.")
+        child.expect_exact("Tell me everything.\r\n")
+        child.expect(r"\S")  # the first characters of the answer are on the screen
+        child.sendintr()
+        child.expect_exact("[stopped]")
+        child.expect_exact("you> ")
+        assert "Ctrl-C" not in child.before and "Traceback" not in child.before
+        assert "max new tokens 2" in _answer(child, "/max-new-tokens 2"), "the chat goes on after the stop"
+        child.sendintr()  # at an empty prompt: quits
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
