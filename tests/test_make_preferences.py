@@ -20,6 +20,7 @@ from test_judge import FakeJudgeServer, Reply
 
 from gpt_sft.cli.make_preferences import main as prefs_main
 from gpt_sft.data.load import load_instruction_data
+from gpt_sft.data.preference import load_preference_data
 from gpt_sft.judge.backends import OpenAIJudge
 from gpt_sft.judge.http import JudgeConfig
 from gpt_sft.judge.preferences import (DEFAULT_CHOSEN_INSTRUCTION, DEFAULT_REJECTED_INSTRUCTION, PreferenceSpec,
@@ -323,12 +324,11 @@ def test_limit_and_concurrency(tmp_path):
 
 
 def test_the_output_loads_with_the_dpo_data_loader(tmp_path):
-    preference = pytest.importorskip("gpt_sft.data.preference")
     data = write_data(tmp_path, make_entries(3))
     with FakeJudgeServer(polite_or_rude) as server:
         assert run(data, server.url) == 0
     path = data.with_name("data-with-preference.json")
-    dataset, _ = preference.load_preference_data(str(path))
+    dataset, _ = load_preference_data(str(path))
     assert len(dataset) == 3 and dataset[0]["chosen"] == "Kindly, Correct output 0."
     assert len(load_instruction_data(str(path))) == 3, "also plain instruction data (output = the reference)"
 
