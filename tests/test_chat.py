@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -176,8 +177,10 @@ def pexpect():
 
 def _spawn(pexpect, *args: str):
     env = {**os.environ, "TERM": "dumb"}  # no escape sequences from readline in what we read
+    # SIGINT as a terminal delivers it: a job started in the background (CI scripts) inherits SIGINT ignored
     child = pexpect.spawn(sys.executable, ["-m", "gpt_sft.cli.main", "chat", *args], env=env, encoding="utf-8",
-                          timeout=240, dimensions=(50, 400))
+                          timeout=240, dimensions=(50, 400),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact("you> ")
     return child
 

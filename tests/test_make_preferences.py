@@ -260,7 +260,9 @@ def test_ctrl_c_keeps_the_cache_and_the_rerun_continues(tmp_path):
     with FakeJudgeServer(responder) as server:
         cmd = [sys.executable, "-m", "gpt_sft.cli.main", "make-preferences", "--data", str(data), "--backend",
                "openai", "--url", server.url, "--no-progress", "--pairing", "book", "--timeout", "10"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as a terminal delivers it: a job started in the background (CI scripts) inherits it ignored
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while not (cache.exists() and len(cache.read_text().splitlines()) >= k):
