@@ -38,6 +38,7 @@ LN2 = math.log(2)
 TINY_SFT = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
                 generate=False, sample_every_epoch=False, tie_word_embeddings=True, max_steps=6, eval_every=0)
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
+ROUND_OFF = 3e-5  # weights after a few AdamW steps at lr 1e-3 that differ by float round-off only
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +230,10 @@ def test_gradient_accumulation_equals_one_large_batch(sft_checkpoint, pairs_file
     accumulated = dpo(tmp_path, "acc", sft_checkpoint, pairs_file, batch_size=4, gradient_accumulation_steps=2,
                       max_steps=3)
     small = dpo(tmp_path, "small", sft_checkpoint, pairs_file, batch_size=4, max_steps=3)
-    assert max_difference(big, accumulated) <= 2e-6
-    assert max_difference(big, small) > 1e-4, "the comparison can fail: batch 4 without accumulation differs"
+    # Round-off only (AdamW at lr 1e-3 turns gradient round-off into weight differences of ~1e-5: 2e-6 with the
+    # locked versions, 8.8e-6 with the lowest ones); a different update is 1e-4 and more.
+    assert max_difference(big, accumulated) <= ROUND_OFF
+    assert max_difference(big, small) > 10 * ROUND_OFF, "the comparison can fail: batch 4 without accumulation differs"
 
 
 def test_two_processes_equal_one(sft_checkpoint, pairs_file, tmp_path):
@@ -243,7 +246,7 @@ def test_two_processes_equal_one(sft_checkpoint, pairs_file, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es) on CPU" in result.stdout + result.stderr
     single = dpo(tmp_path, "single", sft_checkpoint, pairs_file, batch_size=8, max_steps=3)
-    assert max_difference(out, single) <= 5e-6
+    assert max_difference(out, single) <= ROUND_OFF
 
 
 def test_ctrl_c_and_resume_give_the_uninterrupted_weights(sft_checkpoint, pairs_file, tmp_path):
