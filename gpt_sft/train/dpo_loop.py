@@ -90,9 +90,13 @@ def precompute_reference(model, dataset, cfg: DPOConfig, device: torch.device, a
     return values
 
 
-def build_preference_data(cfg: DPOConfig, num_processes: int, model, accelerator: Accelerator) -> TrainingData:
-    """Load, validate, split and tokenize the pairs; the book's loaders (train shuffled, drop_last)."""
-    dataset, load_stats = load_preference_data(cfg.data, skip_invalid=cfg.skip_invalid)
+def build_preference_data(cfg: DPOConfig, num_processes: int, model, accelerator: Accelerator,
+                          loaded=None) -> TrainingData:
+    """Split and tokenize the pairs (``loaded``: :func:`load_preference_data`'s result, else loaded now);
+    the book's loaders (train shuffled, drop_last)."""
+    if loaded is None:
+        loaded = load_preference_data(cfg.data, skip_invalid=cfg.skip_invalid)
+    dataset, load_stats = loaded
     splits = split_dataset(dataset, cfg.train_fraction, cfg.test_fraction, shuffle=cfg.shuffle_split, seed=cfg.seed)
     tokenized, stats = {}, {}
     for name in ("train", "validation"):
@@ -130,7 +134,7 @@ def setup_dpo(cfg: DPOConfig, accelerator: Accelerator) -> DPORun:
         raise ValueError(f"--model {cfg.model}: no such folder; the default is the main job's output: train the SFT "
                          "model first (accelerate launch -q scripts/train.py) or pass --model SFT_DIR")
     resolve_prompt_style(cfg)
-    load_preference_data(cfg.data, skip_invalid=cfg.skip_invalid)  # its errors before a long model load
+    loaded = load_preference_data(cfg.data, skip_invalid=cfg.skip_invalid)  # its errors before a long model load
     context = cfg.context_length if cfg.model == "scratch" else peek_context_length(cfg.model)
     model = build_model(cfg)
     resolve_allowed_max_length(cfg, context or model.config.n_positions)
@@ -139,7 +143,7 @@ def setup_dpo(cfg: DPOConfig, accelerator: Accelerator) -> DPORun:
     if not cfg.lora_rank and not cfg.precompute_reference:
         reference = copy.deepcopy(base_model(model)).eval().requires_grad_(False)
     # Reference log-probs come from the model before any update: before a resumed state is loaded.
-    data = build_preference_data(cfg, accelerator.num_processes, model, accelerator)
+    data = build_preference_data(cfg, accelerator.num_processes, model, accelerator, loaded)
     say(accelerator, data.report)
     say(accelerator, f"DPO: beta {cfg.beta}, {cfg.logprob_reduction} log-probs, reference: {reference_kind(cfg)}")
     loss = PreferenceLoss(model, cfg.loss_paths(), cfg.beta, cfg.logprob_reduction)
