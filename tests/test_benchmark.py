@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+
+import pytest
+from conftest import load_benchmark
 
 from gpt_sft.data.synthetic import make_synthetic_instructions
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["book", "gpt-sft", "hf", "targets-only", "padding-free", "shared-prefix", "fused"]
 
 
-def test_benchmark_script_tiny(tmp_path):
+@pytest.fixture
+def training_benchmark():
+    yield from load_benchmark("training")
+
+
+def test_benchmark_script_tiny(tmp_path, training_benchmark, capsys):
     data = tmp_path / "synthetic.json"
     data.write_text(json.dumps(make_synthetic_instructions(120, seed=0)))
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "training.py"), "--model-size", "tiny", "--steps", "3",
-         "--warmup", "1", "--eval-every", "2", "--eval-batches", "2", "--ablation", "--data", str(data),
-         "--data-repeats", "1", "--threads", "1", "--no-generation", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("PASSED") == 5 and "FAILED" not in proc.stdout
+    training_benchmark.main(["--model-size", "tiny", "--steps", "3", "--warmup", "1", "--eval-every", "2",
+                             "--eval-batches", "2", "--ablation", "--data", str(data), "--data-repeats", "1",
+                             "--threads", "1", "--no-generation", "--json", str(out)])  # sys.exit(1) on a failed check
+    printed = capsys.readouterr().out
+    assert printed.count("PASSED") == 5 and "FAILED" not in printed
 
     summary = json.loads(out.read_text())
     assert summary["model_size"] == "tiny" and summary["batch_size"] == 8 and summary["timed_steps"] == 3
@@ -51,15 +52,10 @@ def test_benchmark_script_tiny(tmp_path):
     assert prep["entries"] == 102 and prep["tokenize_dataset"]["entries_per_s"] > 0
 
 
-def test_useful_flops_counts_real_tokens_only():
-    import importlib.util
-
+def test_useful_flops_counts_real_tokens_only(training_benchmark):
     import torch
 
-    spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "benchmarks" / "training.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = bench  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = training_benchmark
     from gpt_sft import GPTConfig
 
     config = GPTConfig(n_embd=8, n_layer=2, n_head=2, vocab_size=100)
@@ -71,14 +67,13 @@ def test_useful_flops_counts_real_tokens_only():
     assert flops == per_token * 6 + 6 * 2 * 8 * (3 ** 2 + 3 ** 2)
 
 
-def test_dpo_benchmark_script_tiny(tmp_path):
+def test_dpo_benchmark_script_tiny(tmp_path, capsys):
     """benchmarks/dpo.py on a tiny model: every method times its steps, and every DPO variant starts at ln 2."""
     out = tmp_path / "dpo.json"
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "dpo.py"), "--model-size", "tiny",
-                           "--steps", "1", "--warmup", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("PASSED") == 3 and "FAILED" not in proc.stdout
+    for dpo_benchmark in load_benchmark("dpo"):
+        assert dpo_benchmark.main(["--model-size", "tiny", "--steps", "1", "--warmup", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PASSED") == 3 and "FAILED" not in printed
     results = json.loads(out.read_text())["results"]
     assert [r["method"] for r in results] == ["sft", "dpo-frozen", "dpo-precomputed", "dpo-lora"]
     assert all(r["seconds_per_step"] > 0 for r in results)

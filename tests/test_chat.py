@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import generate_cli
 
 from gpt_sft.cli.chat import main as chat_main
 from gpt_sft.data.prompts import PromptStyle, format_prompt, get_prompt_style
@@ -30,16 +31,6 @@ from gpt_sft.model.loading import load_model, load_tokenizer
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
 
 ALPACA = get_prompt_style("alpaca")
-
-
-def generate_cli(folder: Path, instruction: str, input_: str = "", *flags: str) -> str:
-    """What ``gpt-sft generate --prompt`` prints, less its final newline."""
-    result = subprocess.run([sys.executable, "-m", "gpt_sft.cli.main", "generate", "--model", str(folder),
-                             "--prompt", instruction, "--input", input_, *flags],
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.endswith("\n")
-    return result.stdout[:-1]
 
 
 # ------------------------------------------------------------------ the streamed text

@@ -14,15 +14,12 @@ import importlib.util
 import itertools
 import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, free_port, stop_process
-from test_chat import generate_cli, rambler  # noqa: F401 - rambler: the fixture, used by name
+from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, stop_process
+from test_chat import rambler  # noqa: F401 - rambler: the fixture, used by name
 
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
 from gpt_sft.generate.remote import RemoteModel
@@ -57,37 +54,10 @@ def browser():
             browser.close()
 
 
-def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    """Until ``url`` answers HTTP 200; fails with the end of the server's ``log`` if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"no answer from {url} in {timeout} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.5)
-
-
-def _server(argv: list[str], log: Path, ready: str):
-    """Start ``python -m gpt_sft.cli.main ARGV``, wait until ``ready`` answers; returns the process."""
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "gpt_sft.cli.main", *argv], stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        wait_for_http(ready, proc, log)
-    except BaseException:
-        stop_process(proc)
-        raise
-    return proc
-
-
 def _web_chat(folder: Path, log: Path, *flags: str):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    return _server(["chat", "--model", str(folder), "--web", "--port", str(port), *flags], log, url), url
+    return gpt_sft_server(["chat", "--model", str(folder), "--web", "--port", str(port), *flags], log, url), url
 
 
 @pytest.fixture(scope="module")
@@ -197,38 +167,32 @@ def test_the_page_streams_and_its_stop_button_stops(browser, rambler, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (the dev extra installs it)")
-def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_page, demo_run, tmp_path):
+def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_page, demo_run, demo_server):
     """The demo exported to an f32 GGUF and served by llama.cpp: asked through the page's endpoint field
     (and through RemoteModel directly), it answers what ``gpt-sft generate --prompt`` prints."""
     folder, entries = demo_run
-    port = free_port()
-    serve = _server(["serve", "--model", str(folder), "--gguf-type", "f32", "--port", str(port), "--threads", "1",
-                     "--gguf-cache", str(tmp_path / "cache"), "--name", "demo"], tmp_path / "serve.log",
-                    f"http://127.0.0.1:{port}/v1/models")
+    url, _, _ = demo_server
+    remote = RemoteModel(url)
+    assert remote.name == "demo"
+    settings = GenerationSettings(max_new_tokens=16, progress=False)
+    for entry in entries[-3:]:
+        updates = list(remote.stream(format_prompt(entry, ALPACA), settings))
+        assert updates[-1].done and updates[-1].stopped_at_eos and updates[-1].text == entry["output"], entry
+        assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
+    entry = next(e for e in reversed(entries) if "\n" in e["input"])
+    expected = generate_cli(folder, entry["instruction"], entry["input"])
+    page = _open(browser, demo_page)
     try:
-        remote = RemoteModel(f"http://127.0.0.1:{port}")
-        assert remote.name == "demo"
-        settings = GenerationSettings(max_new_tokens=16, progress=False)
-        for entry in entries[-3:]:
-            updates = list(remote.stream(format_prompt(entry, ALPACA), settings))
-            assert updates[-1].done and updates[-1].stopped_at_eos and updates[-1].text == entry["output"], entry
-            assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
-        entry = next(e for e in reversed(entries) if "\n" in e["input"])
-        expected = generate_cli(folder, entry["instruction"], entry["input"])
-        page = _open(browser, demo_page)
-        try:
-            page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{port}")
-            assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
-            assert _shown_prompt(page) == format_prompt(entry, ALPACA)
-            page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{free_port()}")
-            page.locator("#send").click()
-            page.wait_for_function("() => document.querySelector('#status input').value.startsWith('error (turn 2)')",
-                                   timeout=60_000)
-            assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
-        finally:
-            page.close()
+        page.locator("#endpoint textarea").fill(url)
+        assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
+        assert _shown_prompt(page) == format_prompt(entry, ALPACA)
+        page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{free_port()}")
+        page.locator("#send").click()
+        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('error (turn 2)')",
+                               timeout=60_000)
+        assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
     finally:
-        stop_process(serve)
+        page.close()
 
 
 def test_the_readme_shows_both_chats_and_a_small_screenshot():

@@ -342,9 +342,10 @@ def test_trained_checkpoint_as_remote_code_answers_like_generate_py(demo_run, tm
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     ours = tmp_path / "ours.json"
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "generate.py"), "--model", str(folder), "--data", str(data),
-                    "--split", "all", "--max-new-tokens", "12", "--output", str(ours), "--no-progress"],
-                   check=True, capture_output=True, text=True, env=env, timeout=300)
+    from gpt_sft.cli.generate import main as generate_main  # what scripts/generate.py runs
+
+    assert generate_main(["--model", str(folder), "--data", str(data), "--split", "all", "--max-new-tokens", "12",
+                          "--output", str(ours), "--no-progress"]) == 0
     expected = [e["model_response"] for e in json.loads(ours.read_text())]
     assert sum(a == e["output"] for a, e in zip(expected, entries)) >= 5, "the demo model answers its held-out tasks"
 

@@ -8,26 +8,24 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_until_checkpoint
+from conftest import distributed_run, run_processes, start_until_checkpoint
 from safetensors.torch import load_file
 
 from gpt_sft.cli.dpo import main as dpo_main
 from gpt_sft.cli.train import train
 from gpt_sft.data.collator import IGNORE_INDEX
 from gpt_sft.data.preference import PreferenceCollator, load_preference_data, tokenize_preferences
-from gpt_sft.data.synthetic import make_synthetic_instructions, make_synthetic_preferences
+from gpt_sft.data.synthetic import make_synthetic_preferences
 from gpt_sft.data.validate import InstructionDataError
 from gpt_sft.export.card import record_judge_score
 from gpt_sft.model.configuration_gpt import GPTConfig
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID
-from gpt_sft.train.config import TrainConfig
 from gpt_sft.train.dpo_config import DPOConfig
 from gpt_sft.train.dpo_loop import setup_dpo
 from gpt_sft.train.dpo_loss import PreferenceLoss
@@ -35,19 +33,14 @@ from gpt_sft.train.loss import BOOK, LossPaths
 
 REPO = Path(__file__).resolve().parents[1]
 LN2 = math.log(2)
-TINY_SFT = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
-                generate=False, sample_every_epoch=False, tie_word_embeddings=True, max_steps=6, eval_every=0)
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
 ROUND_OFF = 3e-5  # weights after a few AdamW steps at lr 1e-3 that differ by float round-off only
 
 
 @pytest.fixture(scope="module")
-def sft_checkpoint(tmp_path_factory) -> Path:
-    """A tiny SFT run (6 steps): the policy and reference of the mechanics tests."""
-    root = tmp_path_factory.mktemp("sft")
-    data = root / "tasks.json"
-    data.write_text(json.dumps(make_synthetic_instructions(100, seed=1)))
-    return train(TrainConfig(**TINY_SFT, data=str(data), output_dir=str(root / "sft")))
+def sft_checkpoint(tiny_sft_run) -> Path:
+    """The session's tiny SFT run (6 steps): the policy and reference of the mechanics tests. Read-only."""
+    return tiny_sft_run
 
 
 @pytest.fixture(scope="module")
@@ -238,11 +231,10 @@ def test_gradient_accumulation_equals_one_large_batch(sft_checkpoint, pairs_file
 
 def test_two_processes_equal_one(sft_checkpoint, pairs_file, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           str(REPO / "scripts" / "dpo.py"), "--model", str(sft_checkpoint), "--data", str(pairs_file),
+    cmd = [*distributed_run(2), str(REPO / "scripts" / "dpo.py"), "--model", str(sft_checkpoint), "--data", str(pairs_file),
            "--output-dir", str(out), "--batch-size", "4", "--max-steps", "3", "--no-generate",
            "--no-sample-every-epoch", "--eval-batches", "2", "--eval-every", "2", "--learning-rate", "1e-3"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**ENV, "OMP_NUM_THREADS": "1"})
+    result = run_processes(cmd, env={**ENV, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es) on CPU" in result.stdout + result.stderr
     single = dpo(tmp_path, "single", sft_checkpoint, pairs_file, batch_size=8, max_steps=3)

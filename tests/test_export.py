@@ -17,13 +17,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
+from conftest import generate_cli
 
 from gpt_sft.cli.export import main as export_main
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
@@ -78,59 +77,93 @@ _FRESH_PROCESS = textwrap.dedent("""
     sys.meta_path.insert(0, NoGptSft())
     import numpy as np, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-    folder, ids, messages = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    with torch.no_grad():
-        np.save(folder + "/../logits.npy", model(torch.tensor([ids])).logits[0].numpy())
-    answers = []
-    if messages:
-        generator = pipeline("text-generation", model=folder)
-        for message in messages:
-            out = generator([message], max_new_tokens=24, do_sample=False)
-            answers.append(out[0]["generated_text"][-1]["content"].strip())
-    print(json.dumps({"class": type(model).__name__, "tied": model.lm_head.weight is model.transformer.wte.weight,
-                      "eos": model.generation_config.eos_token_id, "pad": model.generation_config.pad_token_id,
-                      "ids": tokenizer("Hello, world. ### Response:")["input_ids"], "answers": answers,
-                      "gpt_sft_loaded": any(m.split(".")[0] == "gpt_sft" for m in sys.modules)}))
+    seen = {}
+    for folder, ids, messages in json.loads(sys.argv[1]):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with torch.no_grad():
+            np.save(folder + "/../logits.npy", model(torch.tensor([ids])).logits[0].numpy())
+        answers = []
+        if messages:
+            generator = pipeline("text-generation", model=folder)
+            for message in messages:
+                out = generator([message], max_new_tokens=24, do_sample=False)
+                answers.append(out[0]["generated_text"][-1]["content"].strip())
+        seen[folder] = {"class": type(model).__name__, "tied": model.lm_head.weight is model.transformer.wte.weight,
+                        "eos": model.generation_config.eos_token_id, "pad": model.generation_config.pad_token_id,
+                        "ids": tokenizer("Hello, world. ### Response:")["input_ids"], "answers": answers}
+    print(json.dumps({"seen": seen, "gpt_sft_loaded": any(m.split(".")[0] == "gpt_sft" for m in sys.modules)}))
 """)
 
 
-def _in_fresh_process(folder: Path, ids: list[int], messages: list[dict]) -> dict:
+def _in_fresh_process(jobs: list[tuple[Path, list[int], list[dict]]]) -> dict[Path, dict]:
+    """transformers alone (gpt_sft cannot be imported) loads each ``(folder, ids, chat messages)`` export: what it
+    saw per folder; the logits of ``ids`` are saved beside each folder (``logits.npy``). One process for all."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(folder), json.dumps(ids), json.dumps(messages)],
-                            capture_output=True, text=True, cwd=folder.parent, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, json.dumps([(str(f), i, m) for f, i, m in jobs])],
+                            capture_output=True, text=True, cwd=jobs[0][0].parent, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not out["gpt_sft_loaded"]
+    return {Path(folder): {**seen, "gpt_sft_loaded": False} for folder, seen in out["seen"].items()}
 
 
-def test_hf_gpt2_export_of_an_untied_model_loads_without_gpt_sft(untied_checkpoint, tmp_path):
-    out = tmp_path / "stock"
-    assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(out)]) == 0
+def _demo_messages(entries: list[dict]) -> list[dict]:
+    return [{"role": "user", "content": e["instruction"], **({"input": e["input"]} if e["input"] else {})}
+            for e in entries]
+
+
+@pytest.fixture(scope="module")
+def stock_exports(untied_checkpoint, demo_run, tmp_path_factory) -> dict[str, tuple[Path, list[int], dict]]:
+    """The module's three stock GPT-2 exports, read in one fresh process without gpt_sft: ``{name: (export folder,
+    the ids whose logits it saved, what it saw)}`` for ``untied`` (a random untied model, exported by
+    ``gpt-sft export``), ``demo`` (the trained demo, the same way) and ``trained`` (a tiny run that wrote its
+    exports itself: ``train --export hf-gpt2 gguf``)."""
+    from gpt_sft.cli.train import train
+    from gpt_sft.data.synthetic import make_synthetic_instructions
+    from gpt_sft.train.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("stock")
+    untied = root / "untied" / "stock"
+    assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(untied)]) == 0
+    demo_folder, entries = demo_run
+    demo = root / "demo" / "demo-gpt2"
+    assert export_main(["--model", str(demo_folder), "--format", "hf-gpt2", "--output", str(demo)]) == 0
+    data = root / "tasks.json"
+    data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
+    run = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=1,
+                            generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
+                            output_dir=str(root / "trained" / "run"), export=["hf-gpt2", "gguf"]))
+    trained = run / "export" / "hf-gpt2"
+    ids = {"untied": get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.", "input": ""})),
+           "demo": get_tokenizer().encode(format_prompt(entries[-3])),
+           "trained": get_tokenizer().encode("Count the words in the list.")}
+    folders = {"untied": untied, "demo": demo, "trained": trained}
+    seen = _in_fresh_process([(untied, ids["untied"], []), (demo, ids["demo"], _demo_messages(entries[-3:])),
+                              (trained, ids["trained"], [])])
+    return {name: (folder, ids[name], seen[folder]) for name, folder in folders.items()}
+
+
+def test_hf_gpt2_export_of_an_untied_model_loads_without_gpt_sft(untied_checkpoint, stock_exports):
+    out, ids, seen = stock_exports["untied"]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config and config["tie_word_embeddings"] is False
     assert not list(out.glob("*.py")), "a stock export carries no model code"
-    ids = get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.", "input": ""}))
-    seen = _in_fresh_process(out, ids, [])
     assert seen["class"] == "GPT2LMHeadModel" and not seen["gpt_sft_loaded"]
     assert seen["tied"] is False, "an untied head stays untied"
     assert seen["eos"] == END_OF_TEXT_ID and seen["pad"] == END_OF_TEXT_ID
     assert seen["ids"] == get_tokenizer().encode("Hello, world. ### Response:")
-    theirs = np.load(tmp_path / "logits.npy")
+    theirs = np.load(out.parent / "logits.npy")
     assert np.abs(theirs - _our_logits(untied_checkpoint, ids)).max() < 1e-4
 
 
-def test_hf_gpt2_export_of_the_trained_demo_answers_like_generate(demo_run, tmp_path):
+def test_hf_gpt2_export_of_the_trained_demo_answers_like_generate(demo_run, stock_exports):
     folder, entries = demo_run
-    out = tmp_path / "demo-gpt2"
-    assert export_main(["--model", str(folder), "--format", "hf-gpt2", "--output", str(out)]) == 0
+    out, ids, seen = stock_exports["demo"]
     held_out = entries[-3:]
-    messages = [{"role": "user", "content": e["instruction"], **({"input": e["input"]} if e["input"] else {})}
-                for e in held_out]
-    ids = get_tokenizer().encode(format_prompt(held_out[0]))
-    seen = _in_fresh_process(out, ids, messages)
+    assert ids == get_tokenizer().encode(format_prompt(held_out[0]))
     assert seen["class"] == "GPT2LMHeadModel" and seen["tied"] is True and not seen["gpt_sft_loaded"]
-    assert np.abs(np.load(tmp_path / "logits.npy") - _our_logits(folder, ids)).max() < 1e-4
+    assert np.abs(np.load(out.parent / "logits.npy") - _our_logits(folder, ids)).max() < 1e-4
     ours = generate_responses(load_model(folder, device="cpu"), get_tokenizer(), held_out,
                               GenerationSettings(max_new_tokens=24, progress=False))
     assert seen["answers"] == ours
@@ -298,7 +331,7 @@ def test_ollama_export_writes_the_gguf_and_a_modelfile_from_the_recipe(demo_run,
 
 @needs_llama_cpp
 @pytest.mark.slow
-def test_serve_answers_like_our_model_and_like_generate(demo_run, book_test_entries, tmp_path):
+def test_serve_answers_like_our_model_and_like_generate(demo_run, demo_server, book_test_entries):
     """``gpt-sft serve`` (f32) on the trained demo: for the book's first 10 test prompts, every chat
     completion is exactly our model's greedy continuation of the same chat prompt; for the demo's own
     held-out tasks, the answers are what ``gpt-sft generate --prompt`` prints (the model writes the
@@ -307,13 +340,8 @@ def test_serve_answers_like_our_model_and_like_generate(demo_run, book_test_entr
     from gpt_sft.model.loading import load_tokenizer
 
     folder, entries = demo_run
-    port = free_port()
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "gpt_sft.cli.main", "serve", "--model", str(folder), "--gguf-type", "f32",
-           "--port", str(port), "--gguf-cache", str(tmp_path / "cache"), "--threads", "1", "--name", "demo"]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
+    base_url, cache, _ = demo_server
+    url = f"{base_url}/v1"
 
     def chat(entry: dict, max_tokens: int) -> str:
         messages = ([{"role": "system", "content": entry["input"]}] if entry["input"] else []) + [
@@ -322,62 +350,39 @@ def test_serve_answers_like_our_model_and_like_generate(demo_run, book_test_entr
             "model": "demo", "messages": messages, "temperature": 0, "repeat_penalty": 1.0, "max_tokens": max_tokens})
         return reply.json()["choices"][0]["message"]["content"]
 
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                models = requests.get(f"{url}/models", timeout=2).json()
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-        assert [m["id"] for m in models["data"]] == ["demo"]
-        tok, chat_tokenizer = get_tokenizer(), load_tokenizer(folder)
-        model = load_model(folder, device="cpu", dtype="float32")
-        for entry in book_test_entries:
-            message = {"role": "user", "content": entry["instruction"], **({"input": entry["input"]} if entry["input"] else {})}
-            rendered = chat_tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
-            ours = [t for t in _greedy_ours(model, tok.encode(rendered), NEW_TOKENS) if t != END_OF_TEXT_ID]
-            assert chat(entry, NEW_TOKENS) == tok.decode(ours), entry["instruction"]
-        style = get_prompt_style("alpaca")
-        header = style.format_response({"instruction": "", "input": "", "output": ""})
-        held_out = entries[-4:]
-        answers = generate_responses(model, tok, held_out, GenerationSettings(max_new_tokens=16, progress=False))
-        assert answers == [e["output"] for e in held_out]
-        for entry, answer in zip(held_out, answers):
-            assert chat(entry, 16).strip() == answer, entry
-        first = held_out[0]
-        cli = subprocess.run([sys.executable, "-m", "gpt_sft.cli.main", "generate", "--model", str(folder), "--prompt",
-                              first["instruction"], "--input", first["input"], "--max-new-tokens", "16"],
-                             capture_output=True, text=True, timeout=300)
-        assert cli.returncode == 0, cli.stderr[-2000:]
-        assert cli.stdout.strip() == chat(first, 16).strip() == first["output"]
-        assert header not in chat(first, 16)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert list((tmp_path / "cache").glob("demo-*-f32.gguf")), "the GGUF export is cached for the next start"
+    models = requests.get(f"{url}/models", timeout=60).json()
+    assert [m["id"] for m in models["data"]] == ["demo"]
+    tok, chat_tokenizer = get_tokenizer(), load_tokenizer(folder)
+    model = load_model(folder, device="cpu", dtype="float32")
+    for entry in book_test_entries:
+        message = {"role": "user", "content": entry["instruction"], **({"input": entry["input"]} if entry["input"] else {})}
+        rendered = chat_tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
+        ours = [t for t in _greedy_ours(model, tok.encode(rendered), NEW_TOKENS) if t != END_OF_TEXT_ID]
+        assert chat(entry, NEW_TOKENS) == tok.decode(ours), entry["instruction"]
+    style = get_prompt_style("alpaca")
+    header = style.format_response({"instruction": "", "input": "", "output": ""})
+    held_out = entries[-4:]
+    answers = generate_responses(model, tok, held_out, GenerationSettings(max_new_tokens=16, progress=False))
+    assert answers == [e["output"] for e in held_out]
+    for entry, answer in zip(held_out, answers):
+        assert chat(entry, 16).strip() == answer, entry
+    first = held_out[0]
+    printed = generate_cli(folder, first["instruction"], first["input"], "--max-new-tokens", "16")
+    assert printed.strip() == chat(first, 16).strip() == first["output"]
+    assert header not in chat(first, 16)
+    assert list(cache.glob("demo-*-f32.gguf")), "the GGUF export is cached for the next start"
 
 
 # ------------------------------------------------------------------ at the end of training
 
 
-def test_training_writes_the_exports_with_one_option(tmp_path):
-    from gpt_sft.cli.train import train
-    from gpt_sft.data.synthetic import make_synthetic_instructions
+def test_training_writes_the_exports_with_one_option(stock_exports):
     from gpt_sft.train.config import TrainConfig
 
-    data = tmp_path / "tasks.json"
-    data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
-    out = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=1,
-                            generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
-                            output_dir=str(tmp_path / "run"), export=["hf-gpt2", "gguf"]))
-    stock = out / "export" / "hf-gpt2"
+    stock, ids, seen = stock_exports["trained"]  # run/export/hf-gpt2, written by train(..., export=[hf-gpt2, gguf])
+    out = stock.parent.parent
     assert json.loads((stock / "config.json").read_text())["model_type"] == "gpt2"
     assert len(list((out / "export" / "gguf").glob("*.gguf"))) == 1
-    ids = get_tokenizer().encode("Count the words in the list.")
-    seen = _in_fresh_process(stock, ids, [])
     assert seen["class"] == "GPT2LMHeadModel" and not seen["gpt_sft_loaded"]
     assert np.abs(np.load(stock.parent / "logits.npy") - _our_logits(out, ids)).max() < 1e-4
     with pytest.raises(ValueError, match="--export onnx: not an export format"):
@@ -395,7 +400,7 @@ def _readme_section(title: str) -> str:
 
 @needs_llama_cpp
 @pytest.mark.slow
-def test_readme_use_your_model_elsewhere_commands_run(demo_run, tmp_path):
+def test_readme_use_your_model_elsewhere_commands_run(demo_run, demo_server, tmp_path):
     """Every command of the README's "Use your model elsewhere" runs here as shown, with outputs/demo
     replaced by the trained demo and outputs/ by a temporary folder (Ollama and vLLM cannot be
     installed here: their commands are shown, not run)."""
@@ -425,29 +430,13 @@ def test_readme_use_your_model_elsewhere_commands_run(demo_run, tmp_path):
     assert result.stdout.strip() == "3", "the stock export answers the README's example"
 
     serve = next(c for c in commands if c.startswith(".venv/bin/gpt-sft serve"))
-    port = free_port()
-    args = [a if a != "8000" else str(port) for a in shlex.split(local(serve))[1:]]  # serve --model ...
-    env = {**os.environ, "GPT_SFT_CACHE": str(tmp_path / "cache")}
-    with open(tmp_path / "serve.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gpt_sft.cli.main", *args, "--threads", "1"], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-    try:
-        curl = next(c for c in commands if c.startswith("curl"))
-        url, body = re.search(r"(http://\S+)", curl).group(1), json.loads(re.search(r"-d '(.*)'", curl).group(1))
-        url = url.replace(":8000", f":{port}")
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                reply = requests.post(url, json=body, timeout=60).json()
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(0.5)
-        assert reply["choices"][0]["message"]["content"].strip() == "3"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    url, _, running = demo_server
+    assert running == serve, "the session's demo server runs the README's serve command"
+    curl = next(c for c in commands if c.startswith("curl"))
+    endpoint, body = re.search(r"(http://\S+)", curl).group(1), json.loads(re.search(r"-d '(.*)'", curl).group(1))
+    assert endpoint.startswith("http://127.0.0.1:8000/")
+    reply = requests.post(endpoint.replace("http://127.0.0.1:8000", url), json=body, timeout=120).json()
+    assert reply["choices"][0]["message"]["content"].strip() == "3"
 
 
 def test_serve_exports_a_checkpoint_once_and_serves_a_gguf_file_as_it_is(untied_checkpoint, tmp_path, capsys):

@@ -8,8 +8,8 @@ argmax after a few steps for some prompts and never for others (asserted, not as
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -405,11 +405,15 @@ def data_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_script(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "generate.py"), *args],
-        input=stdin, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+def run_cli(capsys, monkeypatch, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``gpt-sft generate ARGS`` in this process (its exit code and printed output): the command's behaviour is
+    the point here, not a process boundary (the console scripts are checked in test_training)."""
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    capsys.readouterr()
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["gpt-sft", "generate", *args], status, out, err)
 
 
 def expected_responses(checkpoint, entries, max_new):
@@ -419,9 +423,9 @@ def expected_responses(checkpoint, entries, max_new):
     return generate_responses(model, get_tokenizer(), entries, max_new_tokens=max_new, progress=False)
 
 
-def test_cli_data_split_writes_the_books_format(checkpoint, data_file, tmp_path):
+def test_cli_data_split_writes_the_books_format(checkpoint, data_file, tmp_path, capsys, monkeypatch):
     output = tmp_path / "sub" / "with-response.json"
-    proc = run_script("--model", str(checkpoint), "--data", str(data_file), "--split", "all", "--output",
+    proc = run_cli(capsys, monkeypatch, "--model", str(checkpoint), "--data", str(data_file), "--split", "all", "--output",
                       str(output), "--max-new-tokens", "8", "--batch-size", "4", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     entries = json.loads(data_file.read_text())
@@ -454,15 +458,15 @@ def test_cli_default_test_split_and_failure_leaves_no_output(checkpoint, data_fi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
-def test_cli_prompt_and_interactive(checkpoint):
+def test_cli_prompt_and_interactive(checkpoint, capsys, monkeypatch):
     want = expected_responses(checkpoint, [{"instruction": "Name a color.", "input": ""},
                                            {"instruction": "Say hi.", "input": "politely"}], 6)
-    proc = run_script("--model", str(checkpoint), "--prompt", "Say hi.", "--input", "politely",
+    proc = run_cli(capsys, monkeypatch, "--model", str(checkpoint), "--prompt", "Say hi.", "--input", "politely",
                       "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want[1] + "\n"
 
-    proc = run_script("--model", str(checkpoint), "--interactive", "--max-new-tokens", "6",
+    proc = run_cli(capsys, monkeypatch, "--model", str(checkpoint), "--interactive", "--max-new-tokens", "6",
                       stdin="Name a color.\n\nexit\nSay hi.\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want[0] + "\n\n"  # one answer; blank lines skipped; stops at "exit"

@@ -347,18 +347,17 @@ def test_retry_after_500_and_429():
 
 
 def test_timeout_then_success_and_timeout_exhausted():
-    def slow_first(prompt, n, req):
-        return Reply("60", delay=1.0) if n == 1 else Reply("60")
+    def silent_first(prompt, n, req):  # the first request never gets an answer: only the timeout ends it
+        return Reply(hang=True) if n == 1 else Reply("60")
 
-    with FakeJudgeServer(slow_first) as server:
-        judge = OllamaJudge(fast_config(server, timeout=0.3, retries=1))
-        t0 = time.monotonic()
+    with FakeJudgeServer(silent_first) as server:
+        judge = OllamaJudge(fast_config(server, timeout=2.0, retries=1))
         assert judge.ask("q") == "60"
-        assert time.monotonic() - t0 < 1.0 and server.counts["q"] == 2
+        assert server.counts["q"] == 2
 
-    with FakeJudgeServer(lambda p, n, r: Reply("60", delay=1.0)) as server:
+    with FakeJudgeServer(lambda p, n, r: Reply(hang=True)) as server:
         entries = make_entries(1)
-        judge = OllamaJudge(fast_config(server, timeout=0.2, retries=1))
+        judge = OllamaJudge(fast_config(server, timeout=0.5, retries=1))
         report = score_responses(entries, judge, progress=False, max_consecutive_failures=0)
         (result,) = report.results
         assert result.score is None and result.reason == "request_failed"
@@ -368,6 +367,7 @@ def test_timeout_then_success_and_timeout_exhausted():
 
 def test_stream_total_deadline_is_enforced():
     """A server that keeps streaming slowly past the timeout is cut off (total, not per-read, timeout)."""
+    LINES, sent = 1000, []
 
     class Trickle(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -380,9 +380,10 @@ def test_stream_total_deadline_is_enforced():
             self.send_response(200)
             self.end_headers()
             try:
-                for _ in range(50):
+                for _ in range(LINES):  # 50 s in all: only a total deadline stops reading before the end
                     self.wfile.write(b'{"message":{"content":"8"},"done":false}\n')
                     self.wfile.flush()
+                    sent.append(1)
                     time.sleep(0.05)
             except (BrokenPipeError, ConnectionResetError):
                 pass
@@ -392,10 +393,9 @@ def test_stream_total_deadline_is_enforced():
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         config = JudgeConfig(url=f"http://127.0.0.1:{httpd.server_address[1]}", timeout=0.5, retries=0)
-        t0 = time.monotonic()
         with pytest.raises(JudgeRequestError, match="not finished within"):
             OllamaJudge(config).ask("q")
-        assert time.monotonic() - t0 < 2.0
+        assert 0 < len(sent) < LINES  # cut off while the server was still streaming
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -544,13 +544,11 @@ def test_consecutive_failures_abort_and_are_not_cached(tmp_path):
 
 def test_bounded_concurrency():
     entries = make_entries(8)
-    with FakeJudgeServer(lambda p, n, r: Reply("50", delay=0.3)) as server:
-        t0 = time.monotonic()
+    # each reply takes 1 s, so requests sent together overlap in the server however loaded the machine is
+    with FakeJudgeServer(lambda p, n, r: Reply("50", delay=1.0)) as server:
         report = score_responses(entries, OllamaJudge(fast_config(server)), concurrency=4, progress=False)
-        elapsed = time.monotonic() - t0
     assert report.scores == [50] * 8
-    assert server.max_in_flight == 4
-    assert elapsed < 0.3 * 8 * 0.6
+    assert server.max_in_flight == 4  # four at once, never more
 
 
 def test_identical_questions_asked_once():

@@ -11,7 +11,6 @@ is not installed (``pip install -e .[dev]`` installs both).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -170,7 +169,7 @@ def test_pairwise_asks_both_orders(llama_cpp_server, shared_data_dir, tmp_path, 
 
 
 def test_the_readme_evaluate_commands_run_and_compute_rouge_and_exact_match(llama_cpp_server, shared_data_dir,
-                                                                            tmp_path):
+                                                                            tmp_path, capsys):
     """The README's judge commands as shown (the local judge's port and outputs/ replaced): ROUGE-L and
     exact match are computed by scripts/evaluate.py, and equal an independent computation."""
     import re
@@ -184,10 +183,11 @@ def test_the_readme_evaluate_commands_run_and_compute_rouge_and_exact_match(llam
     port = llama_cpp_server.rsplit(":", 1)[1]
     args = shlex.split(command.replace("outputs/", f"{tmp_path}/").replace("../shared", str(shared_data_dir.parent))
                        .replace(":8080", f":{port}"))
-    script = Path(__file__).resolve().parents[1] / args[1]
-    result = subprocess.run([sys.executable, str(script), *args[2:], "--no-progress"], capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert args[1] == "scripts/evaluate.py"  # = gpt-sft evaluate, run here in this process
+    capsys.readouterr()
+    status = evaluate_main([*args[2:], "--no-progress"])
+    result = capsys.readouterr()
+    assert status == 0, result.err[-2000:]
     report = json.loads(Path(re.search(r"--output (\S+)", " ".join(args)).group(1)).read_text())
     entries = json.loads((shared_data_dir / "instruction-data-with-response.json").read_text())
     n = report["summary"]["n"]
@@ -197,4 +197,4 @@ def test_the_readme_evaluate_commands_run_and_compute_rouge_and_exact_match(llam
     rouge = sum(scorer.score(e["output"], e["model_response"])["rougeL"].fmeasure for e in entries) / n
     assert abs(report["metrics"]["exact_match"] - exact) < 1e-9
     assert abs(report["metrics"]["rougeL"] - rouge) < 1e-6
-    assert f"rougeL: {report['metrics']['rougeL']:.4f}" in result.stdout
+    assert f"rougeL: {report['metrics']['rougeL']:.4f}" in result.out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import built_once
 from safetensors import safe_open
 
 from gpt_sft.cli.generate import main as generate_main
@@ -38,17 +39,19 @@ HEADS = {"tied": True, "untied": False}
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[tuple[str, bool], Path]:
-    """``{(head, merge_lora): output folder}``: the same training (same seed) saved both ways."""
-    root = tmp_path_factory.mktemp("lora-runs")
-    data = root / "tasks.json"
-    data.write_text(json.dumps(make_synthetic_instructions(40, seed=1)))
-    found = {}
-    for head, tie in HEADS.items():
-        for merge in (False, True):
-            cfg = TrainConfig(**TINY, tie_word_embeddings=tie, merge_lora=merge, data=str(data),
-                              output_dir=str(root / f"{head}-{'merged' if merge else 'adapter'}"))
-            found[head, merge] = train(cfg)
-    return found
+    """``{(head, merge_lora): output folder}``: the same training (same seed) saved both ways; trained once per
+    session for every pytest-xdist worker, read-only."""
+
+    def build(root: Path) -> None:
+        data = root / "tasks.json"
+        data.write_text(json.dumps(make_synthetic_instructions(40, seed=1)))
+        for head, tie in HEADS.items():
+            for merge in (False, True):
+                train(TrainConfig(**TINY, tie_word_embeddings=tie, merge_lora=merge, data=str(data),
+                                  output_dir=str(root / f"{head}-{'merged' if merge else 'adapter'}")))
+
+    for root in built_once(tmp_path_factory, "lora-runs", build):
+        yield {(head, merge): root / f"{head}-{'merged' if merge else 'adapter'}" for head in HEADS for merge in (False, True)}
 
 
 def logits(model) -> torch.Tensor:

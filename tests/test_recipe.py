@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,12 +12,11 @@ import pytest
 from gpt_sft.cli.evaluate import EvaluateConfig, judge_style
 from gpt_sft.cli.generate import main as generate_main
 from gpt_sft.cli.train import train
-from gpt_sft.data.prompts import register_prompt_style, unregister_prompt_style
+from gpt_sft.data.prompts import available_prompt_styles, register_prompt_style, unregister_prompt_style
 from gpt_sft.data.recipe import Recipe, RecipeWarning
 from gpt_sft.data.synthetic import make_synthetic_instructions
 from gpt_sft.train.config import TrainConfig
 
-from conftest import REPO_ROOT
 
 TINY = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=96, eval_batches=1, eval_every=0,
             sample_every_epoch=False, tie_word_embeddings=True, max_steps=2, max_new_tokens=3)
@@ -91,12 +88,14 @@ def test_the_judge_sees_entries_in_the_run_s_style(shuffled_phi3_run):
         assert judge_style(cfg, responses).name == "alpaca"
 
 
-def _generate_in_a_fresh_process(run: Path, tmp_path: Path, env_extra: dict | None = None) -> list[dict]:
-    output = tmp_path / "fresh.json"
-    env = {**os.environ, **(env_extra or {})}
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "generate.py"), "--model", str(run), "--split", "test",
-                    "--max-new-tokens", "3", "--output", str(output), "--no-progress"],
-                   check=True, capture_output=True, text=True, env=env, timeout=300)
+def _generate_again(run: Path, tmp_path: Path) -> list[dict]:
+    """``gpt-sft generate --model RUN --split test``, run here after the style's registration or import is gone:
+    what the run's recipe alone makes of it."""
+    from gpt_sft.cli.generate import main as generate_main
+
+    output = tmp_path / "again.json"
+    assert generate_main(["--model", str(run), "--split", "test", "--max-new-tokens", "3", "--output", str(output),
+                          "--no-progress"]) == 0
     return json.loads(output.read_text())
 
 
@@ -108,7 +107,8 @@ def test_a_style_registered_at_run_time_travels_as_templates(data_file, tmp_path
     finally:
         unregister_prompt_style(style.name)
     trained = json.loads((run / "test-responses.json").read_text())
-    fresh = _generate_in_a_fresh_process(run, tmp_path)  # a process where "bracketed" was never registered
+    assert "bracketed" not in available_prompt_styles()
+    fresh = _generate_again(run, tmp_path)  # "bracketed" is no longer registered: only the recipe knows it
     assert [e["model_response"] for e in fresh] == [e["model_response"] for e in trained]
     assert (run / "chat_template.jinja").read_text().count("[Q] ") == 2
 
@@ -134,5 +134,10 @@ def test_a_style_in_your_own_module_is_named_by_import_path(data_file, tmp_path)
     recipe = json.loads((run / "recipe.json").read_text())
     assert recipe["prompt_style"] == "mystyles:SHOUTING" and recipe["prompt_style_spec"] is None  # it has a function
     trained = json.loads((run / "test-responses.json").read_text())
-    fresh = _generate_in_a_fresh_process(run, tmp_path, {"PYTHONPATH": str(tmp_path)})
+    sys.path.insert(0, str(tmp_path))  # importable again, as it would be for the user who wrote it
+    try:
+        fresh = _generate_again(run, tmp_path)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mystyles", None)
     assert [e["model_response"] for e in fresh] == [e["model_response"] for e in trained]

@@ -14,29 +14,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_until_checkpoint
+from conftest import TINY_TRAIN, distributed_run, run_processes, start_until_checkpoint, tiny_train_config
 from safetensors.torch import load_file
 
-from gpt_sft.data.synthetic import make_synthetic_instructions
 from gpt_sft.cli.train import main, train
 from gpt_sft.train.config import TrainConfig
 from gpt_sft.train.state import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ARGS = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
-                 generate=False, sample_every_epoch=False, tie_word_embeddings=True)
+TINY_ARGS = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tasks.json"
-    path.write_text(json.dumps(make_synthetic_instructions(100, seed=1)))
-    return path  # 85 train -> 10 batches of 8 per epoch, 5 val, 10 test
+def data_file(synthetic_data_file) -> Path:
+    return synthetic_data_file  # 85 train -> 10 batches of 8 per epoch, 5 val, 10 test
 
 
 def run(tmp_path: Path, name: str, data_file: Path, **overrides) -> Path:
-    cfg = TrainConfig(**{**TINY_ARGS, "data": str(data_file), "output_dir": str(tmp_path / name), **overrides})
-    return train(cfg)
+    return train(tiny_train_config(data_file, tmp_path / name, **overrides))
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -379,26 +374,24 @@ def test_lora_skips_a_tied_output_head(data_file, capsys):
 def test_two_process_data_parallel_equals_one_process(tmp_path, data_file):
     """A real 2-process CPU run (torchrun, gloo) with batch 4 per process equals 1 process with batch 8."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(REPO / "scripts" / "train.py"), "--model", "scratch", "--n-layers", "1", "--emb-dim", "32",
+    cmd = [*distributed_run(2), str(REPO / "scripts" / "train.py"), "--model", "scratch", "--n-layers", "1", "--emb-dim", "32",
            "--n-heads", "2", "--context-length", "64", "--data", str(data_file), "--output-dir", str(out),
            "--batch-size", "4", "--max-steps", "4", "--no-generate", "--no-sample-every-epoch",
            "--tie-word-embeddings", "--eval-batches", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
-                            env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    result = run_processes(cmd, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es) on CPU" in result.stdout + result.stderr
     single = run(tmp_path, "single", data_file, batch_size=8, max_steps=4)
     assert_same_weights(out, single, atol=5e-6)
 
 
-def test_console_script_and_accelerate_launch_run_the_same_cli():
-    bin_dir = Path(sys.executable).parent
-    for cmd in ([str(bin_dir / "gpt-sft-train"), "--help"],
-                [str(bin_dir / "accelerate"), "launch", "--num_processes", "1", str(REPO / "scripts" / "train.py"), "--help"]):
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "--resume-from-checkpoint" in result.stdout and "--lora-rank" in result.stdout
+def test_console_script_runs_the_same_cli():
+    """The installed console script is the CLI (``accelerate launch scripts/train.py`` is run for real by the bf16
+    test below)."""
+    result = subprocess.run([str(Path(sys.executable).parent / "gpt-sft-train"), "--help"], capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--resume-from-checkpoint" in result.stdout and "--lora-rank" in result.stdout
 
 
 def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
@@ -437,7 +430,7 @@ class ScoreStandIn(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file):
+def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file, capsys):
     """scripts/evaluate.py --update-checkpoint, against a local OpenAI-compatible server that stands in
     for the judge LLM (it answers "Score: 85" to every request; the real llama.cpp judge is tested in
     test_judge_server.py)."""
@@ -445,16 +438,18 @@ def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScoreStandIn)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    from gpt_sft.cli.evaluate import main as evaluate_main  # what scripts/evaluate.py runs
+
+    capsys.readouterr()
     try:
-        result = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--responses", str(out / "test-responses.json"),
-             "--backend", "openai", "--url", f"http://127.0.0.1:{server.server_address[1]}",
-             "--judge-model", "stand-in", "--update-checkpoint", str(out)],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+        status = evaluate_main(["--responses", str(out / "test-responses.json"), "--backend", "openai", "--url",
+                                f"http://127.0.0.1:{server.server_address[1]}", "--judge-model", "stand-in",
+                                "--update-checkpoint", str(out), "--no-progress"])
     finally:
         server.shutdown()
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Number of scores: 10 of 10" in result.stdout
+    printed = capsys.readouterr()
+    assert status == 0, printed.out[-2000:] + printed.err[-2000:]
+    assert "Number of scores: 10 of 10" in printed.out
     judge = json.loads((out / "metrics.json").read_text())["judge"]
     assert judge["num_scored"] == 10 and judge["num_entries"] == 10 and judge["judge_model"] == "stand-in"
     # empty responses score 0 without asking, the rest 85

@@ -97,8 +97,18 @@ def run_training_command(config_type: type[TrainConfig], setup_run: Callable[[Tr
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
         with contextlib.suppress(ValueError, OSError):  # stderr is no real file (captured): no stack dumps
             faulthandler.register(signal.SIGUSR1, all_threads=True)
-    train(cfg, setup_run)
+    try:
+        train(cfg, setup_run)
+    finally:
+        end_process_group()
     return 0
+
+
+def end_process_group() -> None:
+    """Destroy a multi-process run's process group before the interpreter's teardown does: left to it, gloo's
+    destructor can join a thread that waits for the GIL, and a finished run hangs at exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @report_errors

@@ -1,0 +1,50 @@
+"""The test suite's own machinery (conftest): a hung multi-process run explains itself and leaves nothing behind,
+and a shared trained fixture notices a test that writes into it."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+
+import psutil
+import pytest
+from conftest import built_once, run_processes
+
+# A launcher that starts a worker which, like the trainer, prints its stacks on SIGUSR1, then both hang.
+HANGING_LAUNCHER = textwrap.dedent('''
+    import subprocess, sys, time
+    worker = subprocess.Popen([sys.executable, "-c",
+        "import faulthandler, signal, time\\n"
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\\n"
+        "print('worker up', flush=True)\\n"
+        "def stuck_in_a_collective(): time.sleep(600)\\n"
+        "stuck_in_a_collective()"])
+    print(f"worker pid {worker.pid}", flush=True)
+    worker.wait()
+''')
+
+
+def test_a_hung_launch_fails_with_every_workers_stack_and_leaves_no_process():
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_processes([sys.executable, "-c", HANGING_LAUNCHER], env={}, timeout=10)
+    message = str(failure.value)
+    assert "still running after 10 s" in message
+    assert "stuck_in_a_collective" in message, "the worker's stack is in the failure"
+    worker_pid = int(re.findall(r"worker pid (\d+)", message)[-1])
+    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_finished_launch_returns_its_output_and_status():
+    result = run_processes([sys.executable, "-c", "print('done'); raise SystemExit(3)"], env={}, timeout=60)
+    assert result.returncode == 3 and result.stdout.strip() == "done"
+
+
+def test_a_shared_folder_written_by_a_test_fails_at_the_end(tmp_path_factory):
+    fixture = built_once(tmp_path_factory, "support-check", lambda folder: (folder / "a.txt").write_text("a"))
+    folder = next(fixture)
+    assert (folder / "a.txt").read_text() == "a"
+    (folder / "a.txt").write_text("changed")  # what a careless test would do
+    with pytest.raises(AssertionError, match="wrote into the shared support-check folder .*a.txt"):
+        next(fixture, None)
+    (folder / "a.txt").write_text("a")
