@@ -88,14 +88,12 @@ def test_the_judge_sees_entries_in_the_run_s_style(shuffled_phi3_run):
         assert judge_style(cfg, responses).name == "alpaca"
 
 
-def _generate_again(run: Path, tmp_path: Path) -> list[dict]:
-    """``gpt-sft generate --model RUN --split test``, run here after the style's registration or import is gone:
-    what the run's recipe alone makes of it."""
-    from gpt_sft.cli.generate import main as generate_main
-
+def _generate_again(run: Path, tmp_path: Path, *flags: str) -> list[dict]:
+    """``gpt-sft generate --model RUN --split test [FLAGS]``, run here after the style's registration or import is
+    gone: what the run's recipe (and the flags) make of it."""
     output = tmp_path / "again.json"
     assert generate_main(["--model", str(run), "--split", "test", "--max-new-tokens", "3", "--output", str(output),
-                          "--no-progress"]) == 0
+                          "--no-progress", *flags]) == 0
     return json.loads(output.read_text())
 
 
@@ -136,8 +134,105 @@ def test_a_style_in_your_own_module_is_named_by_import_path(data_file, tmp_path)
     trained = json.loads((run / "test-responses.json").read_text())
     sys.path.insert(0, str(tmp_path))  # importable again, as it would be for the user who wrote it
     try:
-        fresh = _generate_again(run, tmp_path)
+        # the recipe's import path alone imports nothing (issue 23): the user names the module
+        assert generate_main(["--model", str(run), "--split", "test", "--output", str(tmp_path / "no.json")]) == 1
+        assert "mystyles" not in sys.modules and not (tmp_path / "no.json").exists()
+        fresh = _generate_again(run, tmp_path, "--prompt-style", "mystyles:SHOUTING")
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("mystyles", None)
     assert [e["model_response"] for e in fresh] == [e["model_response"] for e in trained]
+
+
+# ---------------------------------------------------------------- a recipe never picks code to import
+
+
+EVIL_MODULE = textwrap.dedent('''
+    import pathlib
+    pathlib.Path("PWNED").touch()  # what any code could do, run just by being imported
+    from gpt_sft.data.prompts import PromptStyle
+    STYLE = PromptStyle(name="evil", prompt="{instruction}", response=" {output}")
+''')
+
+
+@pytest.fixture
+def poisoned_run(tiny_sft_run, tmp_path, monkeypatch) -> Path:
+    """A downloaded checkpoint whose recipe.json names a module of the attacker's, ``evilstyle:STYLE``, that is
+    importable here (as when the download sits next to a notebook); the working directory is ``tmp_path``."""
+    import shutil
+
+    run = tmp_path / "download"
+    shutil.copytree(tiny_sft_run, run)
+    recipe = json.loads((run / "recipe.json").read_text())
+    (run / "recipe.json").write_text(json.dumps({**recipe, "prompt_style": "evilstyle:STYLE",
+                                                 "prompt_style_spec": None}))
+    (tmp_path / "evilstyle.py").write_text(EVIL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    yield run
+    sys.modules.pop("evilstyle", None)
+
+
+def _refused(capsys) -> str:
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "evilstyle:STYLE" in line and "--prompt-style" in line, line
+    return line
+
+
+def test_a_recipe_naming_a_module_imports_nothing_in_any_command(poisoned_run, tmp_path, capsys):
+    from gpt_sft.cli.chat import main as chat_main
+    from gpt_sft.cli.export import main as export_main
+    from gpt_sft.cli.refresh_code import add_missing_chat_template
+    from gpt_sft.train.dpo_config import DPOConfig
+    from gpt_sft.train.dpo_loop import resolve_prompt_style
+
+    with pytest.raises(ValueError, match="pass --prompt-style evilstyle:STYLE"):
+        Recipe.read(poisoned_run).style()
+    assert generate_main(["--model", str(poisoned_run), "--prompt", "hi", "--max-new-tokens", "2"]) == 1
+    _refused(capsys)
+    assert export_main(["--model", str(poisoned_run), "--format", "hf-gpt2", "--output", str(tmp_path / "x")]) == 1
+    _refused(capsys)
+    assert chat_main(["--model", str(poisoned_run)]) == 1
+    _refused(capsys)
+    with pytest.raises(ValueError, match="pass --prompt-style evilstyle:STYLE"):
+        resolve_prompt_style(DPOConfig(model=str(poisoned_run), data="pairs.json"))
+    responses = poisoned_run / "test-responses.json"
+    responses.write_text("[]")
+    with pytest.raises(ValueError, match="pass --prompt-style evilstyle:STYLE"):
+        judge_style(EvaluateConfig(responses=str(responses)), responses)
+    config = json.loads((poisoned_run / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (poisoned_run / "tokenizer_config.json").write_text(json.dumps(config))
+    (poisoned_run / "chat_template.jinja").unlink(missing_ok=True)
+    assert add_missing_chat_template(poisoned_run) is None  # refused, said on stderr
+    assert "evilstyle:STYLE" in capsys.readouterr().err
+    assert "evilstyle" not in sys.modules and not (tmp_path / "PWNED").exists(), "the module was imported"
+
+
+def test_the_import_path_is_honoured_when_the_user_types_it(poisoned_run, tmp_path, capsys):
+    assert generate_main(["--model", str(poisoned_run), "--prompt", "hi", "--max-new-tokens", "2",
+                          "--prompt-style", "evilstyle:STYLE"]) == 0
+    assert (tmp_path / "PWNED").exists(), "named on the command line, the user's own module is imported"
+
+
+def test_the_recorded_templates_win_over_a_registered_style_of_the_same_name(tmp_path):
+    recorded = {"name": "house", "prompt": "Q: {instruction}{input_section}", "response": "\nA: {output}",
+                "input_template": "\n{input}", "response_marker": "A:"}
+    Recipe(prompt_style="house", prompt_style_spec=recorded).write(tmp_path)
+    register_prompt_style("house", prompt="Question: {instruction}", response=" {output}")  # edited since
+    try:
+        with pytest.warns(RecipeWarning, match="registered here differs from the templates"):
+            style = Recipe.read(tmp_path).style()
+        assert style.format_prompt({"instruction": "x", "input": ""}) == "Q: x"
+    finally:
+        unregister_prompt_style("house")
+    register_prompt_style("house", prompt=recorded["prompt"], response=recorded["response"],
+                          input_template=recorded["input_template"], response_marker="A:")
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RecipeWarning)  # the same templates: nothing to say
+            assert Recipe.read(tmp_path).style().format_prompt({"instruction": "x", "input": ""}) == "Q: x"
+    finally:
+        unregister_prompt_style("house")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ..common.atomic_io import atomic_directory, write_text_atomic
 from ..common.options import option, parse_config
-from ..data.prompts import PromptStyle, get_prompt_style
-from ..data.recipe import Recipe, follow_recipe
+from ..data.prompts import PromptStyle
+from ..data.recipe import Recipe, resolve_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..export.hf_gpt2 import export_hf_gpt2
 from ..export.ollama import modelfile
@@ -60,10 +60,7 @@ class ExportConfig:
 def export_style(folder: str, given: str | None) -> tuple[PromptStyle, Recipe | None]:
     """The prompt style to export with: ``given``, else the recipe's; and the recipe."""
     recipe = Recipe.read(folder) if Path(folder).is_dir() else None
-    name = follow_recipe(recipe, given, "--prompt-style", recipe.prompt_style if recipe else None)
-    if recipe is not None and name == recipe.prompt_style:
-        return recipe.style(), recipe
-    return get_prompt_style(name or "alpaca"), recipe
+    return resolve_style(recipe, given), recipe
 
 
 def plain_model(path: str):

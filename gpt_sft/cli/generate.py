@@ -17,8 +17,8 @@ from pathlib import Path
 from ..common.atomic_io import write_json_atomic
 from ..common.options import option, parse_config
 from ..data.load import load_instruction_data
-from ..data.prompts import PromptStyle, get_prompt_style
-from ..data.recipe import Recipe, entries_of_split, follow_recipe
+from ..data.prompts import PromptStyle
+from ..data.recipe import Recipe, entries_of_split, follow_recipe, resolve_style
 from ..data.split import split_dataset
 from ..generate.responses import add_responses, generate_responses
 from ..generate.settings import BACKENDS, OVERFLOW_POLICIES, GenerationSettings
@@ -112,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft generate`` (also ``scripts/generate.py``)."""
     cfg = parse_config(GenerateConfig, argv, prog="gpt-sft generate")
     recipe = Recipe.read(cfg.model) if Path(cfg.model).is_dir() else None
-    style_name = follow_recipe(recipe, cfg.prompt_style, "--prompt-style", recipe.prompt_style if recipe else None)
-    style = recipe.style() if recipe is not None and style_name == recipe.prompt_style else get_prompt_style(style_name or "alpaca")
+    style = resolve_style(recipe, cfg.prompt_style)
     settings = cfg.settings(style)
     entries, data = (None, None) if cfg.prompt is not None or cfg.interactive else entries_to_answer(cfg, recipe)
     # the data is checked before the (slower) model load

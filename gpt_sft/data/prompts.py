@@ -286,6 +286,11 @@ def unregister_prompt_style(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def registered_prompt_style(name: str) -> PromptStyle | None:
+    """The style registered under ``name`` (built in, or by ``register_prompt_style``), else ``None``; never imports."""
+    return _REGISTRY.get(name)
+
+
 def available_prompt_styles() -> list[str]:
     """Names of the registered prompt styles."""
     return sorted(_REGISTRY)
@@ -293,8 +298,8 @@ def available_prompt_styles() -> list[str]:
 
 def get_prompt_style(style: PromptStyle | str = "alpaca") -> PromptStyle:
     """The :class:`PromptStyle` for a registered name, an import path ``"package.module:NAME"`` (a
-    :class:`PromptStyle` defined in your own code: how a command line or a recipe names it), or the
-    style itself."""
+    :class:`PromptStyle` defined in your own code), or the style itself. An import path imports that module: pass
+    only what the user typed (a flag, a Python call), never a name read from a file (see ``Recipe.style``)."""
     if isinstance(style, PromptStyle):
         return style
     if isinstance(style, str) and style in _REGISTRY:

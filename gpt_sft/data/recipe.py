@@ -21,7 +21,7 @@ from datasets import DatasetDict
 
 from ..common.atomic_io import write_json_atomic
 from .load import load_instruction_data
-from .prompts import PromptStyle, get_prompt_style
+from .prompts import PromptStyle, get_prompt_style, registered_prompt_style
 from .split import split_dataset
 from .validate import LoadStats
 
@@ -78,16 +78,28 @@ class Recipe:
         return write_json_atomic(Path(folder) / RECIPE_FILE, dataclasses.asdict(self))
 
     def style(self) -> PromptStyle:
-        """The run's prompt style: registered or importable by its name, else rebuilt from its templates."""
-        try:
-            return get_prompt_style(self.prompt_style)
-        except ValueError:
-            if self.prompt_style_spec:
-                return PromptStyle.from_spec(self.prompt_style_spec)
+        """The run's prompt style, rebuilt from the templates the recipe recorded, or a style registered under its
+        name. Never imported: a recipe is read from a file, and nothing read from a file picks code to run (a style
+        with code is named by the user, ``--prompt-style package.module:NAME``). The recorded templates win over a
+        registered style of the same name (editing a registered style must not re-prompt old checkpoints); a
+        warning says when the two differ."""
+        registered = registered_prompt_style(self.prompt_style)
+        if self.prompt_style_spec:
+            recorded = PromptStyle.from_spec(self.prompt_style_spec)
+            if registered is not None and registered.spec() != recorded.spec():
+                warn_recipe(f"prompt style {self.prompt_style!r} registered here differs from the templates the "
+                            "checkpoint's recipe recorded: using the recorded ones")
+            return recorded
+        if registered is not None:
+            return registered
+        if ":" in self.prompt_style:
             raise ValueError(
-                f"the run was trained with prompt style {self.prompt_style!r}, which is neither registered here nor "
-                "importable: register it (gpt_sft.register_prompt_style), or name it as package.module:NAME"
-            ) from None
+                f"the run was trained with prompt style {self.prompt_style!r}, code of your own that a checkpoint "
+                "cannot carry, and gpt-sft imports code only when you name it: pass --prompt-style "
+                f"{self.prompt_style} (or register the style in Python)")
+        raise ValueError(
+            f"the run was trained with prompt style {self.prompt_style!r}, which is not registered here and whose "
+            "templates the recipe did not record: register it (gpt_sft.register_prompt_style), or pass --prompt-style")
 
     def splits(self) -> DatasetDict:
         """The run's train / validation / test splits, made again exactly as training made them."""
@@ -109,9 +121,21 @@ def follow_recipe(recipe: Recipe | None, given: str | None, what: str, recorded:
     return given
 
 
+def resolve_style(recipe: Recipe | None, given: str | PromptStyle | None) -> PromptStyle:
+    """The prompt style a later stage uses: ``given`` (what the user typed: a registered name or an import path,
+    honoured, with a warning when it contradicts the recipe), else the recipe's (:meth:`Recipe.style`, never
+    imported), else alpaca."""
+    if given is not None:
+        follow_recipe(recipe, given if isinstance(given, str) else given.name, "--prompt-style",
+                      recipe.prompt_style if recipe else None)
+        return get_prompt_style(given)
+    return recipe.style() if recipe is not None else get_prompt_style("alpaca")
+
+
 def entries_of_split(splits: DatasetDict, split: str) -> list[dict]:
     """The entries of ``split`` (``train``, ``val``/``validation``, ``test``)."""
     return [dict(row) for row in splits[SPLIT_NAMES[split]]]
 
 
-__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "entries_of_split", "follow_recipe", "warn_recipe"]
+__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "entries_of_split", "follow_recipe", "resolve_style",
+           "warn_recipe"]

@@ -24,7 +24,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from ..data.preference import PreferenceCollator, load_preference_data, tokenize_preferences
-from ..data.recipe import Recipe, follow_recipe
+from ..data.prompts import registered_prompt_style
+from ..data.recipe import Recipe, resolve_style
 from ..data.split import split_dataset
 from ..model.loading import peek_context_length
 from .data import TrainingData, data_summary
@@ -68,8 +69,11 @@ def resolve_prompt_style(cfg: DPOConfig) -> None:
     """The SFT checkpoint's own prompt style unless ``--prompt-style`` says otherwise (then with a
     warning if they differ); written back into ``cfg``."""
     recipe = Recipe.read(cfg.model) if Path(cfg.model).is_dir() else None
-    cfg.prompt_style = follow_recipe(recipe, cfg.prompt_style, "--prompt-style",
-                                     recipe.prompt_style if recipe else None) or "alpaca"
+    style = resolve_style(recipe, cfg.prompt_style)  # the recipe's is rebuilt from its templates, never imported
+    # a typed or registered style goes on by name; one only the recipe knows (or knows otherwise), as the style itself
+    registered = registered_prompt_style(style.name)
+    same = registered is not None and (registered is style or registered.spec() == style.spec() is not None)
+    cfg.prompt_style = cfg.prompt_style or (style.name if same else style)
 
 
 @torch.no_grad()
