@@ -174,6 +174,32 @@ def test_hf_gpt2_export_of_the_trained_demo_answers_like_generate(demo_run, stoc
     assert json.loads((out / "recipe.json").read_text())["prompt_style"] == "alpaca"
 
 
+def test_export_never_writes_over_its_checkpoint_or_a_file(untied_checkpoint, tmp_path, capsys):
+    """--output PARENT --overwrite would replace the folder that holds the checkpoint (and all beside it); an
+    --output that is a file would become a folder: both refused in one line, nothing touched."""
+    runs = tmp_path / "runs"
+    shutil.copytree(untied_checkpoint, runs / "x")
+    (runs / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+
+    def refused(*args: str) -> str:
+        with pytest.raises(SystemExit) as stop:  # an option error: argparse's usage line and exit status 2
+            export_main(["--model", str(runs / "x"), *args])
+        assert stop.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    for output in (runs, tmp_path):
+        line = refused("--format", "gguf", "--output", str(output), "--overwrite")
+        assert f"error: --output {output} holds the checkpoint --model" in line, line
+    a_file = tmp_path / "export.gguf"
+    a_file.write_text("not a folder")
+    line = refused("--output", str(a_file), "--overwrite")
+    assert f"error: --output {a_file} is a file, not a folder: choose a folder for the export" in line, line
+    assert a_file.read_text() == "not a folder" and (runs / "notes.txt").read_text() == "mine"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(before + ["export.gguf"])
+
+
 def test_export_refuses_a_non_empty_output_without_overwrite(untied_checkpoint, tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()

@@ -53,8 +53,14 @@ class ExportConfig:
             raise ValueError("--model is required: the checkpoint folder to export")
         if not self.output:
             raise ValueError("--output is required: the folder to write the export to")
-        if Path(self.output).resolve() == Path(self.model).resolve():
+        output, model = Path(self.output).resolve(), Path(self.model).resolve()
+        if output == model:
             raise ValueError("--output must not be the checkpoint folder itself")
+        if output in model.parents:  # --overwrite would delete the checkpoint and everything beside it
+            raise ValueError(f"--output {self.output} holds the checkpoint --model {self.model}: write the export to a "
+                             "folder outside it")
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"--output {self.output} is a file, not a folder: choose a folder for the export")
 
 
 def export_style(folder: str, given: str | None) -> tuple[PromptStyle, Recipe | None]:
