@@ -477,6 +477,10 @@ def test_serve_exports_a_checkpoint_once_and_serves_a_gguf_file_as_it_is(untied_
     cmd = server_command(path, name, cfg, context)
     assert cmd[1:3] == ["-m", "llama_cpp.server"] and cmd[cmd.index("--n_ctx") + 1] == "128"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1", "local only unless --host says otherwise"
+    for bad in ("../../x", "a/b", "..", "x\x1b[2J"):
+        with pytest.raises(ValueError, match="a model name, not a path"):
+            ServeConfig(model=str(untied_checkpoint), name=bad, gguf_cache=str(tmp_path / "cache"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"], "nothing written outside the cache folder"
     from gpt_sft.cli.serve import main as serve_main
 
     capsys.readouterr()

@@ -359,6 +359,13 @@ def test_lora_trains_only_adapters_and_the_merged_model_reloads(tmp_path, data_f
     assert len(json.loads((lora / "test-responses.json").read_text())) == 10
 
 
+def test_a_lora_target_that_matches_no_layer_is_an_error(data_file):
+    from gpt_sft.train.loop import build_model
+
+    with pytest.raises(ValueError, match=r"--lora-target-modules nope: no Linear layer .* its Linear layers: .*q_proj"):
+        build_model(TrainConfig(**TINY_ARGS, data=str(data_file), lora_rank=2, lora_target_modules=["nope", "q_proj"]))
+
+
 def test_lora_skips_a_tied_output_head(data_file, capsys):
     from gpt_sft.train.loop import build_model
 

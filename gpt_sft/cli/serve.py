@@ -50,6 +50,10 @@ class ServeConfig:
             raise ValueError("--model is required: a checkpoint folder or a .gguf file")
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
+        if self.name is not None and (self.name in ("", ".", "..") or any(c in self.name for c in "/\\")
+                                      or not self.name.isprintable()):
+            # it names the cached GGUF file too: a path here would write outside the cache folder
+            raise ValueError(f"--name {self.name!r}: a model name, not a path (no /, \\ or .., printable)")
 
 
 def _fingerprint(folder: Path, cfg: ServeConfig) -> str:

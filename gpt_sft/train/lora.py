@@ -20,6 +20,13 @@ def lora_alpha(cfg: TrainConfig) -> float:
 def apply_lora(model, cfg: TrainConfig):
     """``model`` with LoRA adapters on ``cfg.lora_target_modules``; only the adapters train."""
     targets = list(cfg.lora_target_modules)
+    # peft adapts the modules whose names end with a target and passes over a target that matches none: a typo
+    # would silently leave those layers without adapters
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    unknown = [t for t in targets if t.rsplit(".", 1)[-1] not in linear]
+    if unknown:
+        raise ValueError(f"--lora-target-modules {','.join(unknown)}: no Linear layer of this model is called that; "
+                         f"its Linear layers: {', '.join(sorted(linear))}")
     if model.config.tie_word_embeddings and "lm_head" in targets:
         # Merging an lm_head adapter into a head tied to wte would change the input embedding too.
         targets.remove("lm_head")
