@@ -120,15 +120,35 @@ def test_collator_pads_both_sides_masks_prompt_and_padding_and_keeps_one_end_of_
 
 def test_a_prompt_that_fills_the_length_drops_the_pair_and_counts_it(pairs_file):
     dataset, _ = load_preference_data(str(pairs_file))
-    full, _ = tokenize_preferences(dataset.select(range(8)), "alpaca", 1024)
-    prompt_lengths = sorted(full["chosen_prompt_length"])
-    limit = prompt_lengths[3]  # pairs with a longer prompt have no response token within the limit
-    pairs, stats = tokenize_preferences(dataset.select(range(8)), "alpaca", limit)
-    assert stats.num_dropped_no_response == sum(p > limit for p in prompt_lengths) > 0
-    assert stats.num_kept + stats.num_dropped_no_response == 8 and len(pairs) == stats.num_kept
-    assert stats.num_overlong == stats.num_kept, "the kept ones lose their end-of-text: counted as over-long"
+    dataset = dataset.select(range(8))
+    full, _ = tokenize_preferences(dataset, "alpaca", 1024)
+    prompts = full["chosen_prompt_length"]
+    lengths = [max(len(c), len(r)) for c, r in zip(full["chosen_input_ids"], full["rejected_input_ids"])]
+    diverge = [next(i for i, (c, r) in enumerate(zip(cs, rs)) if c != r)  # where the two answers part
+               for cs, rs in zip(full["chosen_input_ids"], full["rejected_input_ids"])]
+    limit = sorted(diverge)[3] + 1  # the four pairs that part earliest keep a difference within it
+    pairs, stats = tokenize_preferences(dataset, "alpaca", limit)
+    no_response = [p > limit for p in prompts]  # no response token within the limit: dropped
+    same = [not n and d >= limit for n, d in zip(no_response, diverge)]  # cut before they part: the same pair
+    kept = [not (n or m) for n, m in zip(no_response, same)]
+    assert stats.num_dropped_no_response == sum(no_response) > 0
+    assert stats.num_dropped_identical == sum(same) and stats.num_kept == sum(kept) == len(pairs) > 0
+    assert stats.num_overlong == sum(k and n > limit for k, n in zip(kept, lengths)), \
+        "the kept ones cut at the limit lose their end-of-text: counted as over-long"
     with pytest.raises(InstructionDataError, match="no pair is left.*--allowed-max-length"):
-        tokenize_preferences(dataset.select(range(8)), "alpaca", prompt_lengths[0] - 1)
+        tokenize_preferences(dataset, "alpaca", min(prompts) - 1)
+
+
+def test_a_pair_whose_chosen_and_rejected_are_the_same_is_dropped_and_counted(pairs_file):
+    dataset, _ = load_preference_data(str(pairs_file))
+    rows = [dict(dataset[i]) for i in range(4)]
+    rows[1]["rejected"] = rows[1]["chosen"]  # a no-op pair: trains nothing, dilutes the loss and the accuracy
+    from datasets import Dataset
+
+    pairs, stats = tokenize_preferences(Dataset.from_list(rows), "alpaca", 1024)
+    assert stats.num_dropped_identical == 1 and stats.dropped_indices == [1] and stats.num_kept == len(pairs) == 3
+    assert "1 dropped: chosen and rejected are the same" in str(stats) and stats.num_dropped == 1
+    assert all(p["chosen_input_ids"] != p["rejected_input_ids"] for p in pairs)
 
 
 # ---------------------------------------------------------------- the loss against the formula

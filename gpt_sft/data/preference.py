@@ -55,6 +55,7 @@ class PreferenceTokenStats:
     num_overlong: int = 0  # pairs with a response cut at allowed_max_length (it loses its end-of-text target)
     num_dropped_overlong: int = 0  # of those, dropped (--drop-overlong)
     num_dropped_no_response: int = 0  # pairs whose prompt alone fills allowed_max_length: nothing to compare
+    num_dropped_identical: int = 0  # pairs whose chosen and rejected are the same tokens: nothing to prefer
     longest: int = 0  # tokens of the longest sequence, with its end-of-text
     dropped_indices: list[int] = field(default_factory=list)  # rows of the split that were dropped
 
@@ -64,15 +65,21 @@ class PreferenceTokenStats:
             text += f"; {self.num_overlong} over-long " + ("dropped" if self.num_dropped_overlong else "truncated")
         if self.num_dropped_no_response:
             text += f"; {self.num_dropped_no_response} dropped: the prompt alone fills --allowed-max-length"
+        if self.num_dropped_identical:
+            text += f"; {self.num_dropped_identical} dropped: chosen and rejected are the same"
         return text
+
+    @property
+    def num_dropped(self) -> int:
+        return self.num_dropped_overlong + self.num_dropped_no_response + self.num_dropped_identical
 
 
 def tokenize_preferences(dataset: Dataset, style: PromptStyle | str, allowed_max_length: int, *,
                          drop_overlong: bool = False) -> tuple[Dataset, PreferenceTokenStats]:
     """The pairs of ``dataset`` as token ids: ``chosen_input_ids``/``rejected_input_ids`` (prompt +
     response, without end-of-text) and each one's prompt length. A pair whose prompt leaves no response
-    token within ``allowed_max_length`` is dropped (counted); an over-long one is truncated as in SFT
-    (or dropped with ``drop_overlong``)."""
+    token within ``allowed_max_length`` is dropped (counted), and so is one whose chosen and rejected sides are the
+    same tokens; an over-long one is truncated as in SFT (or dropped with ``drop_overlong``)."""
     sides = {}
     for name in RESPONSE_FIELDS:
         # Each side is the instruction entry with its response as the output: the same prompt, the
@@ -88,6 +95,11 @@ def tokenize_preferences(dataset: Dataset, style: PromptStyle | str, allowed_max
         stats.longest = max([stats.longest] + [len(ids) + 1 for ids, _ in pair.values()])
         if any(prompt_length > allowed_max_length for _, prompt_length in pair.values()):
             stats.num_dropped_no_response += 1
+            stats.dropped_indices.append(row)
+            continue
+        if pair["chosen"][0][:allowed_max_length] == pair["rejected"][0][:allowed_max_length]:
+            # the same tokens where the loss looks (up to the length limit): a no-op pair that dilutes the loss
+            stats.num_dropped_identical += 1
             stats.dropped_indices.append(row)
             continue
         if any(len(ids) > allowed_max_length for ids, _ in pair.values()):

@@ -122,8 +122,7 @@ def build_preference_data(cfg: DPOConfig, num_processes: int, model, accelerator
     report = (f"preference data: {load_stats}; split {len(splits['train'])}/{len(splits['validation'])}/"
               f"{len(splits['test'])} train/val/test; train: {stats['train']}; val: {stats['validation']}")
     summary = data_summary(load_stats, splits, {name: stats[name].num_overlong for name in stats},
-                           {name: stats[name].num_dropped_overlong + stats[name].num_dropped_no_response
-                            for name in stats})
+                           {name: stats[name].num_dropped for name in stats})
     return TrainingData(train, val, [dict(e) for e in splits["validation"]], [dict(e) for e in splits["test"]],
                         sampler, report, summary, load_stats)
 
