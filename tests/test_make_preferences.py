@@ -172,6 +172,9 @@ def test_read_rewrite_rules():
     assert read_rewrite('{"rewrite": 5}', None, "b", 10)[1] == "unparsable"
     assert read_rewrite(" a  b\n", None, "a b", 10)[1] == "unchanged", "a whitespace-only change is no change"
     assert read_rewrite("x" * 5, 30_000, "b", 10)[1] == "too_long", "a reply cut in the cache is too long"
+    for score in ("87", '{"rewrite": "87"}', "87.5", "90%"):  # a judge's score is no rewrite of a sentence
+        assert read_rewrite(score, None, "The capital of France is Paris.", 100)[1] == "a_number", score
+    assert read_rewrite("4", None, "3", 10) == ("4", None, ""), "a number for a number can be a rewrite"
 
 
 def test_user_instructions_change_the_prompt_and_the_cache_key(tmp_path):

@@ -22,7 +22,8 @@ backend's structured output (a JSON schema for llama.cpp, vLLM, OpenAI and Ollam
 does not constrain it and its reply is read as JSON if it is JSON, else as plain text). The rewrite is
 stripped (and one pair of quotes or backticks around all of it removed); it is refused, with the reason
 recorded, when it is empty, longer than ``max_chars``, contains GPT-2's ``<|endoftext|>`` (the training
-data would be refused), or is the original again; a pair whose sides are the same text is refused too.
+data would be refused), is the original again, or is a bare number where the response is not one (a model
+that answers with a score); a pair whose sides are the same text is refused too.
 Nothing in a reply is ever run.
 
 Requests use the judge's machinery: transport retries with backoff and a total deadline per request
@@ -76,6 +77,7 @@ EMPTY = "empty"
 TOO_LONG = "too_long"
 UNCHANGED = "unchanged"
 HAS_END_OF_TEXT = "end_of_text"
+A_NUMBER = "a_number"  # a bare number for a response that is not one: a score, not a rewrite
 UNPARSABLE = "unparsable"
 REQUEST_FAILED = "request_failed"  # transport failure after all retries (not cached: asked again next run)
 REQUEST_REJECTED = "request_rejected"  # HTTP 400/413/422 for this request (not cached)
@@ -160,7 +162,17 @@ def read_rewrite(reply: str, reply_chars: int | None, original: str, max_chars: 
         return None, HAS_END_OF_TEXT, f"contains {END_OF_TEXT}, GPT-2's end-of-text token"
     if _same(text, original):
         return None, UNCHANGED, "the rewrite is the original output"
+    if _is_number(text) and not _is_number(original):
+        return None, A_NUMBER, f"the reply {text!r} is a bare number (a score?), not a rewrite of the response"
     return text, None, ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.strip().rstrip(".%").replace(",", ""))
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
