@@ -118,6 +118,13 @@ def test_commands_change_the_settings_and_name_themselves_in_errors():
     assert session.handle("/top-k").text.startswith("/top-k needs a value")
     assert session.handle("/wat").text == "unknown command /wat; /help lists the commands"
     assert session.settings.max_new_tokens == 12, "a refused value changes nothing"
+    # a seed no torch generator takes was accepted, then ended the chat at the next sampled answer
+    from gpt_sft.generate.settings import MAX_SEED
+
+    session.handle("/seed 7")
+    assert session.handle("/seed 99999999999999999999999").text.startswith("/seed must be from 0 to ")
+    assert session.handle("/seed -1").text.startswith("/seed must be from 0 to ") and session.settings.seed == 7
+    torch.Generator().manual_seed(MAX_SEED - 1 + 2**31)  # the largest seed, plus a prompt index, is taken
     assert isinstance(session.handle("/exit"), Exit) and session.handle("   ") is None
 
 

@@ -51,6 +51,9 @@ class PromptTruncationWarning(UserWarning):
     """Some prompts did not fit in the context window together with ``max_new_tokens``."""
 
 
+MAX_SEED = 2**63 - 2**32  # torch generators take seeds below 2**64; seed + i must fit for any batch of prompts
+
+
 @dataclasses.dataclass
 class GenerationSettings:
     """How to generate.
@@ -95,6 +98,8 @@ class GenerationSettings:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and int(self.top_k) < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.seed is not None and not 0 <= int(self.seed) < MAX_SEED:  # prompt i's generator takes seed + i
+            raise ValueError(f"seed must be from 0 to {MAX_SEED - 1}, got {self.seed}")
         if isinstance(self.batch_size, str):
             if self.batch_size != "auto":
                 raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
