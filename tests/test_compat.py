@@ -241,6 +241,29 @@ def test_a_style_that_rewrites_its_fields_gets_no_template():
 # ---------------------------------------------------------------- older checkpoints
 
 
+def test_a_broken_recipe_is_one_line_naming_the_file_and_refresh_code_goes_on(tmp_path, capsys):
+    from gpt_sft.cli.generate import main as generate_main
+
+    folders = [save_checkpoint(tiny_model(), tmp_path / name, prompt_style="phi3") for name in ("list", "cut", "ok")]
+    (folders[0] / "recipe.json").write_text("[1, 2]")
+    (folders[1] / "recipe.json").write_text('{"prompt_style": "ph')
+    (folders[2] / "training_args.json").write_text(json.dumps({"prompt_style": "phi3"}))  # an older run's record
+    for folder in folders:  # older checkpoints without a chat template: refresh-code reads the recipe for one
+        (folder / "chat_template.jinja").unlink()
+    capsys.readouterr()
+    assert cli_main(["refresh-code", *map(str, folders)]) == 1
+    printed = capsys.readouterr()
+    errors = printed.err.strip().splitlines()
+    assert errors == [f"error: {folders[0] / 'recipe.json'}: a JSON list, not an object; delete it, or pass --data "
+                      "and --prompt-style", errors[1]]
+    assert errors[1].startswith(f"error: {folders[1] / 'recipe.json'}: not valid JSON")
+    assert f"{folders[2]}: " in printed.out and "chat template (phi3)" in printed.out, "the last folder still refreshed"
+    for folder in folders[:2]:
+        assert generate_main(["--model", str(folder), "--prompt", "hi"]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: {folder / 'recipe.json'}: ") and "Traceback" not in line, line
+
+
 def test_outdated_code_warns_in_one_line_and_refresh_code_repairs_it(tmp_path, capsys):
     folder = save_checkpoint(tiny_model(), tmp_path / "old", prompt_style="phi3")
     # What a checkpoint saved before the code was numbered looks like: no MODEL_CODE_VERSION line.

@@ -157,6 +157,20 @@ def test_weights_that_do_not_fit_the_config_are_refused(tiny_checkpoint, tmp_pat
     assert set(built) <= {(1, "meta")}, built
 
 
+@pytest.mark.parametrize("edit,message", [
+    ({"n_head": 0}, "n_head must be positive, got 0"),  # was a ZeroDivisionError
+    ({"n_inner": -5}, "n_inner must be positive"),
+    ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a small positive number, got nan"),  # loaded
+])
+def test_a_config_with_impossible_values_is_one_line_naming_the_field(tiny_checkpoint, tmp_path, capsys, edit, message):
+    folder = _variant(tiny_checkpoint, tmp_path / "bad", lambda c: c.update(edit))
+    with pytest.raises(WeightLoadingError, match=f"config.json: not a valid gpt_sft config .*{message}"):
+        load_pretrained(folder)
+    status, err = _generate(capsys, "--model", folder, "--prompt", "hi")
+    (line,) = error_lines(err)
+    assert status == 1 and line.startswith("error: --model") and message in line, line
+
+
 def test_generate_refuses_missing_weights_in_one_line(tiny_checkpoint, tmp_path, capsys):
     from gpt_sft.cli.generate import main as generate_main
 

@@ -55,13 +55,17 @@ def main(argv: Sequence[str]) -> int:
     status = 0
     for folder in args.folders:
         before = code_version(folder)
-        try:
+        try:  # an error is one line for this folder; the others are still refreshed
             changed = refresh_model_code(folder)
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             status = 1
             continue
-        added = add_missing_chat_template(Path(folder))
+        try:
+            added = add_missing_chat_template(Path(folder))
+        except (OSError, ValueError) as err:  # the recipe: the model code is refreshed all the same
+            print(f"error: {err}", file=sys.stderr)
+            status, added = 1, None
         if changed or added:
             print(f"{folder}: model code version {before} -> {MODEL_CODE_VERSION}; updated "
                   + ", ".join(changed + ([added] if added else [])))

@@ -69,9 +69,20 @@ class Recipe:
         for name in (RECIPE_FILE, "training_args.json"):
             path = folder / name
             if path.is_file():
-                values = json.loads(path.read_text(encoding="utf-8"))
+                try:
+                    values = json.loads(path.read_text(encoding="utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise ValueError(f"{path}: not valid JSON ({err}): a checkpoint's {name} is a JSON object; "
+                                     f"delete it, or pass --data and --prompt-style") from None
+                if not isinstance(values, dict):
+                    raise ValueError(f"{path}: a JSON {type(values).__name__}, not an object; delete it, or pass "
+                                     "--data and --prompt-style")
                 known = {f.name for f in dataclasses.fields(cls)}
-                return cls(**{k: v for k, v in values.items() if k in known})
+                recipe = cls(**{k: v for k, v in values.items() if k in known})
+                if not isinstance(recipe.prompt_style, str) or not (recipe.prompt_style_spec is None
+                                                                     or isinstance(recipe.prompt_style_spec, dict)):
+                    raise ValueError(f"{path}: prompt_style must be a name and prompt_style_spec an object")
+                return recipe
         return None
 
     def write(self, folder: str | os.PathLike) -> Path:

@@ -92,11 +92,15 @@ class GPTConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             if int(getattr(self, field)) <= 0:
                 raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_inner is not None and int(self.n_inner) <= 0:
+            raise ValueError(f"n_inner must be positive (or null: 4 * n_embd), got {self.n_inner}")
+        if not 0.0 < float(self.layer_norm_epsilon) < 1.0:  # also false for NaN
+            raise ValueError(f"layer_norm_epsilon must be a small positive number, got {self.layer_norm_epsilon}")
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
 
