@@ -8,6 +8,7 @@ the kernel turns into SIGINT), to a random model that writes long answers.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import signal
@@ -101,6 +102,22 @@ def test_an_answer_that_runs_out_of_context_says_so(demo):
 
 def _session(answers=None) -> ChatSession:
     return ChatSession(lambda prompt, settings: iter(answers or []), ALPACA, GenerationSettings())
+
+
+def test_escape_sequences_from_a_model_or_server_reach_the_terminal_escaped():
+    from gpt_sft.cli.chat import show_answer
+    from gpt_sft.generate.stream import StreamUpdate
+
+    evil = "Sure\x1b[2J\x1b]0;owned\x07\nyou> fake\u202etxt.exe\tok"
+    updates = [StreamUpdate(text=evil[:6]), StreamUpdate(text=evil, done=True, stopped_at_eos=False,
+                                                          note="server says \x1b[31mred")]
+    session = _session(updates)
+    out = io.StringIO()
+    show_answer(session, session.handle("hi"), out=out)
+    shown = out.getvalue()
+    assert not any(c in shown for c in "\x1b\x07\u202e"), repr(shown)
+    assert "Sure\\x1b[2J\\x1b]0;owned\\x07\nyou> fake\\u202etxt.exe\tok" in shown  # newline and tab kept
+    assert "[server says \\x1b[31mred]" in shown
 
 
 def test_commands_change_the_settings_and_name_themselves_in_errors():

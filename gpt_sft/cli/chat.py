@@ -10,6 +10,7 @@ chat); ``--model`` then only names the checkpoint whose recipe gives the prompt 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -100,6 +101,14 @@ def _cancel_or_quit(session: ChatSession) -> bool:
     return False
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` as it may reach a terminal: newlines and tabs kept, every other control or format character (ESC
+    and the rest of C0, DEL, C1, bidirectional overrides) written as its escape, so that what a model or a server
+    sends cannot move the cursor, clear or recolour the screen, or fake a line of ours."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf") else repr(c)[1:-1]
+                   for c in text)
+
+
 def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
     """Print the answer to ``turn`` as it comes; Ctrl-C stops it and returns to the prompt."""
     shown = ""
@@ -107,14 +116,14 @@ def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
     try:
         for update in updates:
             if update.note and not update.done and not update.new_tokens:
-                print(f"[note: {update.note}]", file=out)
+                print(f"[note: {terminal_safe(update.note)}]", file=out)
             if update.done and not update.text.startswith(shown):  # a style with its own extraction rule
-                print(f"\n[the finished answer reads:]\n{update.text}", end="", file=out)
+                print(f"\n[the finished answer reads:]\n{terminal_safe(update.text)}", end="", file=out)
             elif update.text != shown:
-                print(update.text[len(shown):], end="", file=out, flush=True)
+                print(terminal_safe(update.text[len(shown):]), end="", file=out, flush=True)
             shown = update.text
             if update.done and not update.stopped_at_eos:
-                print(f"\n[{update.note or f'{update.new_tokens} new tokens, the most allowed: /max-new-tokens raises it'}]",
+                print(f"\n[{terminal_safe(update.note) if update.note else f'{update.new_tokens} new tokens, the most allowed: /max-new-tokens raises it'}]",
                       end="", file=out)
     except KeyboardInterrupt:
         updates.close()
@@ -139,7 +148,7 @@ def run_terminal(session: ChatSession, banner: str) -> int:
         if isinstance(action, Exit):
             return 0
         if isinstance(action, Say):
-            print(action.text, flush=True)
+            print(terminal_safe(action.text), flush=True)
         elif isinstance(action, Ask):
             show_answer(session, action)
 
