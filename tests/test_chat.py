@@ -120,6 +120,22 @@ def test_escape_sequences_from_a_model_or_server_reach_the_terminal_escaped():
     assert "[server says \\x1b[31mred]" in shown
 
 
+def test_a_server_error_ends_the_answer_not_the_chat():
+    from gpt_sft.cli.chat import show_answer
+    from gpt_sft.generate.remote import EndpointError
+    from gpt_sft.generate.stream import StreamUpdate
+
+    def failing(prompt, settings):
+        yield StreamUpdate("Half an ans")
+        raise EndpointError("the server reported an error: \x1b[2Jout of memory")
+
+    session = ChatSession(failing, ALPACA, GenerationSettings())
+    out = io.StringIO()
+    show_answer(session, session.handle("hi"), out=out)
+    assert out.getvalue() == "Half an ans\n[error: the server reported an error: \\x1b[2Jout of memory]\n"
+    assert isinstance(session.handle("/max-new-tokens 3"), Say), "the chat goes on"
+
+
 def test_commands_change_the_settings_and_name_themselves_in_errors():
     session = _session()
     assert isinstance(session.handle("/temperature 0.7"), Say) and session.settings.temperature == 0.7

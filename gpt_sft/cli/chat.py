@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import requests
+
 from ..common.options import option, parse_config
 from ..data.prompts import get_prompt_style
 from ..generate.chat import SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, Exit, Say
-from ..generate.remote import RemoteModel
+from ..generate.remote import EndpointError, RemoteModel
 from ..generate.settings import GenerationSettings
 from ..generate.stream import stream_answer
 from ..model.loading import load_model, load_tokenizer
@@ -128,6 +130,8 @@ def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
     except KeyboardInterrupt:
         updates.close()
         print(" [stopped]", end="", file=out)
+    except (EndpointError, requests.RequestException, OSError) as err:  # the server failed this answer, not the chat
+        print(f"\n[error: {terminal_safe(str(err))}]", end="", file=out)
     print(file=out, flush=True)
 
 
