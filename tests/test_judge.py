@@ -887,6 +887,24 @@ def test_compare_pairs_entries_by_fingerprint(tmp_path, capsys):
     assert (tmp_path / "a-vs-b.png").is_file()
 
 
+def test_compare_and_pairwise_read_regular_files_of_a_sane_size_only(tmp_path, capsys, monkeypatch):
+    """/dev/zero was read until the machine ran out of memory; a FIFO would block for ever."""
+    from gpt_sft.cli.evaluate import main as evaluate_main
+    from gpt_sft.common import json_input
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"entries": []}))
+    capsys.readouterr()
+    assert evaluate_main(["compare", "/dev/zero", str(report)]) == 1
+    assert capsys.readouterr().err.strip() == "error: not a readable judge report: /dev/zero: not a regular file"
+    assert evaluate_main(["pairwise", "--responses", "/dev/zero", "--against", str(report), "--url",
+                          "http://127.0.0.1:9"]) == 1
+    assert "cannot use /dev/zero: /dev/zero: not a regular file" in capsys.readouterr().err
+    monkeypatch.setattr(json_input.read_json_file, "__defaults__", (10,))
+    assert evaluate_main(["compare", str(report), str(report)]) == 1
+    assert f"{report}: {report.stat().st_size} bytes, larger than the 10 a JSON input may have" in capsys.readouterr().err
+
+
 def test_pairwise_verdicts_combine_over_both_orders(tmp_path):
     from gpt_sft.judge.pairwise import combine, judge_pairs, win_rate_interval
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from ..common import options as opts
 from ..common.atomic_io import write_json_atomic
+from ..common.json_input import read_json_file
 from ..common.options import CommandParser, parse_config
 from ..judge.agreement import agreement, plot_agreement, read_report
 from ..judge.backends import make_judge
@@ -74,9 +74,9 @@ def pairwise_main(argv: Sequence[str]) -> int:
     sides = []
     for path in (Path(cfg.responses), Path(cfg.against)):
         try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
+            entries = read_json_file(path)
             validate_entries(entries, cfg.response_key)
-        except (OSError, ValueError) as err:
+        except ValueError as err:
             raise ValueError(f"cannot use {path}: {err}") from None
         sides.append(entries)
     output = Path(cfg.output) if cfg.output else Path(cfg.responses).with_name(

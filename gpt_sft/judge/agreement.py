@@ -9,7 +9,6 @@ pair where either judge gave no score is left out and counted.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -20,6 +19,7 @@ from typing import Any
 import matplotlib
 
 from ..common.atomic_io import atomic_file
+from ..common.json_input import read_json_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -101,9 +101,9 @@ class Agreement:
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
     """A judge report written by ``gpt-sft evaluate``; a clear error for anything else."""
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable judge report ({err})") from None
+        report = read_json_file(path)
+    except ValueError as err:
+        raise ValueError(f"not a readable judge report: {err}") from None
     if not isinstance(report, dict) or not isinstance(report.get("entries"), list):
         raise ValueError(f"{path}: not a judge report (no 'entries')")
     return report
