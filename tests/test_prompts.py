@@ -163,3 +163,20 @@ def test_module_doctests():
     result = doctest.testmod(prompts)
     assert result.attempted > 5 and result.failed == 0
     assert "chatml-ish" not in available_prompt_styles()
+
+
+def test_a_template_cannot_pad_a_field_to_gigabytes():
+    """A recipe's template is read from a downloaded file: {instruction:>999999999} made generate allocate more
+    than 7 GB per prompt. Widths and precisions are bounded, and none comes from the data itself."""
+    from gpt_sft.data.prompts import MAX_TEMPLATE_WIDTH
+    from gpt_sft.data.recipe import Recipe
+
+    spec = {"name": "padded", "prompt": "{instruction:>999999999}", "response": " {output}"}
+    with pytest.raises(ValueError, match="pads or cuts to 999,999,999 characters, more than 1,000"):
+        Recipe(prompt_style="padded", prompt_style_spec=spec).style()
+    with pytest.raises(ValueError, match="has a field inside its format spec"):
+        PromptStyle(name="nested", prompt="{instruction:>{input}}", response=" {output}")
+    with pytest.raises(ValueError, match="characters of text, more than"):
+        PromptStyle(name="long", prompt="x" * 100_001 + "{instruction}", response=" {output}")
+    fine = PromptStyle(name="fine", prompt=f"{{instruction:>{MAX_TEMPLATE_WIDTH}.20}}", response=" {output}")
+    assert len(fine.format_prompt({"instruction": "Hi", "input": ""})) == MAX_TEMPLATE_WIDTH

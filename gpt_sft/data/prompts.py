@@ -72,6 +72,7 @@ Note: ``<|endoftext|>`` must not appear in any formatted text (the GPT-2 tokeniz
 from __future__ import annotations
 
 import importlib
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ __all__ = [
 Template = str | Callable[[Mapping[str, Any]], str]
 
 _FORMATTER = string.Formatter()
+MAX_TEMPLATE_WIDTH = 1000  # characters a format spec may pad or cut a field to
+MAX_TEMPLATE_TEXT = 100_000  # characters of literal text in one template
 
 
 def _template_fields(template: str, what: str) -> set[str]:
@@ -103,9 +106,19 @@ def _template_fields(template: str, what: str) -> set[str]:
     except ValueError as err:
         raise ValueError(f"{what} is not a valid format string ({err}): {template!r}") from None
     fields = set()
-    for _, field, _, _ in parsed:
+    for literal, field, spec, _ in parsed:
+        if len(literal) > MAX_TEMPLATE_TEXT:
+            raise ValueError(f"{what} has {len(literal):,} characters of text, more than {MAX_TEMPLATE_TEXT:,}")
         if field is None:
             continue
+        # a width or precision pads or cuts every rendered field: a recipe's {instruction:>999999999} would
+        # allocate gigabytes for each prompt
+        if "{" in (spec or ""):  # a width taken from the data itself
+            raise ValueError(f"{what}: {{{field}:{spec}}} has a field inside its format spec: {template[:200]!r}")
+        sizes = [int(n) for n in re.findall(r"\d+", spec or "")]
+        if sizes and max(sizes) > MAX_TEMPLATE_WIDTH:
+            raise ValueError(f"{what}: {{{field}:{spec}}} pads or cuts to {max(sizes):,} characters, more than "
+                             f"{MAX_TEMPLATE_WIDTH:,}: {template[:200]!r}")
         if field == "" or field.isdigit():
             raise ValueError(f"{what} uses positional fields; name them ({{instruction}}, {{input}}...): {template!r}")
         fields.add(field.split(".")[0].split("[")[0])
