@@ -192,12 +192,17 @@ def test_export_never_writes_over_its_checkpoint_or_a_file(untied_checkpoint, tm
     for output in (runs, tmp_path):
         line = refused("--format", "gguf", "--output", str(output), "--overwrite")
         assert f"error: --output {output} holds the checkpoint --model" in line, line
+    (tmp_path / "notes").mkdir()  # a folder that holds no model: one line saying what a model folder holds
+    assert export_main(["--model", str(tmp_path / "notes"), "--output", str(tmp_path / "out")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "not a model folder: expected config.json" in line, line
     a_file = tmp_path / "export.gguf"
     a_file.write_text("not a folder")
     line = refused("--output", str(a_file), "--overwrite")
     assert f"error: --output {a_file} is a file, not a folder: choose a folder for the export" in line, line
     assert a_file.read_text() == "not a folder" and (runs / "notes.txt").read_text() == "mine"
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(before + ["export.gguf"])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(before + ["export.gguf",
+                                                                                                 "notes"])
 
 
 def test_export_refuses_a_non_empty_output_without_overwrite(untied_checkpoint, tmp_path, capsys):

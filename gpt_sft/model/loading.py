@@ -427,6 +427,9 @@ def load_model(
     ours = config is not None and config.get("model_type") in ("gpt_sft", "gpt2") or Path(path).is_file()
     if ours or is_adapter_folder(path) and base_is_local(path):  # a gpt-sft LoRA adapter: merged into its base
         return load_pretrained(path, dtype=torch_dtype, device=resolve_device(device))
+    if Path(path).is_dir() and config is None and not is_adapter_folder(path):
+        # OpenAI's folder (hparams.json) loads there; for any other folder it says what a model folder holds
+        return load_pretrained(path, dtype=torch_dtype, device=resolve_device(device))
     if config is not None and config.get("auto_map") and not trust_remote_code:
         raise UntrustedCodeError(
             f"{path}: its config.json (model_type {config.get('model_type')!r}) asks to run Python code from the "
