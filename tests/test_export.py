@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import generate_cli
+from conftest import free_port, generate_cli
 
 from gpt_sft.cli.export import main as export_main
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
@@ -402,6 +402,33 @@ def test_serve_answers_like_our_model_and_like_generate(demo_run, demo_server, b
     assert printed.strip() == chat(first, 16).strip() == first["output"]
     assert header not in chat(first, 16)
     assert list(cache.glob("demo-*-f32.gguf")), "the GGUF export is cached for the next start"
+
+
+@needs_llama_cpp
+def test_serve_says_in_one_line_that_the_port_is_taken_or_the_gguf_is_broken(untied_checkpoint, tmp_path, capsys):
+    """Both used to print "Serving at ..." and then 28-254 lines of llama.cpp's output."""
+    import socket
+
+    from gpt_sft.cli.serve import main as serve_main
+
+    gguf = tmp_path / "m.gguf"
+    assert export_main(["--model", str(untied_checkpoint), "--format", "gguf", "--gguf-type", "f32", "--output",
+                        str(tmp_path / "g")]) == 0
+    shutil.copy(next((tmp_path / "g").glob("*.gguf")), gguf)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        assert serve_main(["--model", str(gguf), "--port", str(port)]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: --port {port}: 127.0.0.1:{port} cannot be used") and "Serving" not in line
+    data = gguf.read_bytes()
+    for name, content in (("cut.gguf", data[: len(data) // 2]), ("text.gguf", b"not a gguf at all")):
+        (tmp_path / name).write_bytes(content)
+        assert serve_main(["--model", str(tmp_path / name), "--port", str(free_port())]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: --model {tmp_path / name}: not a") and "GGUF file" in line, line
 
 
 # ------------------------------------------------------------------ at the end of training

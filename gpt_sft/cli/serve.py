@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gguf import GGUFReader
 
 from ..common.options import option, parse_config
 from ..export.gguf_file import GGUF_TYPES, write_gguf
@@ -101,6 +104,30 @@ def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None)
     return cmd
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A port another program holds is one line here, not the server's start-up log and then its failure."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # as the server binds: a port left in TIME_WAIT by a server that just stopped is free, a listener is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(f"--port {port}: {host}:{port} cannot be used ({err.strerror or err}): another program "
+                          "listens there; choose another --port") from None
+
+
+def check_gguf(path: Path) -> None:
+    """A truncated or foreign file is one line naming it, before llama.cpp is started on it."""
+    try:
+        tensors = GGUFReader(path).tensors
+        end = max((t.data_offset + t.n_bytes for t in tensors), default=0)
+    except Exception as err:  # noqa: BLE001 - the reader raises many kinds on a broken file
+        raise ValueError(f"--model {path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+    if not tensors or end > path.stat().st_size:
+        raise ValueError(f"--model {path}: not a complete GGUF file (its tensors end at byte {end:,}, the file has "
+                         f"{path.stat().st_size:,})")
+
+
 @report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft serve``."""
@@ -110,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
         raise RuntimeError("gpt-sft serve runs llama.cpp's server: pip install 'llama-cpp-python[server]' "
                            "(or gpt-sft's serve extra)")
+    check_port_free(cfg.host, cfg.port)
     gguf, name, context = gguf_for(cfg)
+    check_gguf(gguf)
     print(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1 (OpenAI-compatible, llama.cpp server); Ctrl-C stops",
           file=sys.stderr, flush=True)
     proc = subprocess.Popen(server_command(gguf, name, cfg, context))
