@@ -174,6 +174,19 @@ def test_hf_gpt2_export_of_the_trained_demo_answers_like_generate(demo_run, stoc
     assert json.loads((out / "recipe.json").read_text())["prompt_style"] == "alpaca"
 
 
+def test_a_config_that_claims_a_tied_head_over_an_untied_one_is_refused(untied_checkpoint, tmp_path, capsys):
+    """The GGUF export silently dropped the trained head of such a folder: the claim is checked against the weights."""
+    folder = tmp_path / "claims-tied"
+    shutil.copytree(untied_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    capsys.readouterr()
+    assert export_main(["--model", str(folder), "--format", "gguf", "--output", str(tmp_path / "out")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "says tie_word_embeddings: true, but" in line and "lm_head.weight that differs" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_never_writes_over_its_checkpoint_or_a_file(untied_checkpoint, tmp_path, capsys):
     """--output PARENT --overwrite would replace the folder that holds the checkpoint (and all beside it); an
     --output that is a file would become a folder: both refused in one line, nothing touched."""

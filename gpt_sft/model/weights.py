@@ -284,6 +284,14 @@ def expected_tensor_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _read_tensor(files: Sequence[Path], key: str) -> torch.Tensor | None:
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            if key in handle.keys():
+                return handle.get_tensor(key)
+    return None
+
+
 def stored_tensor_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the tensors in safetensors files, read from their headers (no tensor data)."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -318,8 +326,14 @@ def check_weights_fit_config(folder: Path, config: GPTConfig) -> None:
             "blocks: the config and the weights are not from the same model"
         )
     expected = expected_tensor_shapes(config)
-    if config.tie_word_embeddings:
-        stored.pop("lm_head.weight", None)  # a tied head saved anyway is the embedding again
+    if config.tie_word_embeddings and stored.pop("lm_head.weight", None) is not None:
+        # a tied head saved anyway must be the embedding again: a trained head of its own would be dropped silently
+        heads = {key: _read_tensor(files, key) for key in ("lm_head.weight", "transformer.wte.weight")}
+        if None not in heads.values() and not torch.equal(*heads.values()):
+            raise WeightLoadingError(
+                f"{folder / 'config.json'} says tie_word_embeddings: true, but {where} holds an lm_head.weight that "
+                "differs from the token embedding: the config and the weights are not from the same model (set "
+                "tie_word_embeddings to false if the head was trained on its own)")
     problems = []
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
