@@ -207,6 +207,27 @@ def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
     assert a == b, "the loss history of the resumed run equals the uninterrupted one"
 
 
+def test_a_cut_checkpoint_is_named_and_a_lost_random_state_is_said(tmp_path, data_file, capsys):
+    """A truncated optimizer.bin was "Invalid argument" with no file named; a truncated random_states_0.pkl was
+    passed over silently, and the resumed run differed from the uninterrupted one."""
+    import shutil
+
+    common = dict(batch_size=8, max_steps=4, save_every=2, eval_every=0, drop_rate=0.1)
+    run(tmp_path, "run", data_file, **{**common, "max_steps": 2})
+    for name in ("rng", "optimizer"):
+        shutil.copytree(tmp_path / "run", tmp_path / name)
+    cut = {"rng": "random_states_0.pkl", "optimizer": "optimizer.bin"}
+    for name, file in cut.items():
+        path = tmp_path / name / "checkpoints" / "step-000002" / file
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    run(tmp_path, "rng", data_file, **common, resume_from_checkpoint="latest")
+    err = capsys.readouterr().err
+    assert "random_states_0.pkl cannot be read" in err and "not be identical to an uninterrupted run" in err
+    with pytest.raises(ValueError, match=r"--resume-from-checkpoint .*step-000002: the checkpoint cannot be read"):
+        run(tmp_path, "optimizer", data_file, **common, resume_from_checkpoint="latest")
+
+
 # ---------------------------------------------------------------- robustness
 
 

@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 import psutil
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -199,10 +201,26 @@ def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: Trainin
     state = state_type()
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if resume is not None:
-        accelerator.load_state(str(resume))
+        try:
+            accelerator.load_state(str(resume))
+        except Exception as err:  # noqa: BLE001 - a cut or foreign file: one line naming the checkpoint
+            raise ValueError(f"--resume-from-checkpoint {resume}: the checkpoint cannot be read ({type(err).__name__}: "
+                             f"{err}); it may have been cut short: resume from an earlier step-* folder") from None
+        warn_if_random_state_unreadable(accelerator, resume)
         state = state_type(**json.loads((resume / STATE_FILE).read_text()))
         say(accelerator, f"Resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
     return run_type(cfg, accelerator, loss, model, optimizer, scheduler, data, state, **run_fields)
+
+
+def warn_if_random_state_unreadable(accelerator: Accelerator, resume: Path) -> None:
+    """Accelerate passes over a random-state file it cannot read: the run goes on, but no longer as the uninterrupted
+    run would have (dropout, shuffling). Say so."""
+    path = resume / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        accelerate_load(path)
+    except Exception as err:  # noqa: BLE001 - any failure to read it
+        tqdm.write(f"Warning: {path} cannot be read ({type(err).__name__}): the resumed run goes on with fresh "
+                   "random states, so it will not be identical to an uninterrupted run", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
