@@ -32,6 +32,10 @@ def test_a_hung_launch_fails_with_every_workers_stack_and_leaves_no_process():
     assert "still running after 10 s" in message
     assert "stuck_in_a_collective" in message, "the worker's stack is in the failure"
     worker_pid = int(re.findall(r"worker pid (\d+)", message)[-1])
+    try:  # SIGKILL was sent to its group: gone as soon as the kernel has reaped it (a bound, not a threshold)
+        psutil.Process(worker_pid).wait(timeout=60)
+    except psutil.NoSuchProcess:
+        pass
     assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
 
 

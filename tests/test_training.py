@@ -413,6 +413,19 @@ def test_two_process_data_parallel_equals_one_process(tmp_path, data_file):
     assert_same_weights(out, single, atol=5e-6)
 
 
+def test_a_command_destroys_its_process_group_at_the_end():
+    """Left to the interpreter's teardown, gloo's destructor can hang a finished 2-process run (seen for an hour)."""
+    import torch.distributed as dist
+
+    from gpt_sft.cli.train import end_process_group
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    end_process_group()
+    assert not dist.is_initialized()
+    end_process_group()  # and nothing to do without one
+
+
 def test_console_script_runs_the_same_cli():
     """The installed console script is the CLI (``accelerate launch scripts/train.py`` is run for real by the bf16
     test below)."""
@@ -472,7 +485,7 @@ def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file, capsy
     try:
         status = evaluate_main(["--responses", str(out / "test-responses.json"), "--backend", "openai", "--url",
                                 f"http://127.0.0.1:{server.server_address[1]}", "--judge-model", "stand-in",
-                                "--update-checkpoint", str(out), "--no-progress"])
+                                "--update-checkpoint", str(out)])  # with its progress bar, as a user sees it
     finally:
         server.shutdown()
     printed = capsys.readouterr()
