@@ -324,6 +324,12 @@ def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_pat
     calls = []
 
     class LocalHubStandIn:
+        role = "write"
+
+        def whoami(self):
+            calls.append(("whoami",))
+            return {"name": "me", "auth": {"accessToken": {"role": self.role}}}
+
         def create_repo(self, repo_id, repo_type, private, exist_ok):
             calls.append(("create_repo", repo_id, private))
             return type("RepoUrl", (), {"url": f"http://127.0.0.1/{repo_id}"})()
@@ -340,7 +346,7 @@ def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_pat
 
     monkeypatch.setattr(gpt_sft.export.hub, "HfApi", LocalHubStandIn)
     out = run(tmp_path, "push", data_file, max_steps=2, save_every=1, push_to_hub="me/tiny-sft", hub_private=True)
-    assert calls == [("create_repo", "me/tiny-sft", True), ("upload_folder", "me/tiny-sft")]
+    assert calls == [("whoami",), ("create_repo", "me/tiny-sft", True), ("upload_folder", "me/tiny-sft")]
     files = {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()}
     assert {"README.md", "model.safetensors", "config.json", "modeling_gpt.py", "tokenizer.json"} <= files
     assert not any(f.startswith("checkpoints/") for f in files)
@@ -348,6 +354,20 @@ def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_pat
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err
     assert all(secret not in p.read_text(errors="ignore") for p in uploaded.rglob("*") if p.is_file())
+
+    # checked before training: a token that can only read, then the real client in offline mode (this machine)
+    LocalHubStandIn.role = "read"
+    with pytest.raises(ValueError, match="--push-to-hub me/tiny-sft: the token can only read"):
+        run(tmp_path, "read-only", data_file, max_steps=2, push_to_hub="me/tiny-sft")
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_TOKEN", secret)
+    with pytest.raises(ValueError, match="--push-to-hub me/tiny-sft: the Hub cannot be reached") as refused:
+        run(tmp_path, "offline", data_file, max_steps=2, push_to_hub="me/tiny-sft")
+    assert secret not in str(refused.value)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ValueError, match="no Hugging Face token is set"):
+        run(tmp_path, "no-token", data_file, max_steps=2, push_to_hub="me/tiny-sft")
+    assert not any((tmp_path / name).exists() for name in ("read-only", "offline", "no-token")), "nothing trained"
 
 
 # ---------------------------------------------------------------- LoRA

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 
 from ..common.atomic_io import write_json_atomic
 from ..common.options import parse_config
-from ..export.hub import push_folder_to_hub
+from ..export.hub import check_hub_push, push_folder_to_hub
 from ..export.run_folder import prepare_output_dir, save_run
 from ..generate.responses import add_responses, generate_responses
 from ..generate.settings import GenerationSettings
@@ -55,6 +55,8 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run]
     """Fine-tune as configured; returns the output folder. ``setup_run`` builds the stage's run (SFT's
     :func:`~gpt_sft.train.loop.setup`; preference tuning passes its own): everything after it is shared."""
     accelerator = make_accelerator(cfg)
+    if cfg.push_to_hub and accelerator.is_main_process:
+        check_hub_push(cfg.push_to_hub)
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     for note in prepare_output_dir(cfg, resume is not None, accelerator.is_main_process):
         say(accelerator, note)

@@ -5,7 +5,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, get_token
+
+
+def check_hub_push(repo_id: str, api=None) -> None:
+    """Before training: the Hub answers, a token is set, and it may write -- so that a run does not train for hours
+    and then fail to push. Errors name ``--push-to-hub``; the token is never shown."""
+    if get_token() is None:
+        raise ValueError(f"--push-to-hub {repo_id}: no Hugging Face token is set (HF_TOKEN, or hf auth login); "
+                         "nothing was trained")
+    try:
+        who = (api or HfApi()).whoami()
+    except Exception as err:  # noqa: BLE001 - offline mode, no network, a refused token: the same advice
+        raise ValueError(f"--push-to-hub {repo_id}: the Hub cannot be reached or refused the token "
+                         f"({type(err).__name__}); nothing was trained") from None
+    role = ((who or {}).get("auth") or {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise ValueError(f"--push-to-hub {repo_id}: the token can only read; use one that can write. Nothing was "
+                         "trained")
 
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, api=None,
