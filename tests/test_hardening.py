@@ -541,6 +541,13 @@ def test_mixed_types_and_deep_nesting_name_the_problem(tmp_path):
                                  {"instruction": "e", "output": "f", "extra": "three"}]))
     with pytest.raises(InstructionDataError, match="entry 2: field 'extra' does not have one type.*a string where entry 0 has a number"):
         load_instruction_data(mixed)
+    for field in ("note", "instruction"):  # JSON's \ud800 escape carries a lone surrogate: no type, no entry named
+        broken = tmp_path / f"surrogate-{field}.json"
+        broken.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d", "%s": "x\\ud800"}]'
+                          % field if field != "instruction" else
+                          '[{"instruction": "a", "output": "b"}, {"instruction": "c\\ud800", "output": "d"}]')
+        with pytest.raises(InstructionDataError, match=f"entry 1: field '{field}' holds text that is not valid Unicode"):
+            load_instruction_data(broken)
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(InstructionDataError, match="nested too deeply"):

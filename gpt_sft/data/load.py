@@ -119,6 +119,12 @@ def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str) -> 
             try:
                 pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as col_err:
+                # text that is not valid Unicode (a lone surrogate, which JSON's \ud800 escape can carry)
+                broken = next((i for i, v in enumerate(values) if isinstance(v, str) and _not_unicode(v)), None)
+                if broken is not None:
+                    raise InstructionDataError(
+                        source, f"field {key!r} holds text that is not valid Unicode (a lone surrogate such as "
+                        f"\\ud800): fix or remove it", broken) from None
                 typed = [(i, _json_type(v)) for i, v in enumerate(values) if v is not None]
                 first_type = typed[0][1] if typed else "null"
                 index = next((i for i, kind in typed if kind != first_type), None)
@@ -128,6 +134,14 @@ def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str) -> 
                     source, f"field {key!r} does not have one type in all entries: {found}", index
                 ) from None
         raise InstructionDataError(source, f"could not build a data set: {err}") from None
+
+
+def _not_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _origin(dataset: Dataset) -> str:
