@@ -238,6 +238,23 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_run(data_file, tmp_p
     assert not [p.name for p in out.rglob(".*")], "no leftover is left"
 
 
+def test_a_run_killed_while_publishing_its_model_gets_it_moved_in_not_deleted(tiny_sft_run, data_file, tmp_path,
+                                                                               capsys):
+    """The next train into the folder used to remove .final-stage -- the only copy of the killed run's model --
+    as a leftover, before it refused the folder, and said nothing."""
+    out = tmp_path / "run"
+    stage = out / ".final-stage"
+    shutil.copytree(tiny_sft_run, stage)
+    out.joinpath("checkpoints").mkdir()
+    for name in ("README.md", "metrics.json"):  # killed after moving these two: config.json, moved last, is staged
+        os.replace(stage / name, out / name)
+    with pytest.raises(ValueError, match=r"had left its model in .*\.final-stage: moved it into .*already holds files"):
+        train(config(tmp_path, "run", data_file, max_steps=1, eval_every=0))
+    assert not stage.exists() and weights(out).keys() == weights(tiny_sft_run).keys()
+    assert all(torch.equal(weights(out)[k], v) for k, v in weights(tiny_sft_run).items())
+    assert (out / "config.json").is_file() and (out / "README.md").read_text() == (tiny_sft_run / "README.md").read_text()
+
+
 # ---------------------------------------------------------------- 5. Ctrl-C mid-step with dropout
 
 

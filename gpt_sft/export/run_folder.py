@@ -71,6 +71,25 @@ def remove_leftovers(output_dir: Path) -> list[Path]:
     return found
 
 
+def finish_interrupted_publish(output_dir: Path) -> bool:
+    """Finish moving a final save into ``output_dir`` when a run was killed while :func:`_publish` moved it: the
+    stage (``.final-stage``, renamed into place whole) still holds its marker, moved last, so it is complete, and its
+    order is known. Returns whether there was one; a stage without a marker is no save of ours to finish."""
+    stage, last = output_dir / ".final-stage", output_dir / ".final-stage-last"
+    staged_marker = any((stage / marker).is_file() for marker in ("config.json", ADAPTER_CONFIG))
+    if not staged_marker and not (last / ADAPTER_CONFIG).is_file():
+        return False
+    if (stage / ADAPTER_CONFIG).is_file():
+        _publish(stage, output_dir, adapter=True)
+    elif (stage / "config.json").is_file():
+        _publish(stage, output_dir, adapter=False)
+    else:  # an adapter's: all but its marker moved already
+        if stage.is_dir():
+            publish_folder(stage, output_dir)
+        publish_folder(last, output_dir)
+    return True
+
+
 def prepare_output_dir(cfg: TrainConfig, resuming: bool, is_main_process: bool) -> list[str]:
     """Keep an output folder to one run: a folder that already holds files is refused unless the run
     resumes or ``--overwrite`` is given, which removes the earlier run's outputs first. Returns what
@@ -80,6 +99,9 @@ def prepare_output_dir(cfg: TrainConfig, resuming: bool, is_main_process: bool) 
         return []
     notes = []
     if is_main_process:
+        if finish_interrupted_publish(output_dir):
+            notes.append(f"a run killed during its final save had left its model in {output_dir / '.final-stage'}: "
+                         f"moved it into {output_dir}, as the save would have")
         leftovers = remove_leftovers(output_dir)
         if leftovers:
             notes.append(f"removed {len(leftovers)} temporary folder(s) left by an interrupted save in {output_dir}")
@@ -89,7 +111,8 @@ def prepare_output_dir(cfg: TrainConfig, resuming: bool, is_main_process: bool) 
     if not cfg.overwrite:
         shown = ", ".join(existing[:6]) + (f" ... ({len(existing)} in all)" if len(existing) > 6 else "")
         raise ValueError(
-            f"--output-dir {output_dir} already holds files ({shown}): pass --overwrite to replace the run in it, "
+            (f"{notes[0]}; " if notes and "final save" in notes[0] else "")
+            + f"--output-dir {output_dir} already holds files ({shown}): pass --overwrite to replace the run in it, "
             "--resume-from-checkpoint latest to continue it, or choose another --output-dir"
         )
     if is_main_process:
