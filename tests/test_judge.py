@@ -833,6 +833,25 @@ def test_an_openai_server_without_json_schema_gets_json_object(tmp_path):
     assert judge.structured_output == "response_format json_object"
 
 
+def test_a_server_warming_up_is_retried_before_the_dialect_is_known():
+    """Structured scoring's first requests find the dialect. Two 500s and then a 429 at the start used to lose those
+    entries and stop the run ("3 requests in a row failed"): they are retried with backoff like any request, and
+    only an error that names response_format switches the dialect."""
+    def responder(prompt, n, req):
+        if len(server.requests) <= 2:
+            return Reply(status=500, body='{"error": "loading model"}')
+        if len(server.requests) == 3:
+            return Reply(status=429, headers={"Retry-After": "0"})
+        return Reply('{"score": 70}')
+
+    with FakeJudgeServer(responder) as server:
+        judge = OpenAIJudge(fast_config(server, "openai", retries=3), environ={})
+        report = score_responses(make_entries(3), judge, mode="structured", progress=False, concurrency=1)
+    assert report.scores == [70, 70, 70]
+    assert judge.structured_output == "response_format json_schema", "a 500 without response_format switches nothing"
+    assert [(r["body"].get("response_format") or {}).get("type") for r in server.requests] == ["json_schema"] * 6
+
+
 def test_hf_judge_structured_mode_is_constrained(tiny_hf_judge_dir):
     """With the schema, even a random tiny model can only answer {"score": <digits>}."""
     judge = HFJudge(JudgeConfig(backend="hf", model=str(tiny_hf_judge_dir), max_tokens=8))

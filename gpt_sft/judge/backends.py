@@ -141,23 +141,28 @@ class OpenAIJudge(_HTTPJudge):
 
     def ask(self, prompt: str, schema: dict[str, Any] | None = None) -> str:
         """Send ``prompt``; return the judge's reply text. With ``schema``, the first request finds the
-        dialect the server takes (one attempt with ``json_schema``: a server that names
-        ``response_format`` in its error -- llama-cpp-python answers HTTP 500 -- gets ``json_object``
-        from then on)."""
+        dialect the server takes (``json_schema``: a server that names ``response_format`` in its error --
+        llama-cpp-python answers HTTP 500 -- gets ``json_object`` from then on; any other failure is retried
+        with backoff, as every request is)."""
         if schema is None:
             return self._post(self.endpoint, self.payload(prompt))
         dialect = getattr(self, "_dialect", None)
         if dialect is None:
-            try:
-                reply = self._post(self.endpoint, self.payload(prompt, schema, "json_schema"), retries=0)
-            except JudgeRequestError as err:
-                if "response_format" not in str(err):
-                    raise
-                self._dialect = "json_object"
-            else:
-                self._dialect = "json_schema"
-                self.structured_output = "response_format json_schema"
-                return reply
+            # One quick look, then the usual retries with backoff: a server warming up (500, 429, a dropped
+            # connection) is retried as always; only an error that names response_format switches the dialect.
+            for retries in (0, None):
+                try:
+                    reply = self._post(self.endpoint, self.payload(prompt, schema, "json_schema"), retries=retries)
+                except JudgeRequestError as err:
+                    if "response_format" in str(err):
+                        self._dialect = "json_object"
+                        break
+                    if retries is None:
+                        raise
+                else:
+                    self._dialect = "json_schema"
+                    self.structured_output = "response_format json_schema"
+                    return reply
         self.structured_output = f"response_format {self._dialect}"
         return self._post(self.endpoint, self.payload(prompt, schema, self._dialect))
 
