@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -132,6 +133,9 @@ def is_disk_full(err: BaseException) -> bool:
             return True
         text = str(err)
         if "No space left on device" in text or "StorageFull" in text:
+            return True
+        # torch's zip writer reports a short write without the cause ("unexpected pos N vs M", "file write failed")
+        if "PytorchStreamWriter failed writing" in text or re.search(r"unexpected pos \d+ vs \d+", text):
             return True
         err = err.__cause__ or err.__context__
     return False

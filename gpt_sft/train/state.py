@@ -104,8 +104,14 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -
 def save_training_checkpoint(accelerator, state: TrainerState, output_dir: str | Path, keep: int) -> Path:
     """Model, optimizer, scheduler, RNG states and :class:`TrainerState`, atomically, keeping the newest ``keep``."""
     final = Path(output_dir) / "checkpoints" / f"step-{state.global_step:06d}"
-    with reporting_disk_full("the training checkpoint", final):
-        _save_training_checkpoint(accelerator, state, final)
+    try:
+        with reporting_disk_full("the training checkpoint", final):
+            _save_training_checkpoint(accelerator, state, final)
+    except BaseException:
+        if accelerator.is_main_process:
+            with contextlib.suppress(OSError):
+                final.parent.rmdir()  # a checkpoints/ folder made for this one alone: nothing half-written stays
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and keep > 0:
         for old in checkpoint_dirs(Path(output_dir))[: -keep]:
