@@ -153,16 +153,31 @@ def demo_run(tmp_path_factory):
         yield folder / "demo", entries
 
 
-def generate_cli(folder: Path, instruction: str, input_: str = "", *flags: str) -> str:
-    """What ``gpt-sft generate --prompt`` prints, less its final newline (the command run in this process)."""
+def run_generate(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``gpt-sft generate ARGS`` run in this process: its exit status and what it printed (``stdin`` fed to
+    ``--interactive``). The command's behaviour is the point of the tests that use it, not a process boundary (the
+    console scripts are run as processes in test_training). An attack that works runs its payload here, where the
+    test sees it."""
     from gpt_sft.cli.generate import main as generate_main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = generate_main(["--model", str(folder), "--prompt", instruction, "--input", input_, *flags])
-    assert status == 0, err.getvalue()[-2000:]
-    assert out.getvalue().endswith("\n")
-    return out.getvalue()[:-1]
+    saved_stdin = sys.stdin
+    try:
+        if stdin is not None:
+            sys.stdin = io.StringIO(stdin)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = generate_main([str(a) for a in args])
+    finally:
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(["gpt-sft", "generate", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def generate_cli(folder: Path, instruction: str, input_: str = "", *flags: str) -> str:
+    """What ``gpt-sft generate --prompt`` prints, less its final newline."""
+    result = run_generate("--model", folder, "--prompt", instruction, "--input", input_, *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.endswith("\n")
+    return result.stdout[:-1]
 
 
 def load_benchmark(name: str):

@@ -513,7 +513,7 @@ def test_readme_use_your_model_elsewhere_commands_run(demo_run, demo_server, tmp
 def test_serve_exports_a_checkpoint_once_and_serves_a_gguf_file_as_it_is(untied_checkpoint, tmp_path, capsys):
     from gpt_sft.cli.serve import ServeConfig, gguf_for, server_command
 
-    cfg = ServeConfig(model=str(untied_checkpoint), gguf_type="q8_0", gguf_cache=str(tmp_path / "cache"), port=8123)
+    cfg = ServeConfig(model=str(untied_checkpoint), gguf_type="q8_0", gguf_cache=str(tmp_path / "cache"), port=free_port())
     path, name, context = gguf_for(cfg)
     assert path.is_file() and name == "untied" and context == 128
     mtime = path.stat().st_mtime_ns

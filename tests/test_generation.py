@@ -8,15 +8,13 @@ argmax after a few steps for some prompts and never for others (asserted, not as
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_generate
 
 from gpt_sft import GPTConfig, GPTForCausalLM
 from gpt_sft.cli.generate import main
@@ -405,17 +403,6 @@ def data_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(capsys, monkeypatch, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """``gpt-sft generate ARGS`` in this process (its exit code and printed output): the command's behaviour is
-    the point here, not a process boundary (the console scripts are checked in test_training)."""
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["gpt-sft", "generate", *args], status, out, err)
-
-
 def expected_responses(checkpoint, entries, max_new):
     model = GPTForCausalLM.from_pretrained(checkpoint)
     from gpt_sft.model.tokenizer import get_tokenizer
@@ -423,9 +410,9 @@ def expected_responses(checkpoint, entries, max_new):
     return generate_responses(model, get_tokenizer(), entries, max_new_tokens=max_new, progress=False)
 
 
-def test_cli_data_split_writes_the_books_format(checkpoint, data_file, tmp_path, capsys, monkeypatch):
+def test_cli_data_split_writes_the_books_format(checkpoint, data_file, tmp_path):
     output = tmp_path / "sub" / "with-response.json"
-    proc = run_cli(capsys, monkeypatch, "--model", str(checkpoint), "--data", str(data_file), "--split", "all", "--output",
+    proc = run_generate("--model", str(checkpoint), "--data", str(data_file), "--split", "all", "--output",
                       str(output), "--max-new-tokens", "8", "--batch-size", "4", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     entries = json.loads(data_file.read_text())
@@ -458,15 +445,15 @@ def test_cli_default_test_split_and_failure_leaves_no_output(checkpoint, data_fi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
-def test_cli_prompt_and_interactive(checkpoint, capsys, monkeypatch):
+def test_cli_prompt_and_interactive(checkpoint):
     want = expected_responses(checkpoint, [{"instruction": "Name a color.", "input": ""},
                                            {"instruction": "Say hi.", "input": "politely"}], 6)
-    proc = run_cli(capsys, monkeypatch, "--model", str(checkpoint), "--prompt", "Say hi.", "--input", "politely",
+    proc = run_generate("--model", str(checkpoint), "--prompt", "Say hi.", "--input", "politely",
                       "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want[1] + "\n"
 
-    proc = run_cli(capsys, monkeypatch, "--model", str(checkpoint), "--interactive", "--max-new-tokens", "6",
+    proc = run_generate("--model", str(checkpoint), "--interactive", "--max-new-tokens", "6",
                       stdin="Name a color.\n\nexit\nSay hi.\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want[0] + "\n\n"  # one answer; blank lines skipped; stops at "exit"

@@ -36,7 +36,7 @@ from gpt_sft.model.weights import WeightLoadingError
 from gpt_sft.train import loop
 from gpt_sft.train.config import TrainConfig
 
-from conftest import REPO_ROOT, TINY_TRAIN, tiny_train_config
+from conftest import REPO_ROOT, TINY_TRAIN, run_generate, tiny_train_config
 
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
 TINY = TINY_TRAIN
@@ -77,14 +77,10 @@ def error_lines(stderr: str) -> list[str]:
 # ---------------------------------------------------------------- 1. code from untrusted folders
 
 
-def _generate(capsys, *args) -> tuple[int, str]:
-    """``gpt-sft generate ARGS`` in this process: exit status and stderr. An attack that works here runs its payload
-    (``touch PWNED`` in the working directory) in this process, where the test sees it."""
-    from gpt_sft.cli.generate import main as generate_main
-
-    capsys.readouterr()
-    status = generate_main([str(a) for a in args])
-    return status, capsys.readouterr().err
+def _generate(*args) -> tuple[int, str]:
+    """``gpt-sft generate ARGS`` in this process (conftest.run_generate): exit status and stderr."""
+    result = run_generate(*args)
+    return result.returncode, result.stderr
 
 
 def test_a_foreign_folder_s_code_runs_only_with_trust_remote_code(tiny_checkpoint, tmp_path, monkeypatch, capsys):
@@ -96,12 +92,12 @@ def test_a_foreign_folder_s_code_runs_only_with_trust_remote_code(tiny_checkpoin
     with open(evil / "modeling_gpt.py", "a") as handle:
         handle.write('\nimport pathlib; pathlib.Path("PWNED").touch()\n')
     monkeypatch.chdir(tmp_path)
-    status, err = _generate(capsys, "--model", evil, "--prompt", "hi")
+    status, err = _generate("--model", evil, "--prompt", "hi")
     assert status == 1 and not (tmp_path / "PWNED").exists()
     (line,) = error_lines(err)
     assert line.startswith("error: --model") and "--trust-remote-code" in line
 
-    _generate(capsys, "--model", evil, "--prompt", "hi", "--trust-remote-code", "--max-new-tokens", "2")
+    _generate("--model", evil, "--prompt", "hi", "--trust-remote-code", "--max-new-tokens", "2")
     assert (tmp_path / "PWNED").exists(), "with the flag the folder's own code does run"
 
 
@@ -112,7 +108,7 @@ def test_a_gpt_sft_folder_loads_the_installed_code_never_its_copy(tiny_checkpoin
         with open(poisoned / name, "a") as handle:
             handle.write('\nimport pathlib; pathlib.Path("PWNED").touch()\n')
     monkeypatch.chdir(tmp_path)
-    status, err = _generate(capsys, "--model", poisoned, "--prompt", "hi", "--max-new-tokens", "2")
+    status, err = _generate("--model", poisoned, "--prompt", "hi", "--max-new-tokens", "2")
     assert status == 0, err[-2000:]
     assert not (tmp_path / "PWNED").exists()
 
@@ -166,7 +162,7 @@ def test_a_config_with_impossible_values_is_one_line_naming_the_field(tiny_check
     folder = _variant(tiny_checkpoint, tmp_path / "bad", lambda c: c.update(edit))
     with pytest.raises(WeightLoadingError, match=f"config.json: not a valid gpt_sft config .*{message}"):
         load_pretrained(folder)
-    status, err = _generate(capsys, "--model", folder, "--prompt", "hi")
+    status, err = _generate("--model", folder, "--prompt", "hi")
     (line,) = error_lines(err)
     assert status == 1 and line.startswith("error: --model") and message in line, line
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import requests
-
 from ..common.options import option, parse_config
 from ..data.prompts import get_prompt_style
 from ..generate.chat import SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, Exit, Say
@@ -130,7 +128,7 @@ def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
     except KeyboardInterrupt:
         updates.close()
         print(" [stopped]", end="", file=out)
-    except (EndpointError, requests.RequestException, OSError) as err:  # the server failed this answer, not the chat
+    except (EndpointError, OSError) as err:  # (requests' errors are OSErrors) the server failed this answer, not the chat
         print(f"\n[error: {terminal_safe(str(err))}]", end="", file=out)
     print(file=out, flush=True)
 
