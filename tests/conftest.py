@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.server
 import importlib.util
 import io
 import json
@@ -16,9 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -197,6 +199,35 @@ def load_benchmark(name: str):
     finally:
         torch.set_num_threads(threads)
         sys.modules.pop(spec.name, None)
+
+
+class ScoreStandIn(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible judge that answers "Score: 85" to every request."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Score: 85"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def score_stand_in() -> Iterator[str]:
+    """``ScoreStandIn`` on a free 127.0.0.1 port in a thread of this process, for tests of what happens to a judge's
+    scores rather than of the judge (the real llama.cpp judge is test_judge_server's); yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScoreStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:

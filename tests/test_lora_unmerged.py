@@ -7,6 +7,7 @@ seed, merged; every way of loading the adapter must compute what the merged run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,16 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import built_once
+from conftest import built_once, run_generate
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from gpt_sft.cli.generate import main as generate_main
 from gpt_sft.cli.train import train
 from gpt_sft.data.synthetic import make_synthetic_instructions
 from gpt_sft.export import run_folder
 from gpt_sft.export.run_folder import prepare_output_dir
+from gpt_sft.model.adapters import AdapterBaseWarning
 from gpt_sft.model.loading import load_model, load_pretrained
-from gpt_sft.model.weights import ModelNotFoundError
+from gpt_sft.model.weights import ModelNotFoundError, WeightLoadingError
 from gpt_sft.train.config import TrainConfig
 from gpt_sft.train.loop import build_model
 
@@ -177,6 +180,7 @@ def test_overwrite_removes_the_base_folder(tmp_path):
     (out / "base" / "config.json").write_text("{}")
     (out / "adapter_config.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
+    (out / "gpt-sft-run.json").write_text(json.dumps({"outputs": ["base", "adapter_config.json"]}))  # what it wrote
     prepare_output_dir(TrainConfig(**TINY, output_dir=str(out), overwrite=True), resuming=False, is_main_process=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -217,3 +221,44 @@ def test_export_merges_an_adapter_first(runs, tmp_path):
     assert type(stock).__name__ == "GPT2LMHeadModel" and stock.lm_head.weight is not stock.transformer.wte.weight
     merged = load_pretrained(runs["untied", True])
     assert torch.allclose(logits(stock), logits(merged), atol=1e-4)
+
+
+def test_the_adapter_records_the_sha256_of_its_base_weights(runs):
+    out = runs["untied", False]
+    record = json.loads((out / "adapter_base.json").read_text())["base_weights_sha256"]
+    assert record == {"model.safetensors": hashlib.sha256((out / "base" / "model.safetensors").read_bytes()).hexdigest()}
+
+
+def test_a_copy_without_base_loads_the_original_s_base_only_while_it_is_the_one_trained_on(runs, tmp_path, recwarn):
+    """Issue 23: a copied adapter folder without base/ used to load, silently, whatever lay at the absolute path its
+    adapter_config.json names; now it says which base it loads, and refuses one whose weights changed."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    shutil.copytree(runs["tied", False], original)
+    config = json.loads((original / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str((original / "base").resolve())  # as if trained here
+    (original / "adapter_config.json").write_text(json.dumps(config))
+    shutil.copytree(original, copy, ignore=lambda folder, names: ["base"] if Path(folder) == original else [])
+    assert not (copy / "base").exists()
+
+    model = load_model(copy, device="cpu")
+    (warned,) = [w for w in recwarn.list if issubclass(w.category, AdapterBaseWarning)]
+    line = str(warned.message)
+    assert "\n" not in line and str(copy) in line and str((original / "base").resolve()) in line, line
+    assert "match the recorded SHA-256" in line
+    torch.testing.assert_close(logits(model), logits(load_pretrained(runs["tied", True])), atol=1e-5, rtol=0)
+
+    weights = original / "base" / "model.safetensors"  # the original run's base, changed after training
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(WeightLoadingError) as err:
+        load_model(copy, device="cpu")
+    line = str(err.value)
+    assert "\n" not in line and str((original / "base").resolve()) in line and str(copy / "adapter_base.json") in line
+    assert "not the base model" in line and f"put the training run's own base/ in {copy}" in line
+    result = run_generate("--model", copy, "--prompt", "Count to three.", "--max-new-tokens", "2", "--device", "cpu")
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "--model" in errors[0] and "not the base model" in errors[0]
+    with pytest.raises(WeightLoadingError, match="not the base model"):  # the original's own base/, changed: refused too
+        load_model(original, device="cpu")

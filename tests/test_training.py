@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import signal
 import subprocess
+import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, distributed_run, run_processes, start_until_checkpoint, tiny_train_config
+from conftest import (TINY_TRAIN, distributed_run, run_processes, score_stand_in, start_until_checkpoint,
+                      tiny_train_config)
 from safetensors.torch import load_file
 
 from gpt_sft.cli.train import main, train
@@ -210,8 +210,6 @@ def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
 def test_a_cut_checkpoint_is_named_and_a_lost_random_state_is_said(tmp_path, data_file, capsys):
     """A truncated optimizer.bin was "Invalid argument" with no file named; a truncated random_states_0.pkl was
     passed over silently, and the resumed run differed from the uninterrupted one."""
-    import shutil
-
     common = dict(batch_size=8, max_steps=4, save_every=2, eval_every=0, drop_rate=0.1)
     run(tmp_path, "run", data_file, **{**common, "max_steps": 2})
     for name in ("rng", "optimizer"):
@@ -314,7 +312,6 @@ def test_outputs_checkpoint_card_plot_and_responses(tmp_path, data_file, capsys)
 
 def test_push_to_hub_uploads_the_final_folder_without_printing_the_token(tmp_path, data_file, capsys, monkeypatch):
     """The Hub is unreachable here: a local stand-in of HfApi records the calls and copies the files."""
-    import shutil
 
     import gpt_sft.export.hub
 
@@ -475,39 +472,24 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == torch.float32  # fp32 master
 
 
-class ScoreStandIn(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-compatible judge server that answers "Score: 85" to every request."""
-
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Score: 85"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+@pytest.fixture(scope="module")
+def judged_run(tmp_path_factory, data_file) -> Path:
+    """A 2-step run with its test-set responses, for the judge-score tests (each copies it before writing)."""
+    return run(tmp_path_factory.mktemp("judged"), "judged", data_file, max_steps=2, generate=True, max_new_tokens=2)
 
 
-def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file, capsys):
+def test_judge_score_goes_into_metrics_and_model_card(tmp_path, judged_run, capsys):
     """scripts/evaluate.py --update-checkpoint, against a local OpenAI-compatible server that stands in
     for the judge LLM (it answers "Score: 85" to every request; the real llama.cpp judge is tested in
     test_judge_server.py)."""
-    out = run(tmp_path, "judged", data_file, max_steps=2, generate=True, max_new_tokens=2)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScoreStandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = Path(shutil.copytree(judged_run, tmp_path / "judged"))
     from gpt_sft.cli.evaluate import main as evaluate_main  # what scripts/evaluate.py runs
 
     capsys.readouterr()
-    try:
+    with score_stand_in() as url:
         status = evaluate_main(["--responses", str(out / "test-responses.json"), "--backend", "openai", "--url",
-                                f"http://127.0.0.1:{server.server_address[1]}", "--judge-model", "stand-in",
+                                url, "--judge-model", "stand-in",
                                 "--update-checkpoint", str(out)])  # with its progress bar, as a user sees it
-    finally:
-        server.shutdown()
     printed = capsys.readouterr()
     assert status == 0, printed.out[-2000:] + printed.err[-2000:]
     assert "Number of scores: 10 of 10" in printed.out
@@ -521,25 +503,22 @@ def test_judge_score_goes_into_metrics_and_model_card(tmp_path, data_file, capsy
     assert f"**{judge['average_score']:.2f}**" in card and "stand-in via openai, 10 of 10 scored" in card
 
 
-def test_a_partial_judge_figure_is_refused_or_marked(tmp_path, data_file, capsys):
+def test_a_partial_judge_figure_is_refused_or_marked(tmp_path, judged_run, capsys):
     """--update-checkpoint records a judge score only for the checkpoint's own full test split; --limit,
     another data file or unscored entries are refused, or with --force recorded and marked partial.
     (A stand-in server answers "Score: 85"; this is about the rule, not the judge.)"""
-    out = run(tmp_path, "judged", data_file, max_steps=2, generate=True, max_new_tokens=2)
+    out = Path(shutil.copytree(judged_run, tmp_path / "judged"))
 
     from gpt_sft.cli.evaluate import main as evaluate_main
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScoreStandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    responses = out / "test-responses.json"
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps([{**e, "instruction": e["instruction"] + " (other)"}
-                                 for e in json.loads(responses.read_text())]))
-    base = ["--backend", "openai", "--url", url, "--judge-model", "stand-in", "--no-progress", "--no-metrics",
-            "--no-cache", "--update-checkpoint", str(out)]
-    metrics_before = (out / "metrics.json").read_text()
-    try:
+    with score_stand_in() as url:
+        responses = out / "test-responses.json"
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps([{**e, "instruction": e["instruction"] + " (other)"}
+                                     for e in json.loads(responses.read_text())]))
+        base = ["--backend", "openai", "--url", url, "--judge-model", "stand-in", "--no-progress", "--no-metrics",
+                "--no-cache", "--update-checkpoint", str(out)]
+        metrics_before = (out / "metrics.json").read_text()
         for extra, why in ((["--responses", str(responses), "--limit", "5"], "--limit 5: 5 of 10 entries judged"),
                            (["--responses", str(other)], "is not its test split")):
             capsys.readouterr()
@@ -549,8 +528,6 @@ def test_a_partial_judge_figure_is_refused_or_marked(tmp_path, data_file, capsys
             assert (out / "metrics.json").read_text() == metrics_before, "nothing recorded"
         assert evaluate_main(base + ["--responses", str(responses), "--limit", "5", "--force",
                                      "--output", str(tmp_path / "r.json")]) == 0
-    finally:
-        server.shutdown()
     judge = json.loads((out / "metrics.json").read_text())["judge"]
     assert judge["partial"] == ["--limit 5: 5 of 10 entries judged"] and judge["num_entries"] == 5
     card = (out / "README.md").read_text()

@@ -19,9 +19,11 @@ from pathlib import Path
 from ..common.atomic_io import write_json_atomic
 from ..common import options as opts
 from ..common.options import parse_config
+from ..common.run_manifest import record_stage_outputs
 from ..data.recipe import Recipe, entries_of_split
 from ..export.card import record_judge_score
 from ..judge.backends import make_judge, OpenAIJudge
+from ..judge.cache import cache_lock_path
 from ..judge.errors import JudgeCacheBusyError, JudgeError
 from ..judge.modes import MODES
 from ..judge.scoring import JudgeReport, compute_text_metrics, score_responses, validate_entries
@@ -137,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: ${config.api_key_env} is not set; sending no Authorization header", file=sys.stderr)
     if cache_path is not None and cache_path.exists():
         print(f"Resuming from cache {cache_path}", file=sys.stderr)
+    # beside a training run's test-set responses, the report and its cache are the run's
+    record_stage_outputs(output, cache_path, cache_path and cache_lock_path(cache_path))
     try:
         report = score_responses(
             entries, judge, response_key=cfg.response_key, cache_path=cache_path, concurrency=cfg.concurrency,

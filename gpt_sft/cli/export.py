@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..common.atomic_io import atomic_directory, write_text_atomic
 from ..common.options import option, parse_config
+from ..common.run_manifest import record_stage_outputs
 from ..data.prompts import PromptStyle
 from ..data.recipe import Recipe, resolve_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
@@ -101,7 +102,8 @@ def _usage(fmt: str, output: Path, gguf_name: str | None, name: str) -> str:
 
 
 def export(cfg: ExportConfig) -> Path:
-    """Run the export; return the output folder."""
+    """Run the export; return the output folder. One into the checkpoint's own training run folder
+    (``<run>/export/gguf``, as ``--export`` writes) is recorded in the run's manifest: the run's to replace."""
     output = Path(cfg.output)
     if output.is_dir() and any(output.iterdir()) and not cfg.overwrite:
         raise ValueError(f"--output {output} already holds files: pass --overwrite to replace them, or choose another "
@@ -111,6 +113,7 @@ def export(cfg: ExportConfig) -> Path:
     name = cfg.name or source.resolve().name
     start = time.perf_counter()
     model = plain_model(cfg.model)
+    record_stage_outputs(output, run_folder=cfg.model)
     kinds = {"hf-gpt2": "a **stock GPT-2** (`GPT2LMHeadModel`, model_type `gpt2`): it loads with "
                         "`AutoModelForCausalLM.from_pretrained` alone, without `trust_remote_code` or gpt-sft, and "
                         "runs on any engine that serves GPT-2 (vLLM, TGI, ...); its logits equal the checkpoint's up to float "

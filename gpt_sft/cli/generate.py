@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..common.atomic_io import write_json_atomic
 from ..common.options import option, parse_config
+from ..common.run_manifest import record_stage_outputs
 from ..data.load import load_instruction_data
 from ..data.prompts import PromptStyle
 from ..data.recipe import Recipe, entries_of_split, follow_recipe, resolve_style
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entries is not None:
         output = Path(cfg.output) if cfg.output else Path.cwd() / f"{Path(data).stem}-with-response.json"
         responses = generate_responses(model, tokenizer, entries, settings)
+        record_stage_outputs(output)  # in a training run's folder: the run's
         # the book: json.dump(test_data, file, indent=4)
         write_json_atomic(output, add_responses(entries, responses, key=cfg.response_key), indent=4)
         print(f"Wrote {len(entries)} entries with {cfg.response_key!r} to {output}", file=sys.stderr)

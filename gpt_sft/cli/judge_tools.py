@@ -13,8 +13,10 @@ from ..common import options as opts
 from ..common.atomic_io import write_json_atomic
 from ..common.json_input import read_json_file
 from ..common.options import CommandParser, parse_config
+from ..common.run_manifest import record_stage_outputs
 from ..judge.agreement import agreement, plot_agreement, read_report
 from ..judge.backends import make_judge
+from ..judge.cache import cache_lock_path
 from ..judge.pairwise import judge_pairs
 from ..judge.scoring import validate_entries
 from .errors import add_debug_flag, report_errors
@@ -50,6 +52,7 @@ def compare_main(argv: Sequence[str]) -> int:
         print("error: fewer than 2 entries scored by both judges: no correlation to compute", file=sys.stderr)
         return 1
     plot = Path(args.plot) if args.plot else paths[0].with_name(f"{paths[0].stem}-vs-{paths[1].stem}.png")
+    record_stage_outputs(plot, args.output)  # in a training run's folder: the run's
     print(f"Scatter plot: {plot_agreement(result, names[0], names[1], plot)}")
     if args.output:
         write_json_atomic(args.output, {"a": str(paths[0]), "b": str(paths[1]), "n": result.n,
@@ -85,6 +88,7 @@ def pairwise_main(argv: Sequence[str]) -> int:
     config = cfg.judge_config()
     judge = make_judge(config)
     served = identify_judge(cfg, config, judge)
+    record_stage_outputs(output, cache, cache and cache_lock_path(cache))  # in a training run's folder: the run's
     report = judge_pairs(sides[0], sides[1], judge, response_key=cfg.response_key,
                          style=judge_style(cfg, Path(cfg.responses)), cache_path=cache, concurrency=cfg.concurrency,
                          parse_retries=cfg.parse_retries, progress=cfg.progress)

@@ -14,8 +14,10 @@ from pathlib import Path
 from ..common import options as opts
 from ..common.atomic_io import write_json_atomic
 from ..common.options import parse_config
+from ..common.run_manifest import record_stage_outputs
 from ..data.load import load_instruction_data
 from ..judge.backends import OpenAIJudge, make_judge
+from ..judge.cache import cache_lock_path
 from ..judge.preferences import (DEFAULT_CHOSEN_INSTRUCTION, DEFAULT_REJECTED_INSTRUCTION, PAIRINGS,
                                  REWRITE_PROMPT_TEMPLATE, PreferenceReport, PreferenceSpec, make_preference_pairs)
 from ..judge.text import safe_excerpt
@@ -123,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: ${config.api_key_env} is not set; sending no Authorization header", file=sys.stderr)
     if cache_path is not None and cache_path.exists():
         print(f"Resuming from cache {cache_path}", file=sys.stderr)
+    # in a training run's folder: the run's
+    record_stage_outputs(output, report_path, cache_path, cache_path and cache_lock_path(cache_path))
     spec = cfg.spec()
     try:
         report = make_preference_pairs(entries, judge, spec=spec, indices=indices, cache_path=cache_path,

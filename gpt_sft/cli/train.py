@@ -24,6 +24,7 @@ from accelerate import Accelerator
 
 from ..common.atomic_io import write_json_atomic
 from ..common.options import parse_config
+from ..common.run_manifest import record_outputs
 from ..export.hub import check_hub_push, push_folder_to_hub
 from ..export.run_folder import prepare_output_dir, save_run
 from ..generate.responses import add_responses, generate_responses
@@ -46,6 +47,7 @@ def generate_test_responses(run: Run, model) -> Path | None:
     model.eval()
     responses = generate_responses(model, get_tokenizer(), data.test_entries,
                                    GenerationSettings(max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style))
+    record_outputs(cfg.output_dir, [responses_path.name])  # first: a run killed while writing them still owns them
     write_json_atomic(responses_path, add_responses(data.test_entries, responses), indent=4)
     say(run.accelerator, f"Wrote {len(responses)} test-set responses to {responses_path}")
     return responses_path
@@ -58,7 +60,7 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run]
     if cfg.push_to_hub and accelerator.is_main_process:
         check_hub_push(cfg.push_to_hub)
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
-    for note in prepare_output_dir(cfg, resume is not None, accelerator.is_main_process):
+    for note in prepare_output_dir(cfg, resume is not None, accelerator.is_main_process, accelerator.wait_for_everyone):
         say(accelerator, note)
     accelerator.wait_for_everyone()
     run = setup_run(cfg, accelerator)

@@ -64,7 +64,8 @@ def hub_offline_reason(endpoint: str | None = None) -> str | None:
     return _unreachable(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (what `sha256sum` prints), read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK_SIZE), b""):
@@ -96,7 +97,7 @@ def download_file(
     """
     dest = Path(dest)
     if dest.is_file():
-        if sha256 is None or _sha256_file(dest) == sha256:
+        if sha256 is None or sha256_file(dest) == sha256:
             return dest
         dest.unlink()  # a stale or corrupt copy: fetch it again
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ def download_file(
         part.unlink()
         raise DownloadError(f"{url}: got {size} bytes, expected {expected_size}; the partial file was removed.")
     if sha256 is not None:
-        actual = _sha256_file(part)
+        actual = sha256_file(part)
         if actual != sha256:
             part.unlink()
             raise DownloadError(f"{url}: SHA-256 {actual} does not match the expected {sha256}; removed it.")

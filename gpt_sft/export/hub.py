@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
+from ..common.run_manifest import MANIFEST
+
 
 def check_hub_push(repo_id: str, api=None) -> None:
     """Before training: the Hub answers, a token is set, and it may write -- so that a run does not train for hours
@@ -27,7 +29,8 @@ def check_hub_push(repo_id: str, api=None) -> None:
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, api=None,
                        commit_message: str = "Upload gpt-sft fine-tuned model") -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` (without training checkpoints or logs).
+    """Create ``repo_id`` if needed and upload ``folder`` (without training checkpoints, logs or the run's
+    manifest of its local files).
 
     The token comes from huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``); it is never
     printed. ``api`` defaults to ``huggingface_hub.HfApi()``; tests pass a local stand-in.
@@ -41,7 +44,7 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool
     repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(
         repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
-        ignore_patterns=["checkpoints/*", "export/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*"],
+        ignore_patterns=["checkpoints/*", "export/*", ".*", "runs/*", "gpt-sft/*", "*.tmp*", MANIFEST],
     )
     return str(getattr(repo, "url", None) or f"https://huggingface.co/{repo_id}")
 

@@ -5,7 +5,9 @@ recipe, read back by later stages), ``metrics.json``, the loss plot and the mode
 folder, then moves each file into place. A LoRA run saved unmerged (``--no-merge-lora``) is a peft
 adapter folder instead (:mod:`gpt_sft.model.adapters`): the LoRA weights only, and its base model in
 ``base/``. Responses and judge reports of an earlier model are removed first, and a folder that
-already holds a run is refused unless the run resumes or ``--overwrite`` replaces it.
+already holds files is refused unless the run resumes or ``--overwrite`` replaces the run in it. The run
+records every entry it writes in the folder's manifest (:mod:`gpt_sft.common.run_manifest`): ``--overwrite``
+removes those and keeps the rest, and refuses a folder without one, whose files no run of ours wrote.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import dataclasses
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..common.atomic_io import reporting_disk_full
 from ..common.options import config_to_dict
+from ..common.run_manifest import MANIFEST, ManifestError, read_manifest, record_outputs, recorded_names
 from ..data.prompts import get_prompt_style
 from ..data.recipe import RECIPE_FILE, Recipe
 from ..data.validate import LoadStats
-from ..model.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER
+from ..model.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, BASE_RECORD, write_base_record
 from ..train.config import TrainConfig
 from ..train.data import optimizer_steps_per_epoch
 from ..train.lora import base_without_adapters
@@ -32,21 +36,13 @@ from .checkpoint import publish_folder, save_checkpoint
 
 # Files an earlier model's evaluation left in an output folder: never beside a new model.
 STALE_EVALUATION_FILES = ("test-responses.json", "test-responses-judge-report.json",
-                          "test-responses-judge-report.json.cache.jsonl")
-# What a training run writes into its --output-dir (names and patterns); --overwrite removes these.
-RUN_OUTPUTS = (
-    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-    "model-*-of-*.safetensors", "configuration_gpt.py", "modeling_gpt.py", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "recipe.json",
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, "training_args.json", "metrics.json", "README.md",
-    "loss-plot.pdf", "loss-plot.png", "dpo-plot.pdf", "dpo-plot.png", "checkpoints", "export", "gpt-sft",
-    *STALE_EVALUATION_FILES,
-)
+                          "test-responses-judge-report.json.cache.jsonl",
+                          "test-responses-judge-report.json.cache.jsonl.lock")
 # What only a whole model's folder holds, and what only an adapter folder holds: a save of one kind
 # removes the other's, so a resumed run that changed --merge-lora leaves no mix of the two.
 MODEL_ONLY = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
               "model-*-of-*.safetensors", "configuration_gpt.py", "modeling_gpt.py")
-ADAPTER_ONLY = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER)
+ADAPTER_ONLY = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, BASE_RECORD)
 _LEFTOVER = re.compile(r"^\.(.+\.tmp(-\w+)?|.+\.old-\d+|final-stage.*)$")  # atomic_io's temporary names
 
 
@@ -79,6 +75,7 @@ def finish_interrupted_publish(output_dir: Path) -> bool:
     staged_marker = any((stage / marker).is_file() for marker in ("config.json", ADAPTER_CONFIG))
     if not staged_marker and not (last / ADAPTER_CONFIG).is_file():
         return False
+    record_outputs(output_dir, [p.name for folder in (stage, last) if folder.is_dir() for p in folder.iterdir()])
     if (stage / ADAPTER_CONFIG).is_file():
         _publish(stage, output_dir, adapter=True)
     elif (stage / "config.json").is_file():
@@ -90,39 +87,63 @@ def finish_interrupted_publish(output_dir: Path) -> bool:
     return True
 
 
-def prepare_output_dir(cfg: TrainConfig, resuming: bool, is_main_process: bool) -> list[str]:
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
+
+
+def prepare_output_dir(cfg: TrainConfig, resuming: bool, is_main_process: bool,
+                       wait_for_everyone: Callable[[], None] = lambda: None) -> list[str]:
     """Keep an output folder to one run: a folder that already holds files is refused unless the run
-    resumes or ``--overwrite`` is given, which removes the earlier run's outputs first. Returns what
-    to report (removed leftovers, files kept because gpt-sft did not write them)."""
+    resumes or ``--overwrite`` is given, which removes what the earlier run's manifest lists and nothing
+    else; a folder without a manifest holds no run of ours, and ``--overwrite`` refuses it too. Returns what
+    to report (removed leftovers, the files kept). ``wait_for_everyone``: the processes' barrier, so that
+    every process decides on the folder as the main one left it, and before it removes anything."""
     output_dir = Path(cfg.output_dir)
-    if not output_dir.is_dir():
-        return []
     notes = []
-    if is_main_process:
+    if is_main_process and output_dir.is_dir():
         if finish_interrupted_publish(output_dir):
             notes.append(f"a run killed during its final save had left its model in {output_dir / '.final-stage'}: "
                          f"moved it into {output_dir}, as the save would have")
         leftovers = remove_leftovers(output_dir)
         if leftovers:
             notes.append(f"removed {len(leftovers)} temporary folder(s) left by an interrupted save in {output_dir}")
-    existing = sorted(p.name for p in output_dir.iterdir() if not _LEFTOVER.match(p.name))
-    if not existing or resuming:
-        return notes
+    wait_for_everyone()
+    existing = sorted(p.name for p in output_dir.iterdir() if not _LEFTOVER.match(p.name)) if output_dir.is_dir() else []
+    recorded = _overwritten(cfg, output_dir, existing, notes) if existing and not resuming else None
+    wait_for_everyone()
+    if is_main_process and recorded is not None:
+        ours = [name for name in recorded if os.path.lexists(output_dir / name)]
+        for name in ours:
+            _remove(output_dir / name)  # a plain name (read_manifest checked): never anything outside the folder
+        (output_dir / MANIFEST).unlink()
+        kept = [name for name in existing if name not in ours and name != MANIFEST]
+        notes.append(f"--overwrite: removed the earlier run's {len(ours)} output(s) that its {MANIFEST} lists from "
+                     f"{output_dir}" + (f"; kept {len(kept)} file(s) no run wrote: {_shown(kept)}" if kept else ""))
+    return notes
+
+
+def _overwritten(cfg: TrainConfig, output_dir: Path, existing: list[str], notes: list[str]) -> list[str]:
+    """What ``--overwrite`` removes from a folder that holds files: the entries its manifest lists. Anything
+    else is refused: no --overwrite, no manifest, or one that names what is not an entry of the folder."""
+    has_run = (output_dir / MANIFEST).is_file()
     if not cfg.overwrite:
-        shown = ", ".join(existing[:6]) + (f" ... ({len(existing)} in all)" if len(existing) > 6 else "")
+        found = f"--output-dir {output_dir} already holds files ({_shown(existing)})"
         raise ValueError(
             (f"{notes[0]}; " if notes and "final save" in notes[0] else "")
-            + f"--output-dir {output_dir} already holds files ({shown}): pass --overwrite to replace the run in it, "
-            "--resume-from-checkpoint latest to continue it, or choose another --output-dir"
-        )
-    if is_main_process:
-        ours = {p for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern)}
-        for path in ours:
-            _remove(path)
-        kept = sorted(set(existing) - {p.name for p in ours})
-        notes.append(f"--overwrite: removed the earlier run's {len(ours)} output(s) from {output_dir}"
-                     + (f"; kept {len(kept)} file(s) gpt-sft did not write: {', '.join(kept[:6])}" if kept else ""))
-    return notes
+            + (f"{found}: pass --overwrite to replace the run in it, --resume-from-checkpoint latest to continue it, "
+               "or choose another --output-dir" if has_run else
+               f"{found} and no record of a gpt-sft run ({MANIFEST}): choose another --output-dir, or remove the files "
+               "yourself (--resume-from-checkpoint latest continues a run whose checkpoints are in it)"))
+    try:
+        recorded = read_manifest(output_dir)
+    except ManifestError as err:
+        raise ValueError(f"--overwrite: {err}: nothing removed; choose another --output-dir, or remove the files "
+                         "yourself") from None
+    if recorded is None:
+        raise ValueError(f"--overwrite: {output_dir} holds files ({_shown(existing)}) but no record of a gpt-sft run "
+                         f"({MANIFEST}), so nothing in it is gpt-sft's to remove: choose another --output-dir, or "
+                         "remove the files yourself")
+    return recorded
 
 
 class _AdapterOnly:
@@ -174,8 +195,10 @@ def save_run(run: Run) -> tuple[Path, object]:
     adapter = bool(cfg.lora_rank) and not cfg.merge_lora
     model = run.model.merge_and_unload() if cfg.lora_rank and cfg.merge_lora else run.model
     if accelerator.is_main_process:
+        recorded = recorded_names(output_dir)
         for name in STALE_EVALUATION_FILES:
-            (output_dir / name).unlink(missing_ok=True)
+            if name in recorded:  # a file of that name the run did not write is not ours to remove
+                (output_dir / name).unlink(missing_ok=True)
         if adapter:
             # peft reads a relative base path against the working directory, not the adapter folder:
             # name base/ absolutely (gpt-sft itself looks in <folder>/base first, so a moved folder loads).
@@ -188,6 +211,7 @@ def save_run(run: Run) -> tuple[Path, object]:
             (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
             if adapter:
                 save_checkpoint(base_without_adapters(model), tmp / BASE_FOLDER, prompt_style=cfg.prompt_style)
+                write_base_record(tmp, tmp / BASE_FOLDER)
 
         stage = output_dir / ".final-stage"
         with reporting_disk_full("the trained model", output_dir):
@@ -196,9 +220,11 @@ def save_run(run: Run) -> tuple[Path, object]:
                             extra_json={"training_args.json": config_to_dict(cfg), "metrics.json": metrics,
                                         RECIPE_FILE: dataclasses.asdict(recipe)},
                             write_extra=extras)
+            # recorded before the files move in: a run killed while moving them still owns what it moved
+            record_outputs(output_dir, [p.name for p in stage.iterdir()])
             _publish(stage, output_dir, adapter)
     accelerator.wait_for_everyone()
     return output_dir, model
 
 
-__all__ = ["RUN_OUTPUTS", "STALE_EVALUATION_FILES", "prepare_output_dir", "remove_leftovers", "save_run"]
+__all__ = ["STALE_EVALUATION_FILES", "prepare_output_dir", "remove_leftovers", "save_run"]

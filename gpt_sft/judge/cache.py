@@ -24,6 +24,12 @@ def cache_key(backend: str, model: str, prompt: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def cache_lock_path(path: str | os.PathLike[str]) -> Path:
+    """The lock file a :class:`ScoreCache` keeps beside its file: ``<cache>.lock``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
 class ScoreCache:
     """An append-only JSONL file of finished judgements, for resuming an interrupted evaluation.
 
@@ -51,7 +57,7 @@ class ScoreCache:
         drops when the process ends): two evaluations on one cache would ask every entry twice."""
         if fcntl is None or self._owner is not None:
             return
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path = cache_lock_path(self.path)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+", encoding="utf-8")
         try:

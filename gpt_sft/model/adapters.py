@@ -7,22 +7,34 @@ gpt-sft checkpoint. The adapters name gpt-sft's own modules (``q_proj``, ``c_fc`
 a stock GPT-2 cannot be their base. ``adapter_config.json`` names ``base/`` by its absolute path (peft
 resolves a relative one against the working directory, not the adapter folder), for peft's
 ``AutoPeftModelForCausalLM``; gpt-sft looks in ``<folder>/base`` first, so a moved folder still loads.
+
+A copy without ``base/`` would load whatever now lies at that absolute path: ``adapter_base.json`` records
+the SHA-256 of the base's weights at training time, and gpt-sft says which base it loads from elsewhere
+and refuses one whose weights differ (peft's own loader does not check).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 
+from ..common.atomic_io import write_json_atomic
+from ..common.download import sha256_file
 from .weights import ModelNotFoundError, WeightLoadingError, last_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_FOLDER = "base"  # the adapter's base model, beside it
+BASE_RECORD = "adapter_base.json"  # the SHA-256 of the base's weights: the base is known again without base/
+
+
+class AdapterBaseWarning(UserWarning):
+    """An adapter folder's base model is loaded from elsewhere than its own ``base/``."""
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
@@ -66,6 +78,43 @@ def adapter_base(folder: str | os.PathLike) -> str:
     return named
 
 
+def base_weights_sha256(base: str | os.PathLike) -> dict[str, str]:
+    """``{file name: SHA-256}`` of a base model folder's safetensors files (``sha256sum base/*.safetensors``)."""
+    return {path.name: sha256_file(path) for path in sorted(Path(base).glob("*.safetensors"))}
+
+
+def write_base_record(folder: str | os.PathLike, base: str | os.PathLike) -> None:
+    """Record in adapter folder ``folder`` the SHA-256 of the weights of its base model ``base``."""
+    write_json_atomic(Path(folder) / BASE_RECORD, {"base_weights_sha256": base_weights_sha256(base)})
+
+
+def verified_adapter_base(folder: str | os.PathLike) -> str:
+    """:func:`adapter_base`, checked: a base whose weights differ from those the folder recorded in
+    ``adapter_base.json`` is refused, and a base loaded from elsewhere than ``<folder>/base`` is named in a
+    one-line warning (an adapter saved before the record existed is loaded unchecked, as before)."""
+    folder = Path(folder)
+    base = adapter_base(folder)
+    record_path = folder / BASE_RECORD
+    recorded = None
+    if record_path.is_file():
+        try:
+            recorded = json.loads(record_path.read_text(encoding="utf-8"))["base_weights_sha256"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            raise WeightLoadingError(f"{record_path}: not a readable base record ({last_line(err)})") from None
+    own = Path(base) == folder / BASE_FOLDER
+    source = base if own else f"{base} (named by {ADAPTER_CONFIG}; {folder} has no {BASE_FOLDER}/)"
+    if recorded is not None and (not Path(base).is_dir() or base_weights_sha256(base) != recorded):
+        raise WeightLoadingError(
+            f"{source}: not the base model the LoRA adapter in {folder} was trained on: its weights' SHA-256 differ "
+            f"from those recorded in {record_path}; put the training run's own {BASE_FOLDER}/ in {folder}")
+    if not own:
+        checked = "its weights match the recorded SHA-256" if recorded is not None else "no SHA-256 recorded to check it"
+        # warn_explicit with a file name that has no source lines: the warning prints as one line
+        warnings.warn_explicit(f"{folder}: loading the LoRA adapter's base model from {source}, {checked}",
+                               AdapterBaseWarning, filename="gpt-sft", lineno=0)
+    return base
+
+
 def _looks_local(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
 
@@ -89,5 +138,6 @@ def merge_adapter(base: torch.nn.Module, folder: str | os.PathLike) -> torch.nn.
     return peft_model.merge_and_unload()
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "BASE_FOLDER", "adapter_base", "adapter_base_name",
-           "base_is_local", "is_adapter_folder", "merge_adapter"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterBaseWarning", "BASE_FOLDER", "BASE_RECORD", "adapter_base",
+           "adapter_base_name", "base_is_local", "base_weights_sha256", "is_adapter_folder", "merge_adapter",
+           "verified_adapter_base", "write_base_record"]

@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..common.download import hub_cache_only, hub_offline_reason
 
-from .adapters import adapter_base, base_is_local, is_adapter_folder, merge_adapter
+from .adapters import adapter_base, base_is_local, is_adapter_folder, merge_adapter, verified_adapter_base
 from .checkpoint_code import warn_if_outdated
 from .configuration_gpt import GPTConfig, resolve_preset_name
 from .convert import convert_hf_gpt2_state_dict, convert_openai_tf_checkpoint, convert_state_dict
@@ -173,9 +173,10 @@ def load_gpt_sft_folder(folder: str | os.PathLike, **options: Any) -> GPTForCaus
 
 def load_adapter_folder(folder: str | os.PathLike, **options: Any) -> GPTForCausalLM:
     """Load a LoRA adapter folder (:mod:`.adapters`): its base model with the installed code, the adapter
-    applied by peft and merged in -- a plain ``GPTForCausalLM`` that computes what the trained LoRA model did."""
+    applied by peft and merged in -- a plain ``GPTForCausalLM`` that computes what the trained LoRA model did. The
+    base is checked against the SHA-256 the folder recorded, and named when it is not the folder's own ``base/``."""
     folder = Path(folder)
-    base = load_pretrained(adapter_base(folder), drop_rate=options.get("drop_rate"), device=options.get("device"))
+    base = load_pretrained(verified_adapter_base(folder), drop_rate=options.get("drop_rate"), device=options.get("device"))
     model = _tie(merge_adapter(base, folder), options.get("tie_word_embeddings"), folder)
     return finish_model(model, options.get("dtype"), options.get("device"))
 

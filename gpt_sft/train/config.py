@@ -89,8 +89,10 @@ class TrainConfig:
     save_every: int = option(0, "Save a resumable training checkpoint every N optimizer steps (0: only on Ctrl-C)")
     keep_checkpoints: int = option(2, "How many periodic checkpoints to keep")
     resume_from_checkpoint: str | None = option(None, "A checkpoint folder, or 'latest' in <output-dir>/checkpoints")
-    overwrite: bool = option(False, "Replace an earlier run in --output-dir (its checkpoint, responses, reports and "
-                         "training checkpoints); without it a non-empty --output-dir is refused unless resuming")
+    overwrite: bool = option(False, "Replace an earlier run in --output-dir: remove what it recorded as its own in "
+                             "gpt-sft-run.json (checkpoint, responses, reports, exports, training checkpoints) and keep "
+                             "every other file; a folder without that record is refused. Without it a non-empty "
+                             "--output-dir is refused unless resuming")
     generate: bool = option(True, "Generate test-set responses at the end (--no-generate skips it)")
     max_new_tokens: int = option(256, "New tokens per test-set response")
     export: list[str] = option([], "Also export the final model: hf-gpt2 (stock GPT-2, no remote code), gguf, ollama; "

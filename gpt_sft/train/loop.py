@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..common.options import config_to_dict
+from ..common.run_manifest import recording_new_entries
 from ..data.collator import IGNORE_INDEX
 from ..data.prompts import format_prompt
 from ..model.configuration_gpt import GPTConfig, resolve_preset_name
@@ -196,8 +197,9 @@ def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: Trainin
     scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.max_steps) if cfg.max_steps else steps)
     loss, optimizer, data.train, data.val, scheduler = accelerator.prepare(
         loss_module, optimizer, data.train, data.val, scheduler)
-    if cfg.log_with:
-        accelerator.init_trackers("gpt-sft", config={k: str(v) for k, v in config_to_dict(cfg).items()})
+    if cfg.log_with:  # a tracker's logs in the output folder (tensorboard's gpt-sft/) are the run's
+        with recording_new_entries(cfg.output_dir, record=accelerator.is_main_process):
+            accelerator.init_trackers("gpt-sft", config={k: str(v) for k, v in config_to_dict(cfg).items()})
     state = state_type()
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if resume is not None:

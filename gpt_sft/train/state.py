@@ -19,6 +19,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from ..common.atomic_io import atomic_directory, reporting_disk_full, write_json_atomic
+from ..common.run_manifest import recording_new_entries
 
 STATE_FILE = "trainer_state.json"
 
@@ -105,7 +106,9 @@ def save_training_checkpoint(accelerator, state: TrainerState, output_dir: str |
     """Model, optimizer, scheduler, RNG states and :class:`TrainerState`, atomically, keeping the newest ``keep``."""
     final = Path(output_dir) / "checkpoints" / f"step-{state.global_step:06d}"
     try:
-        with reporting_disk_full("the training checkpoint", final):
+        # checkpoints/ goes into the run's manifest once it holds a checkpoint
+        with reporting_disk_full("the training checkpoint", final), \
+                recording_new_entries(output_dir, record=accelerator.is_main_process):
             _save_training_checkpoint(accelerator, state, final)
     except BaseException:
         if accelerator.is_main_process:
