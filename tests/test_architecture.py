@@ -18,6 +18,7 @@ LATE_IMPORTS = {
     ("gpt_sft.model.sources", "tensorflow"): "an optional extra (gpt-sft[tf]), only for OpenAI's checkpoints",
     ("gpt_sft.cli.chat_web", "gradio"): "an optional extra (gpt-sft[chat]), only for chat --web, and seconds to "
                                         "import, which every other gpt-sft command would pay",
+    ("gpt_sft.cli.chat_web", "starlette.middleware"): "Gradio's web framework, for chat --web's Host check only",
 }
 
 

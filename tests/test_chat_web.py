@@ -6,28 +6,44 @@ for the status to say ``done`` and reads the answer off the page: it must be wha
 ``gpt-sft serve`` (llama.cpp, the demo exported to an f32 GGUF) through its endpoint field. Without the
 browser or Playwright the tests skip, saying which is missing; in CI (``GPT_SFT_LANE`` set, and
 ``.ci/run`` installs Chromium) they fail instead.
+
+What the page exposes is tested as the attacks are made: requests to the running server (Gradio's HTTP
+API, as any client can send them) that name a listener of ours as the endpoint, or another ``Host``; the
+listener is a real HTTP server in a thread that records every request and its ``Authorization`` header.
 """
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import itertools
+import json
 import os
 import shutil
+import threading
 import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, stop_process
 from test_chat import rambler  # noqa: F401 - rambler: the fixture, used by name
 
+from gpt_sft.cli.chat import ChatConfig, answerer
+from gpt_sft.cli.chat_web import PAGE_ENDPOINT_REFUSED, WebChat
+from gpt_sft.common.options import parse_config
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
+from gpt_sft.generate.chat import ChatSession
 from gpt_sft.generate.remote import RemoteModel
 from gpt_sft.generate.settings import GenerationSettings
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 IN_CI = bool(os.environ.get("GPT_SFT_LANE"))
 ALPACA = get_prompt_style("alpaca")
+API_KEY = "sk-test-not-for-any-page"  # in the web chat's environment: a key the page must not spend
+DEMO_PAGES = pytest.mark.xdist_group("demo-pages")  # demo_page's worker (the browser's): the page starts once
 
 
 def _missing(reason: str):
@@ -62,12 +78,113 @@ def _web_chat(folder: Path, log: Path, *flags: str):
 
 @pytest.fixture(scope="module")
 def demo_page(demo_run, tmp_path_factory):
-    """``gpt-sft chat --web`` on the trained demo; yields its URL."""
-    proc, url = _web_chat(demo_run[0], tmp_path_factory.mktemp("chat-web") / "chat.log")
+    """``gpt-sft chat --web`` on the trained demo, with ``$OPENAI_API_KEY`` set as a user's may be; yields its URL."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", API_KEY)
+        proc, url = _web_chat(demo_run[0], tmp_path_factory.mktemp("chat-web") / "chat.log")
     try:
         yield url
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def listener():
+    """A real OpenAI-compatible server on a free 127.0.0.1 port, in a thread: it lists one model, answers every
+    completion "Hi." and records ``(method, path, Authorization header)`` of each request. Yields ``(URL, records)``."""
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.answer(json.dumps({"data": [{"id": "listener"}]}), "application/json")
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.answer('data: {"choices": [{"text": "Hi.", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+                        "text/event-stream")
+
+        def answer(self, text: str, content_type: str) -> None:
+            seen.append((self.command, self.path, self.headers.get("Authorization")))
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # the test reads the records, not stderr
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _page_request(url: str, endpoint: str) -> list:
+    """The page's Send as any HTTP client can make it (Gradio's HTTP API): the last update, ``[answer, prompt,
+    status, ...]``."""
+    data = ["Say hi.", "", 0, 0, 8, None, endpoint, 0]  # instruction, input, the settings, endpoint, turns so far
+    request = urllib.request.Request(f"{url}gradio_api/call/respond", json.dumps({"data": data}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        event_id = json.load(reply)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/respond/{event_id}", timeout=120) as reply:
+        events = reply.read().decode()  # server-sent events: "event: complete\ndata: [...]" last
+    return json.loads([line for line in events.splitlines() if line.startswith("data:")][-1][len("data:"):])
+
+
+@DEMO_PAGES
+def test_the_page_cannot_make_the_server_ask_an_endpoint_it_names(demo_page, listener):
+    """The attack: a request to the web chat (its environment holds an API key) naming our listener as the
+    endpoint. Refused before anything is sent: no key, and no request to a URL of the page's choosing."""
+    url, seen = listener
+    answer, _, status, *_ = _page_request(demo_page, url)
+    assert status == f"error (turn 1): {PAGE_ENDPOINT_REFUSED}" and answer == ""
+    assert "--allow-page-endpoint" in status
+    assert seen == [], "nothing reaches the page's endpoint"
+
+
+def test_with_allow_page_endpoint_the_key_goes_only_to_the_command_lines_url(listener, monkeypatch):
+    """``--url`` (the command line's) gets ``Authorization: Bearer KEY``; the endpoint a page names, allowed by
+    ``--allow-page-endpoint``, is asked and answers, but gets no Authorization header, even at the same URL."""
+    url, seen = listener
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    cfg = parse_config(ChatConfig, ["--url", url, "--web", "--allow-page-endpoint"], prog="gpt-sft chat")
+    answer, _ = answerer(cfg)  # what gpt-sft chat's main does before chat_web.serve
+    chat = WebChat(ChatSession(answer, ALPACA, cfg.settings()), allow_page_endpoint=cfg.allow_page_endpoint)
+    *_, (text, _, status, _, _) = chat.respond("Say hi.", "", 0, 0, 8, None, "", 0)
+    assert (text, status) == ("Hi.", "done (turn 1): 1 new tokens, end of text")
+    assert seen == [("GET", "/v1/models", f"Bearer {API_KEY}"), ("POST", "/v1/completions", f"Bearer {API_KEY}")]
+    seen.clear()
+    *_, (text, _, status, _, _) = chat.respond("Say hi.", "", 0, 0, 8, None, url, 1)
+    assert (text, status) == ("Hi.", "done (turn 2): 1 new tokens, end of text")
+    assert seen == [("GET", "/v1/models", None), ("POST", "/v1/completions", None)]
+
+
+@DEMO_PAGES
+def test_on_loopback_the_server_answers_only_requests_for_its_own_names(demo_page):
+    """DNS rebinding: a web page the user visits points its own domain at 127.0.0.1 and uses the chat as a page of
+    that domain; its requests name that domain in ``Host``, and are refused."""
+    port = urlsplit(demo_page).port
+
+    def status(host: str, path: str = "/") -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            connection.request("GET", path, headers={"Host": host})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert status("evil.example") == 403
+    assert status(f"evil.example:{port}", "/config") == 403
+    assert status(f"127.0.0.1:{port}") == 200
+    assert status(f"localhost:{port}", "/config") == 200
 
 
 def _open(browser, url: str):
@@ -117,6 +234,7 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
     page = _open(browser, demo_page)
     try:
         assert "no history is sent to the model" in page.content()
+        assert not page.locator("#endpoint").is_visible(), "only --allow-page-endpoint lets the page name a server"
         assert _ask(page, 1, entry["instruction"], entry["input"]) == expected == entry["output"]
         assert _status(page).endswith("end of text")
         assert not page.locator("#prompt textarea").is_visible(), "the prompt is shown on request"
@@ -167,9 +285,10 @@ def test_the_page_streams_and_its_stop_button_stops(browser, rambler, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (the dev extra installs it)")
-def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_page, demo_run, demo_server):
+def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server, tmp_path):
     """The demo exported to an f32 GGUF and served by llama.cpp: asked through the page's endpoint field
-    (and through RemoteModel directly), it answers what ``gpt-sft generate --prompt`` prints."""
+    (``--allow-page-endpoint``) and through RemoteModel directly, it answers what ``gpt-sft generate --prompt``
+    prints."""
     folder, entries = demo_run
     url, _, _ = demo_server
     remote = RemoteModel(url)
@@ -181,7 +300,8 @@ def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_page, demo_run, demo
         assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
     entry = next(e for e in reversed(entries) if "\n" in e["input"])
     expected = generate_cli(folder, entry["instruction"], entry["input"])
-    page = _open(browser, demo_page)
+    proc, page_url = _web_chat(folder, tmp_path / "chat.log", "--allow-page-endpoint")
+    page = _open(browser, page_url)
     try:
         page.locator("#endpoint textarea").fill(url)
         assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
@@ -193,6 +313,7 @@ def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_page, demo_run, demo
         assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
     finally:
         page.close()
+        stop_process(proc)
 
 
 def test_the_readme_shows_both_chats_and_a_small_screenshot():

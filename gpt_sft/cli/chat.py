@@ -43,15 +43,19 @@ class ChatConfig:
                              "llama.cpp, vLLM), e.g. http://127.0.0.1:8000")
     served_model: str | None = option(None, "With --url: the model name to ask for (default: the first the server lists)")
     api_key_env: str = option("OPENAI_API_KEY", "With --url: environment variable holding the API key, if the "
-                              "server needs one")
+                              "server needs one (sent to --url only)")
     prompt_style: str | None = option(None, "Prompt style; default: the checkpoint's recipe (alpaca without one)")
     max_new_tokens: int = option(GenerationSettings.max_new_tokens, "New tokens per answer (the book's 256)")
     temperature: float = option(GenerationSettings.temperature, "0: greedy (the book); > 0 samples")
     top_k: int | None = option(GenerationSettings.top_k, "Keep the k most likely tokens before sampling or argmax")
     seed: int | None = option(GenerationSettings.seed, "Sampling seed of every answer (as generate's --seed)")
     web: bool = option(False, "Serve the chat as a web page (Gradio) instead of the terminal", switch=True)
-    host: str = option("127.0.0.1", "With --web: the address to listen on (0.0.0.0 exposes it to the network)")
+    host: str = option("127.0.0.1", "With --web: the address to listen on (0.0.0.0 exposes it to the network); on "
+                       "a loopback one, only requests for this machine's own names are answered")
     port: int = option(7860, "With --web: the port")
+    allow_page_endpoint: bool = option(False, "With --web: let the page name an OpenAI-compatible server to ask "
+                                       "instead; it never gets the API key, but whoever reaches the page can make "
+                                       "this machine request any URL", switch=True)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
     dtype: str = option("auto", "auto (the checkpoint's), float32, bfloat16, float16")
     trust_remote_code: bool = option(False, "Allow a model folder that is not a gpt-sft checkpoint to run its own "

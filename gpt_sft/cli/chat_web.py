@@ -2,19 +2,24 @@
 
 The same chat as the terminal's (:class:`~gpt_sft.generate.chat.ChatSession`): an instruction and an
 optional input per turn, the answer streamed into the page, the exact prompt in a panel that opens on
-request, the sampling settings beside it. An endpoint field sends the turn to any OpenAI-compatible
-server instead (``gpt-sft serve`` on a GGUF export), formatted the same way.
+request, the sampling settings beside it. The answers come from the model chat started with: the
+checkpoint loaded here, or the server at ``--url``, the only address the API key is sent to. With
+``--allow-page-endpoint`` an endpoint field sends the turn to an OpenAI-compatible server the page names
+instead (``gpt-sft serve`` on a GGUF export), formatted the same way and never with the key. On a
+loopback address (the default 127.0.0.1) the server answers only requests whose ``Host`` is one of this
+machine's own names (:class:`HostCheck`).
 
 Elements a script can rely on (``elem_id``): ``instruction``, ``input``, ``send``, ``stop``, ``answer``,
 ``prompt`` (inside ``prompt-panel``), ``status`` (``generating... (turn N)``, then ``done (turn N): ...``,
 ``stopped (turn N): ...`` or ``error (turn N): ...``, N counting the tab's turns), ``temperature``,
-``top-k``, ``max-new-tokens``, ``seed``, ``endpoint``.
+``top-k``, ``max-new-tokens``, ``seed``, ``endpoint`` (shown with ``--allow-page-endpoint``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import ipaddress
 import itertools
 from collections.abc import Iterator
 
@@ -23,6 +28,9 @@ from ..generate.remote import EndpointError, RemoteModel
 
 GENERATING = "generating..."
 INSTALL_HINT = "gpt-sft chat --web needs Gradio: pip install 'gpt-sft[chat]' (or the dev extra)"
+PAGE_ENDPOINT_REFUSED = ("this page may not choose an endpoint: start gpt-sft chat with --url URL for a served "
+                         "model, or with --allow-page-endpoint to let the page name one")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def check_gradio() -> None:
@@ -33,9 +41,9 @@ def check_gradio() -> None:
 class WebChat:
     """What the page's events do; kept apart from the page so that it reads (and tests) as plain Python."""
 
-    def __init__(self, session: ChatSession, api_key_env: str = "OPENAI_API_KEY"):
+    def __init__(self, session: ChatSession, allow_page_endpoint: bool = False):
         self.session = session
-        self.api_key_env = api_key_env
+        self.allow_page_endpoint = allow_page_endpoint
         self.remotes: dict[str, RemoteModel] = {}
         # Stop is a flag the answer's own loop reads, not Gradio's cancellation of the event: a cancelled
         # event would lose the last update, and the page would not say that the answer was stopped
@@ -43,12 +51,17 @@ class WebChat:
         self.stopping: set[int] = set()
 
     def answerer(self, endpoint: str) -> Answerer:
-        """The model chat started with (``endpoint`` empty), or the server at ``endpoint``."""
+        """The model chat started with (``endpoint`` empty), or, if the command allows it, the server at
+        ``endpoint``."""
         endpoint = (endpoint or "").strip()
         if not endpoint:
             return self.session.answer
-        if endpoint not in self.remotes:
-            self.remotes[endpoint] = RemoteModel(endpoint, api_key_env=self.api_key_env)
+        # the field can be hidden, not taken away: whoever reaches the server can still send an endpoint, and would
+        # make it request any URL they name (and read the start of its reply in the error)
+        if not self.allow_page_endpoint:
+            raise EndpointError(PAGE_ENDPOINT_REFUSED)
+        if endpoint not in self.remotes:  # without the key: only the command line's --url is trusted with it
+            self.remotes[endpoint] = RemoteModel(endpoint, api_key_env=None)
         return self.remotes[endpoint].stream
 
     def settings(self, temperature, top_k, max_new_tokens, seed):
@@ -104,7 +117,52 @@ class WebChat:
             self.stopping.add(int(turn_id))
 
 
-def build_page(chat: WebChat, banner: str, endpoint: str = ""):
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` listens for this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    try:
+        return host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, lower case: ``127.0.0.1`` from ``127.0.0.1:7860``, ``::1`` from
+    ``[::1]:7860``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0]
+
+
+class HostCheck:
+    """ASGI middleware: refuses (HTTP 403) a request whose ``Host`` is not one of ``allowed``.
+
+    A server on 127.0.0.1 is out of the network's reach, not out of a browser's: a web page the user visits
+    can point its own domain at 127.0.0.1 (DNS rebinding) and then use the chat as a page of that domain,
+    which the browser's same-origin rule allows. Its requests still name that domain in ``Host``."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allows(scope):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # before it is accepted: the server answers 403
+        else:
+            body = b"gpt-sft chat: refused, the Host header does not name this machine\n"
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+    def allows(self, scope) -> bool:
+        host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+        return host_name(host.decode("latin-1")) in self.allowed
+
+
+def build_page(chat: WebChat, banner: str):
     """The Gradio page (``gradio.Blocks``)."""
     import gradio as gr
 
@@ -132,8 +190,9 @@ def build_page(chat: WebChat, banner: str, endpoint: str = ""):
                 max_new = gr.Number(value=settings.max_new_tokens, precision=0, minimum=1, label="Max new tokens",
                                     elem_id="max-new-tokens")
                 seed = gr.Number(value=settings.seed, precision=0, label="Seed (empty = random)", elem_id="seed")
-                server = gr.Textbox(value=endpoint, label="OpenAI-compatible endpoint (empty: the model chat started "
-                                    "with)", elem_id="endpoint", placeholder="http://127.0.0.1:8000")
+                server = gr.Textbox(label="OpenAI-compatible endpoint, asked without the API key (empty: the model "
+                                    "chat started with)", elem_id="endpoint", placeholder="http://127.0.0.1:8000",
+                                    visible=chat.allow_page_endpoint)
         turns, running = gr.State(0), gr.State(None)  # per browser tab: turns so far, the id of the last one
         inputs = [instruction, input_box, temperature, top_k, max_new, seed, server, turns]
         outputs = [answer, prompt, status, turns, running]
@@ -147,12 +206,19 @@ def build_page(chat: WebChat, banner: str, endpoint: str = ""):
 def serve(session: ChatSession, banner: str, cfg) -> int:
     """Serve the page until Ctrl-C."""
     import gradio as gr
+    from starlette.middleware import Middleware
 
-    page = build_page(WebChat(session, cfg.api_key_env), banner, endpoint=cfg.url or "")
+    page = build_page(WebChat(session, allow_page_endpoint=cfg.allow_page_endpoint), banner)
+    # on loopback, only requests for this machine's names (HostCheck); on another address the names it is reached
+    # by are the user's to know, and the network it is open to is the exposure (README, "Security")
+    middleware = []
+    if is_loopback(cfg.host):
+        middleware.append(Middleware(HostCheck, allowed=LOOPBACK_NAMES | {cfg.host.strip("[]").lower()}))
     print(f"gpt-sft chat: http://{cfg.host}:{cfg.port} (Ctrl-C stops)", flush=True)
     page.queue().launch(server_name=cfg.host, server_port=cfg.port, share=False, inbrowser=False, quiet=True,
-                        theme=gr.themes.Default(), footer_links=[])
+                        theme=gr.themes.Default(), footer_links=[], app_kwargs={"middleware": middleware})
     return 0
 
 
-__all__ = ["GENERATING", "WebChat", "build_page", "check_gradio", "serve"]
+__all__ = ["GENERATING", "PAGE_ENDPOINT_REFUSED", "HostCheck", "WebChat", "build_page", "check_gradio", "host_name",
+           "is_loopback", "serve"]

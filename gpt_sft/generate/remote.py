@@ -40,12 +40,13 @@ def api_base(url: str) -> str:
 
 
 class RemoteModel:
-    """A model served with an OpenAI-compatible API; ``name`` is the served model (the first one listed)."""
+    """A model served with an OpenAI-compatible API; ``name`` is the served model (the first one listed). The API
+    key, if the environment variable ``api_key_env`` holds one, goes with every request; ``None`` sends none."""
 
-    def __init__(self, url: str, name: str | None = None, api_key_env: str = "OPENAI_API_KEY"):
+    def __init__(self, url: str, name: str | None = None, api_key_env: str | None = "OPENAI_API_KEY"):
         self.base = api_base(url)
         self.url = url
-        key = os.environ.get(api_key_env)
+        key = os.environ.get(api_key_env) if api_key_env else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.name = name or self._served_model()
 
