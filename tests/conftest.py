@@ -34,6 +34,48 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+
+
+MACHINE_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+
+def share_the_cores() -> None:
+    """Under pytest-xdist, give each worker its own share of the cores (CPU affinity), before torch is imported.
+
+    torch, the trainer (``cpu_threads``) and every process a test starts size their thread pools by the cores
+    they may use. Left alone, each of 2 workers on 2 cores runs 2 OpenMP threads: 4 spinning threads on 2 cores
+    made a tiny training run 3x slower than with one thread per worker (measured: 24 s against 7.5 s). A
+    worker's servers and launchers inherit its share."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, index = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw"))
+    per_worker = max(1, len(cores) // count)
+    start = (index * per_worker) % len(cores)
+    share = set(cores[start:start + per_worker])
+    os.sched_setaffinity(0, share)
+    if "torch" in sys.modules:  # imported by a plugin already: its pool was sized before
+        sys.modules["torch"].set_num_threads(len(share))
+
+
+share_the_cores()
+
+
+@contextlib.contextmanager
+def on_every_core():
+    """Processes started in the body may run on every core, not only on this worker's share: servers and the
+    browser, which work while the worker waits for them (a browser's click timed out at 30 s on one core shared
+    with the page's server and the test)."""
+    if not MACHINE_CORES:
+        yield
+        return
+    share = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, MACHINE_CORES)  # this thread's: a child started now inherits it
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, share)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -78,24 +120,35 @@ def _fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".built.json"}
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """The folder of this test run that every pytest-xdist worker sees (above each worker's own)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def build_shared(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """``root/shared-NAME``, filled by ``build(folder)`` unless a worker (or the background build) already did: the
+    first to take the file lock builds, the others wait for it. A build that failed is started again."""
+    from filelock import FileLock
+
+    folder, record = root / f"shared-{name}", root / f"shared-{name}" / ".built.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not record.exists():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            record.write_text(json.dumps(_fingerprint(folder)))
+    return folder
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]):
     """A folder that ``build(folder)`` fills once per test session, shared by every pytest-xdist worker: the
     first worker builds it under a file lock, the others wait and reuse it. It is shared read-only: a test
     that needs to write copies it first. A generator for a session fixture: yields the folder, and at the end of
     the session fails if any test changed what is in it."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's folder above every worker's own
-    folder, record = root / f"shared-{name}", root / f"shared-{name}" / ".built.json"
-    with FileLock(str(root / f"shared-{name}.lock")):
-        if not record.exists():
-            if folder.exists():  # a build that failed in another worker: start again
-                shutil.rmtree(folder)
-            folder.mkdir()
-            build(folder)
-            record.write_text(json.dumps(_fingerprint(folder)))
+    folder = build_shared(shared_root(tmp_path_factory), name, build)
+    record = folder / ".built.json"
     yield folder
     changed = [k for k, v in _fingerprint(folder).items() if json.loads(record.read_text()).get(k) != v]
     assert not changed, f"a test wrote into the shared {name} folder ({', '.join(changed[:5])}): copy it first"
@@ -128,6 +181,24 @@ def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
         yield folder / "sft"
 
 
+DEMO_ENTRIES = 700  # the README's `python -m gpt_sft.data.synthetic outputs/demo-data.json 700`
+
+
+def build_demo(folder: Path) -> None:
+    """The README's offline demo into ``folder/demo``: its data, then ``demo-offline.yaml`` trained on it."""
+    from gpt_sft.cli.train import train
+    from gpt_sft.common.options import load_yaml_config
+    from gpt_sft.data.synthetic import make_synthetic_instructions
+    from gpt_sft.train.config import TrainConfig
+
+    data = folder / "demo-data.json"
+    data.write_text(json.dumps(make_synthetic_instructions(DEMO_ENTRIES)))
+    values = load_yaml_config(TrainConfig, DEMO_RECIPE)
+    # one thread: it trains beside the test workers (in the background), each of them on a core of its own
+    values.update(data=str(data), output_dir=str(folder / "demo"), sample_every_epoch=False, cpu_threads=1)
+    train(TrainConfig(**values))
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The README's offline demo, trained once per session: a fresh 2-layer GPT learns the synthetic
@@ -135,24 +206,55 @@ def demo_run(tmp_path_factory):
 
     A trained model really reads its context, so a generation path that loses the prompt or the KV
     cache gives wrong answers here, where a random model would hide it. Returns ``(output_dir, entries)``;
-    shared read-only by the whole session.
+    shared read-only by the whole session. Usually trained by then in the background (``background_builds``).
     """
-    from gpt_sft.common.options import load_yaml_config
-    from gpt_sft.data.synthetic import make_synthetic_instructions
-    from gpt_sft.cli.train import train
-    from gpt_sft.train.config import TrainConfig
+    for folder in built_once(tmp_path_factory, "demo", build_demo):
+        yield folder / "demo", json.loads((folder / "demo-data.json").read_text())
 
-    entries = make_synthetic_instructions(700)  # the README's `python -m gpt_sft.data.synthetic ... 700`
+
+@pytest.fixture(scope="session")
+def gpu_check_dry_run(tmp_path_factory) -> Path:
+    """``benchmarks/gpu_check.sh --dry-run --out FOLDER`` run once per session (the GPU check's steps, each a
+    process of its own as on the GPU machine, on a tiny model on the CPU): its exit status in ``exit-status``, its
+    output in ``output.log``, and the report and each step's JSON in the folder. Shared by the GPU check's test and
+    the memory benchmark's (whose ``memory.py --sizes tiny`` is one of those steps). Read-only."""
 
     def build(folder: Path) -> None:
-        data = folder / "demo-data.json"
-        data.write_text(json.dumps(entries))
-        values = load_yaml_config(TrainConfig, DEMO_RECIPE)
-        values.update(data=str(data), output_dir=str(folder / "demo"), sample_every_epoch=False)
-        train(TrainConfig(**values))
+        result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out",
+                                 str(folder)], capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+        (folder / "output.log").write_text(result.stdout[-3000:] + result.stderr[-3000:])
+        (folder / "exit-status").write_text(str(result.returncode))
 
-    for folder in built_once(tmp_path_factory, "demo", build):
-        yield folder / "demo", entries
+    yield from built_once(tmp_path_factory, "gpu-check-dry-run", build)
+
+
+# Shared folders trained in a background process from the session's start when a collected test needs them, so
+# that no worker waits idle for the demo's minutes of training; their tests run last (pytest_collection_modifyitems).
+BACKGROUND_BUILDS = {"demo_run": ("demo", "build_demo")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_builds(request, tmp_path_factory):
+    """Starts ``BACKGROUND_BUILDS`` that this session's tests need, in one process on every core (started by the
+    first worker only); stopped at the session's end if still running (a ``-x`` run that ended early)."""
+    needed = [BACKGROUND_BUILDS[name] for name in BACKGROUND_BUILDS
+              if any(name in getattr(item, "fixturenames", ()) for item in request.session.items)]
+    if not needed or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        yield
+        return
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import conftest; from pathlib import Path\n"
+            "for name, build in zip(sys.argv[3::2], sys.argv[4::2]):\n"
+            "    conftest.build_shared(Path(sys.argv[2]), name, getattr(conftest, build))")
+    args = [str(Path(__file__).parent), str(shared_root(tmp_path_factory))] + [x for pair in needed for x in pair]
+    log = shared_root(tmp_path_factory) / "background-builds.log"
+    with open(log, "wb") as fh, on_every_core():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}  # not a worker: every core
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            stop_process(proc)
 
 
 def run_generate(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -273,7 +375,7 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 def start_server(cmd: list[str], log: Path, ready: str) -> subprocess.Popen:
     """Start ``cmd`` (output into ``log``) and wait until ``ready`` answers; returns the process."""
-    with open(log, "wb") as fh:
+    with open(log, "wb") as fh, on_every_core():
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     try:
         wait_for_http(ready, proc, log)
@@ -410,3 +512,6 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid} uses servers of two xdist groups ({groups}): merge the groups")
         for group in groups:
             item.add_marker(pytest.mark.xdist_group(group))
+    # The tests of a background-built folder last (the order within each part kept): it is built by then
+    items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND_BUILDS))
+

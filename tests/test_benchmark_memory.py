@@ -39,9 +39,11 @@ def tiny_counts(r: int = RANK) -> tuple[int, int]:
     return total, lora
 
 
-def test_tiny_full_and_lora_measured(bench, tmp_path):
-    out = tmp_path / "m.json"
-    summary = bench.main(["--sizes", "tiny", "--json", str(out)])
+def test_tiny_full_and_lora_measured(gpu_check_dry_run):
+    """``memory.py --sizes tiny`` (on the CPU, one thread), as the GPU check's dry run ran it: each measurement in
+    a worker process of its own."""
+    assert (gpu_check_dry_run / "exit-status").read_text() == "0", (gpu_check_dry_run / "output.log").read_text()
+    summary = json.loads((gpu_check_dry_run / "memory.json").read_text())
 
     rows = summary["rows"]
     assert [(r["size"], r["method"]) for r in rows] == [("tiny", "full"), ("tiny", f"LoRA r={RANK}")]
@@ -66,7 +68,6 @@ def test_tiny_full_and_lora_measured(bench, tmp_path):
     assert summary["batch_shape"][1] == summary["example_lengths"][0] + 1  # + the appended end-of-text
     for key in ("torch", "device", "cpu_count", "total_ram_gb"):
         assert key in summary["machine"], key
-    assert json.loads(out.read_text()) == summary
 
 
 def test_does_not_fit_rows_start_no_worker(bench, monkeypatch, tmp_path, capsys):

@@ -15,6 +15,7 @@ listener is a real HTTP server in a thread that records every request and its ``
 from __future__ import annotations
 
 import http.client
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -28,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, stop_process
+from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, on_every_core, stop_process
 from test_chat import rambler  # noqa: F401 - rambler: the fixture, used by name
 
 from gpt_sft.cli.chat import ChatConfig, answerer
@@ -62,8 +63,10 @@ def browser():
         _missing("playwright is not installed (the dev extra installs it)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+    with contextlib.ExitStack() as stack:
+        with on_every_core():  # Playwright's driver, then the browser, are started here
+            playwright = stack.enter_context(sync_playwright())
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             yield browser
         finally:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import http.server
@@ -382,6 +383,18 @@ def test_command_errors_are_one_line_with_the_flag_and_debug_shows_the_traceback
     assert error_lines(result.stderr)[-1] == f"error: --data {tmp_path / 'missing.json'}: file not found"
 
 
+# The commands of test_without_network_hub_names_fail_fast, one after another in one fresh interpreter (the Hub's
+# offline switches are read at import): each command's error output follows a marker line on stderr.
+OFFLINE_COMMANDS = textwrap.dedent("""
+    import json, sys
+    from gpt_sft.cli.main import main
+
+    for argv in json.loads(sys.argv[1]):
+        print("=== command", flush=True, file=sys.stderr)
+        print(json.dumps(main(argv)), flush=True)
+""")
+
+
 def test_without_network_hub_names_fail_fast(tmp_path):
     env = {**ENV, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # a closed port
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):  # any of them is offline mode
@@ -389,16 +402,20 @@ def test_without_network_hub_names_fail_fast(tmp_path):
     (tmp_path / "outputs").mkdir()
     # Fail fast: one TCP probe of the endpoint, then the cache only -- never the Hub client's retries with
     # back-off (each logs "Retrying in ..."), which would add ~25 s. Checked by what ran, not by a clock.
-    for args, expected in (
-        (["scripts/train.py", "--model", "scratch", "--data", "outputs/typo"], "--data outputs/typo: file not found"),
-        (["scripts/train.py", "--model", "scratch", "--data", "someone/instructions"], "--data someone/instructions"),
-        (["scripts/generate.py", "--model", "someone/model", "--prompt", "hi"], "--model someone/model"),
-    ):
-        result = run_script(REPO_ROOT / args[0], *args[1:], env=env, cwd=tmp_path)
-        (line,) = error_lines(result.stderr)
-        assert result.returncode == 1 and line.startswith(f"error: {expected}"), line
+    commands = [(["train", "--model", "scratch", "--data", "outputs/typo"], "--data outputs/typo: file not found"),
+                (["train", "--model", "scratch", "--data", "someone/instructions"], "--data someone/instructions"),
+                (["generate", "--model", "someone/model", "--prompt", "hi"], "--model someone/model")]
+    result = run_script("-c", OFFLINE_COMMANDS, json.dumps([argv for argv, _ in commands]), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses = [json.loads(line) for line in result.stdout.splitlines() if line.strip().isdigit()]
+    outputs = result.stderr.split("=== command\n")[1:]
+    assert statuses == [1, 1, 1] and len(outputs) == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    for (_, expected), stderr in zip(commands, outputs):
+        (line,) = error_lines(stderr)
+        assert line.startswith(f"error: {expected}"), line
         assert "127.0.0.1:9 cannot be reached" in line or "file not found" in line  # the probe's answer
-        assert "Retrying" not in result.stderr + result.stdout, result.stderr[-2000:]
+        assert "Retrying" not in stderr, stderr[-2000:]
+    assert "Retrying" not in result.stdout
 
 
 @pytest.mark.parametrize("size,what,flags", [("3m", "the trained model", []),
