@@ -5,22 +5,25 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
-from . import chat, dpo, evaluate, export, generate, make_preferences, refresh_code, serve, train
 
+# command -> (what it does, the module of gpt_sft.cli whose main() runs it). A command's module is imported only
+# when that command runs: the chat's web page, the exporters and the DPO trainer cost seconds to import, and a
+# process runs one command.
 COMMANDS = {
-    "train": ("fine-tune a GPT-2 on instruction data (the book's chapter 7 recipe by default)", train.main),
-    "dpo": ("preference-tune a fine-tuned model with DPO (the book's chapter 7 DPO recipe by default)", dpo.main),
-    "generate": ("generate responses with a fine-tuned checkpoint", generate.main),
-    "chat": ("talk to a fine-tuned model, answers streamed: in the terminal, or --web in the browser", chat.main),
-    "evaluate": ("score responses with an LLM judge", evaluate.main),
+    "train": ("fine-tune a GPT-2 on instruction data (the book's chapter 7 recipe by default)", "train"),
+    "dpo": ("preference-tune a fine-tuned model with DPO (the book's chapter 7 DPO recipe by default)", "dpo"),
+    "generate": ("generate responses with a fine-tuned checkpoint", "generate"),
+    "chat": ("talk to a fine-tuned model, answers streamed: in the terminal, or --web in the browser", "chat"),
+    "evaluate": ("score responses with an LLM judge", "evaluate"),
     "make-preferences": ("make chosen/rejected preference data by asking a model to rewrite each response",
-                         make_preferences.main),
-    "export": ("export a checkpoint to stock GPT-2 (no remote code), GGUF (llama.cpp) or Ollama", export.main),
-    "serve": ("serve a checkpoint or GGUF file with an OpenAI-compatible API (llama.cpp's server)", serve.main),
-    "refresh-code": ("replace a checkpoint's copy of the model code with the installed one", refresh_code.main),
+                         "make_preferences"),
+    "export": ("export a checkpoint to stock GPT-2 (no remote code), GGUF (llama.cpp) or Ollama", "export"),
+    "serve": ("serve a checkpoint or GGUF file with an OpenAI-compatible API (llama.cpp's server)", "serve"),
+    "refresh-code": ("replace a checkpoint's copy of the model code with the installed one", "refresh_code"),
 }
 
 
@@ -33,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0 if argv else 2
-    return COMMANDS[argv[0]][1](argv[1:])
+    command = importlib.import_module(f"{__package__}.{COMMANDS[argv[0]][1]}")
+    return command.main(argv[1:])
 
 
 if __name__ == "__main__":  # pragma: no cover
