@@ -448,29 +448,65 @@ def demo_server(demo_run, tmp_path_factory):
 
 def run_processes(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a launcher of several processes (``torch.distributed.run``) in a process group of its own, output
-    captured. If it has not finished within ``timeout`` seconds (a hang: such a run takes well under a minute
-    alone), every process of the group prints its threads' stacks (SIGUSR1, which the trainer hands to
-    faulthandler), the group is killed, and the test fails showing the stacks. Whatever happens, no worker is
-    left behind."""
+    captured. It fails the test, showing every process's stacks (SIGUSR1, which the trainer hands to faulthandler)
+    and the output, if the launcher has not finished within ``timeout`` seconds (a hang: such a run takes well
+    under a minute alone), or if a worker outlives it (one hung at exit in a session of its own, which holds the
+    output open and which no process-group kill reaches). Whatever happens, no process it started is left."""
     import psutil
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    started: dict[int, psutil.Process] = {}  # every process the launcher started, seen while it ran
+
+    def watch() -> None:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                started.setdefault(child.pid, child)
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        watch()
+        time.sleep(0.5)
+    hung = proc.poll() is None
+    if not hung:
+        reader.join(timeout=10)  # the output ends when the last process holding it has exited
+    alive = [p for p in started.values() if _running(p)]
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                child.send_signal(signal.SIGUSR1)
-        time.sleep(5)  # the dumps are written by the workers themselves
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[:4])} ... still running after {timeout} s; every process's stacks and "
-                    f"the output:\n{out[-12000:]}")
+        if hung or reader.is_alive():
+            for child in alive:
+                with contextlib.suppress(psutil.Error):
+                    child.send_signal(signal.SIGUSR1)
+            time.sleep(5)  # the dumps are written by the workers themselves
+            for child in alive:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            reader.join(timeout=30)
+            what = (f"still running after {timeout} s" if hung else
+                    f"finished, but {len(alive)} of its processes did not (pids {[p.pid for p in alive]})")
+            pytest.fail(f"{' '.join(cmd[:4])} ... {what}; every process's stacks and the output:\n"
+                        f"{''.join(lines)[-12000:]}")
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlive their launcher
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlive their launcher in its group
+        for child in started.values():
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def distributed_run(nproc: int) -> list[str]:

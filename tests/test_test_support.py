@@ -39,6 +39,35 @@ def test_a_hung_launch_fails_with_every_workers_stack_and_leaves_no_process():
     assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
 
 
+# A launcher that exits at once, leaving its worker hung in a session of its own, as torchrun's workers are: the
+# worker holds the output open, and a kill of the launcher's process group does not reach it.
+ORPHANING_LAUNCHER = textwrap.dedent('''
+    import subprocess, sys
+    worker = subprocess.Popen([sys.executable, "-c",
+        "import faulthandler, signal, time\\n"
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\\n"
+        "print('worker up', flush=True)\\n"
+        "def stuck_at_exit(): time.sleep(600)\\n"
+        "stuck_at_exit()"], start_new_session=True)
+    print(f"worker pid {worker.pid}", flush=True)
+    import time; time.sleep(2)  # seen running by the watcher
+''')
+
+
+def test_a_worker_that_outlives_its_launcher_fails_the_run_with_its_stack_and_is_killed():
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_processes([sys.executable, "-c", ORPHANING_LAUNCHER], env={}, timeout=120)
+    message = str(failure.value)
+    assert "finished, but 1 of its processes did not" in message
+    assert "stuck_at_exit" in message, "the worker's stack is in the failure"
+    worker_pid = int(re.findall(r"worker pid (\d+)", message)[-1])
+    try:
+        psutil.Process(worker_pid).wait(timeout=60)
+    except psutil.NoSuchProcess:
+        pass
+    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_finished_launch_returns_its_output_and_status():
     result = run_processes([sys.executable, "-c", "print('done'); raise SystemExit(3)"], env={}, timeout=60)
     assert result.returncode == 3 and result.stdout.strip() == "done"
