@@ -137,7 +137,9 @@ def _page_request(url: str, endpoint: str) -> list:
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as reply:
         event_id = json.load(reply)["event_id"]
-    with urllib.request.urlopen(f"{url}gradio_api/call/respond/{event_id}", timeout=120) as reply:
+    # a bound for a page that never answers, not a speed: a fresh page's first answer took over 120 s once, on 2
+    # cores with two training loops and another suite beside it
+    with urllib.request.urlopen(f"{url}gradio_api/call/respond/{event_id}", timeout=600) as reply:
         events = reply.read().decode()  # server-sent events: "event: complete\ndata: [...]" last
     return json.loads([line for line in events.splitlines() if line.startswith("data:")][-1][len("data:"):])
 

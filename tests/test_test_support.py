@@ -3,6 +3,7 @@ and a shared trained fixture notices a test that writes into it."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import textwrap
@@ -71,6 +72,15 @@ def test_a_worker_that_outlives_its_launcher_fails_the_run_with_its_stack_and_is
 def test_a_finished_launch_returns_its_output_and_status():
     result = run_processes([sys.executable, "-c", "print('done'); raise SystemExit(3)"], env={}, timeout=60)
     assert result.returncode == 3 and result.stdout.strip() == "done"
+
+
+@pytest.mark.xdist_group("support-check")
+def test_a_group_mark_reaches_the_xdist_scheduler(request):
+    """--dist loadgroup sends a group's tests to one worker by the "@group" pytest-xdist adds to their ids: with
+    pytest 9.2 and pytest-xdist 3.8 it no longer did, and every worker started its own llama.cpp server."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and request.config.getvalue("loadgroup")):
+        pytest.skip("not run by pytest-xdist with --dist loadgroup (-n 0)")
+    assert request.node.nodeid.endswith("@support-check"), request.node.nodeid
 
 
 def test_a_shared_folder_written_by_a_test_fails_at_the_end(tmp_path_factory):
