@@ -12,61 +12,53 @@ import psutil
 import pytest
 from conftest import built_once, run_processes
 
-# A launcher that starts a worker which, like the trainer, prints its stacks on SIGUSR1, then both hang.
-HANGING_LAUNCHER = textwrap.dedent('''
-    import subprocess, sys, time
-    worker = subprocess.Popen([sys.executable, "-c",
-        "import faulthandler, signal, time\\n"
-        "faulthandler.register(signal.SIGUSR1, all_threads=True)\\n"
-        "print('worker up', flush=True)\\n"
-        "def stuck_in_a_collective(): time.sleep(600)\\n"
-        "stuck_in_a_collective()"])
-    print(f"worker pid {worker.pid}", flush=True)
-    worker.wait()
-''')
+def launcher(stuck_in: str, new_session: bool, then: str) -> str:
+    """A launcher's code: it starts a worker which, like the trainer, prints its stacks on SIGUSR1 and then hangs in
+    the function ``stuck_in`` (in a session of its own if ``new_session``, as torchrun's workers are), prints the
+    worker's pid, then runs ``then``."""
+    return textwrap.dedent(f'''
+        import subprocess, sys, time
+        worker = subprocess.Popen([sys.executable, "-c",
+            "import faulthandler, signal, time\\n"
+            "faulthandler.register(signal.SIGUSR1, all_threads=True)\\n"
+            "print('worker up', flush=True)\\n"
+            "def {stuck_in}(): time.sleep(600)\\n"
+            "{stuck_in}()"], start_new_session={new_session})
+        print(f"worker pid {{worker.pid}}", flush=True)
+        {then}
+    ''')
 
 
-def test_a_hung_launch_fails_with_every_workers_stack_and_leaves_no_process():
-    with pytest.raises(pytest.fail.Exception) as failure:
-        run_processes([sys.executable, "-c", HANGING_LAUNCHER], env={}, timeout=10)
-    message = str(failure.value)
-    assert "still running after 10 s" in message
-    assert "stuck_in_a_collective" in message, "the worker's stack is in the failure"
-    worker_pid = int(re.findall(r"worker pid (\d+)", message)[-1])
-    try:  # SIGKILL was sent to its group: gone as soon as the kernel has reaped it (a bound, not a threshold)
-        psutil.Process(worker_pid).wait(timeout=60)
-    except psutil.NoSuchProcess:
-        pass
-    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
-
-
-# A launcher that exits at once, leaving its worker hung in a session of its own, as torchrun's workers are: the
-# worker holds the output open, and a kill of the launcher's process group does not reach it.
-ORPHANING_LAUNCHER = textwrap.dedent('''
-    import subprocess, sys
-    worker = subprocess.Popen([sys.executable, "-c",
-        "import faulthandler, signal, time\\n"
-        "faulthandler.register(signal.SIGUSR1, all_threads=True)\\n"
-        "print('worker up', flush=True)\\n"
-        "def stuck_at_exit(): time.sleep(600)\\n"
-        "stuck_at_exit()"], start_new_session=True)
-    print(f"worker pid {worker.pid}", flush=True)
-    import time; time.sleep(2)  # seen running by the watcher
-''')
-
-
-def test_a_worker_that_outlives_its_launcher_fails_the_run_with_its_stack_and_is_killed():
-    with pytest.raises(pytest.fail.Exception) as failure:
-        run_processes([sys.executable, "-c", ORPHANING_LAUNCHER], env={}, timeout=120)
-    message = str(failure.value)
-    assert "finished, but 1 of its processes did not" in message
-    assert "stuck_at_exit" in message, "the worker's stack is in the failure"
+def assert_the_worker_is_gone(message: str) -> None:
+    """The worker whose pid the launcher printed is gone once the kernel has reaped it (a bound, not a threshold)."""
     worker_pid = int(re.findall(r"worker pid (\d+)", message)[-1])
     try:
         psutil.Process(worker_pid).wait(timeout=60)
     except psutil.NoSuchProcess:
         pass
     assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_hung_launch_fails_with_every_workers_stack_and_leaves_no_process():
+    hanging = launcher("stuck_in_a_collective", new_session=False, then="worker.wait()")  # both hang
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_processes([sys.executable, "-c", hanging], env={}, timeout=10)
+    message = str(failure.value)
+    assert "still running after 10 s" in message
+    assert "stuck_in_a_collective" in message, "the worker's stack is in the failure"
+    assert_the_worker_is_gone(message)
+
+
+def test_a_worker_that_outlives_its_launcher_fails_the_run_with_its_stack_and_is_killed():
+    # the launcher exits, its worker hung in a session of its own: the worker holds the output open, and a kill of
+    # the launcher's process group does not reach it
+    orphaning = launcher("stuck_at_exit", new_session=True, then="time.sleep(2)  # seen running by the watcher")
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_processes([sys.executable, "-c", orphaning], env={}, timeout=120)
+    message = str(failure.value)
+    assert "finished, but 1 of its processes did not" in message
+    assert "stuck_at_exit" in message, "the worker's stack is in the failure"
+    assert_the_worker_is_gone(message)
 
 
 def test_a_finished_launch_returns_its_output_and_status():
