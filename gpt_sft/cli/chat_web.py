@@ -214,9 +214,14 @@ def serve(session: ChatSession, banner: str, cfg) -> int:
     middleware = []
     if is_loopback(cfg.host):
         middleware.append(Middleware(HostCheck, allowed=LOOPBACK_NAMES | {cfg.host.strip("[]").lower()}))
+    # Gradio's launch asks for the page once more after its own start-up check has passed, to suggest a share link
+    # when "localhost is not accessible"; that request gives up after 3 s, which a busy machine's first render can
+    # take, and then the launch fails. gpt-sft never makes a share link, so that check is skipped (_frontend=False,
+    # Gradio 6's switch for it; its start-up check, which waits as long as it takes, still runs)
     print(f"gpt-sft chat: http://{cfg.host}:{cfg.port} (Ctrl-C stops)", flush=True)
     page.queue().launch(server_name=cfg.host, server_port=cfg.port, share=False, inbrowser=False, quiet=True,
-                        theme=gr.themes.Default(), footer_links=[], app_kwargs={"middleware": middleware})
+                        theme=gr.themes.Default(), footer_links=[], app_kwargs={"middleware": middleware},
+                        _frontend=False)
     return 0
 
 
