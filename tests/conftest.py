@@ -551,3 +551,26 @@ def pytest_collection_modifyitems(config, items):
     # The tests of a background-built folder last (the order within each part kept): it is built by then
     items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND_BUILDS))
 
+
+# ---------------------------------------------------------------- training stages (test_stages, test_orpo, test_simpo)
+
+
+def tiny_stage_run(command: str, data: Path, output_dir: Path, **overrides):
+    """The shared setup of stage ``command`` (``gpt-sft COMMAND``) with ``TINY_TRAIN`` on ``data``: a run ready to
+    step, without training."""
+    from gpt_sft.train.loop import make_accelerator, setup
+    from gpt_sft.train.stages import stage_class
+
+    cfg = tiny_train_config(data, output_dir, config_type=stage_class(command).config_type, **overrides)
+    return setup(cfg, make_accelerator(cfg))
+
+
+def step_gradients(run, window: list[dict]) -> tuple[float, dict]:
+    """One optimizer step's forward and backward passes over ``window`` (the stage's step): its loss and the
+    gradients it leaves, the gradients cleared again."""
+    run.model.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss, _ = run.stage.step(run, window)
+    grads = {name: p.grad.clone() for name, p in run.model.named_parameters() if p.grad is not None}
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, grads

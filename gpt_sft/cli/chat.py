@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..common.options import option, parse_config
 from ..data.prompts import get_prompt_style
+from ..data.recipe import checkpoint_style
 from ..generate.chat import SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, Exit, Say
 from ..generate.remote import EndpointError, RemoteModel
 from ..generate.settings import GenerationSettings
@@ -25,7 +26,6 @@ from ..generate.stream import stream_answer
 from ..model.loading import load_model, load_tokenizer
 from . import chat_web
 from .errors import report_errors
-from .export import export_style
 
 try:  # line editing and history at the prompt where the platform has it
     import readline
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--model {cfg.model}: a GGUF file is not loaded here; serve it (gpt-sft serve --model "
                          f"{cfg.model}) and chat with --url http://127.0.0.1:8000")
     if cfg.model:
-        style, recipe = export_style(cfg.model, cfg.prompt_style)
+        style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
     else:
         style, recipe = get_prompt_style(cfg.prompt_style or "alpaca"), None
     if cfg.web:

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..train.dpo_config import DPOConfig
-from ..train.dpo_loop import setup_dpo
-from .errors import report_errors
-from .train import run_training_command
+from .train import main as train_main
 
 
-@report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft dpo`` / ``accelerate launch scripts/dpo.py``: errors are one line, Ctrl-C exits 130."""
-    return run_training_command(DPOConfig, setup_dpo, argv)
+    return train_main(argv, command="dpo")

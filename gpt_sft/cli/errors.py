@@ -58,11 +58,11 @@ def report_errors(main: Callable[[Sequence[str]], int]) -> Callable[[Sequence[st
     Ctrl-C exit status 130; ``--debug`` anywhere on the command line shows the traceback instead."""
 
     @functools.wraps(main)
-    def wrapper(argv: Sequence[str] | None = None) -> int:
+    def wrapper(argv: Sequence[str] | None = None, **options) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         debug = DEBUG_FLAG in argv
         try:
-            return main(argv)
+            return main(argv, **options)
         except KeyboardInterrupt as err:
             if debug:
                 raise

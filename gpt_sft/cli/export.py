@@ -21,8 +21,7 @@ from pathlib import Path
 from ..common.atomic_io import atomic_directory, write_text_atomic
 from ..common.options import option, parse_config
 from ..common.run_manifest import record_stage_outputs
-from ..data.prompts import PromptStyle
-from ..data.recipe import Recipe, resolve_style
+from ..data.recipe import checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..export.hf_gpt2 import export_hf_gpt2
 from ..export.ollama import modelfile
@@ -64,12 +63,6 @@ class ExportConfig:
             raise ValueError(f"--output {self.output} is a file, not a folder: choose a folder for the export")
 
 
-def export_style(folder: str, given: str | None) -> tuple[PromptStyle, Recipe | None]:
-    """The prompt style to export with: ``given``, else the recipe's; and the recipe."""
-    recipe = Recipe.read(folder) if Path(folder).is_dir() else None
-    return resolve_style(recipe, given), recipe
-
-
 def plain_model(path: str):
     """The checkpoint as one plain ``GPTForCausalLM`` on the CPU, LoRA merged."""
     model = load_model(path, device="cpu", dtype="auto")
@@ -109,7 +102,7 @@ def export(cfg: ExportConfig) -> Path:
         raise ValueError(f"--output {output} already holds files: pass --overwrite to replace them, or choose another "
                          "--output")
     source = Path(cfg.model)
-    style, recipe = export_style(cfg.model, cfg.prompt_style)
+    style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
     name = cfg.name or source.resolve().name
     start = time.perf_counter()
     model = plain_model(cfg.model)

@@ -19,7 +19,7 @@ from ..common.options import option, parse_config
 from ..common.run_manifest import record_stage_outputs
 from ..data.load import load_instruction_data
 from ..data.prompts import PromptStyle
-from ..data.recipe import Recipe, entries_of_split, follow_recipe, resolve_style
+from ..data.recipe import Recipe, checkpoint_style, entries_of_split, follow_recipe
 from ..data.split import split_dataset
 from ..generate.responses import add_responses, generate_responses
 from ..generate.settings import BACKENDS, OVERFLOW_POLICIES, GenerationSettings
@@ -112,8 +112,7 @@ def run_interactive(model, tokenizer, settings: GenerationSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft generate`` (also ``scripts/generate.py``)."""
     cfg = parse_config(GenerateConfig, argv, prog="gpt-sft generate")
-    recipe = Recipe.read(cfg.model) if Path(cfg.model).is_dir() else None
-    style = resolve_style(recipe, cfg.prompt_style)
+    style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
     settings = cfg.settings(style)
     entries, data = (None, None) if cfg.prompt is not None or cfg.interactive else entries_to_answer(cfg, recipe)
     # the data is checked before the (slower) model load

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import options as opts
-from ..data.prompts import get_prompt_style
-from ..data.recipe import Recipe, warn_recipe
+from ..data.recipe import Recipe, resolve_style
 from ..judge.http import BACKEND_NAMES, JudgeConfig
 
 
@@ -99,11 +98,7 @@ def judge_style(cfg: JudgeOptions, responses_path: Path):
         recipe = Recipe.read(folder)
         if recipe is not None:
             break
-    if cfg.prompt_style is not None:
-        if recipe is not None and cfg.prompt_style != recipe.prompt_style:
-            warn_recipe(f"--prompt-style {cfg.prompt_style!r} differs from the run's recipe ({recipe.prompt_style!r})")
-        return get_prompt_style(cfg.prompt_style)
-    return recipe.style() if recipe is not None else get_prompt_style("alpaca")
+    return resolve_style(recipe, cfg.prompt_style, whose="the run's recipe")
 
 
 def identify_judge(cfg: JudgeBackendOptions, config: JudgeConfig, judge) -> list[str]:

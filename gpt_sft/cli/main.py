@@ -9,13 +9,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ..train.stages import STAGES
 
 # command -> (what it does, the module of gpt_sft.cli whose main() runs it). A command's module is imported only
-# when that command runs: the chat's web page, the exporters and the DPO trainer cost seconds to import, and a
-# process runs one command.
+# when that command runs: the chat's web page, the exporters and the trainers cost seconds to import, and a
+# process runs one command. Every training stage (the registry's entries) is the train module's, told which stage.
 COMMANDS = {
-    "train": ("fine-tune a GPT-2 on instruction data (the book's chapter 7 recipe by default)", "train"),
-    "dpo": ("preference-tune a fine-tuned model with DPO (the book's chapter 7 DPO recipe by default)", "dpo"),
+    **{command: (help_, "train") for command, (_, _, help_) in STAGES.items()},
     "generate": ("generate responses with a fine-tuned checkpoint", "generate"),
     "chat": ("talk to a fine-tuned model, answers streamed: in the terminal, or --web in the browser", "chat"),
     "evaluate": ("score responses with an LLM judge", "evaluate"),
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0 if argv else 2
     command = importlib.import_module(f"{__package__}.{COMMANDS[argv[0]][1]}")
+    if argv[0] in STAGES:
+        return command.main(argv[1:], command=argv[0])
     return command.main(argv[1:])
 
 

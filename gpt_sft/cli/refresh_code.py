@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from ..common.options import CommandParser
 from ..data.chat_template import chat_template
-from ..data.recipe import Recipe
+from ..data.recipe import Recipe, resolve_style
 from ..model.checkpoint_code import REFRESH_COMMAND, code_version, refresh_model_code
 from ..model.modeling_gpt import MODEL_CODE_VERSION
 from .errors import add_debug_flag, report_errors
@@ -28,7 +28,7 @@ def add_missing_chat_template(folder: Path) -> str | None:
     if tokenizer.chat_template:
         return None
     try:
-        tokenizer.chat_template = chat_template(recipe.style())
+        tokenizer.chat_template = chat_template(resolve_style(recipe, None))
     except ValueError as err:
         print(f"{folder}: no chat template added: {err}", file=sys.stderr)
         return None

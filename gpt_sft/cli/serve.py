@@ -24,12 +24,13 @@ from pathlib import Path
 from gguf import GGUFReader
 
 from ..common.options import option, parse_config
+from ..data.recipe import checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..model.loading import peek_context_length
 from ..model.modeling_gpt import MODEL_CODE_VERSION
 from ..model.sources import default_cache_dir
 from .errors import report_errors
-from .export import export_style, plain_model
+from .export import plain_model
 
 
 @dataclass
@@ -82,7 +83,7 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
     name = cfg.name or source.resolve().name
     cache = Path(cfg.gguf_cache) if cfg.gguf_cache else default_cache_dir() / "gguf"
     path = cache / f"{name}-{_fingerprint(source, cfg)}-{cfg.gguf_type}.gguf"
-    style, _ = export_style(cfg.model, cfg.prompt_style)
+    style, _ = checkpoint_style(cfg.model, cfg.prompt_style)
     model = None
     if not path.is_file():
         model = plain_model(cfg.model)

@@ -1,11 +1,13 @@
-"""``gpt-sft train`` (``accelerate launch scripts/train.py``): the book's chapter 7 recipe, end to end.
+"""``gpt-sft train`` (``accelerate launch scripts/train.py``): the book's chapter 7 recipe, end to end; and every
+other training stage's command (``gpt-sft dpo``, ``orpo``, ``simpo``: :data:`~gpt_sft.train.stages.STAGES`), which
+differ only in the stage this runs.
 
-Without arguments it runs the book's recipe (gpt2-medium, the book's data set, Alpaca prompts, batch
+Without arguments ``train`` runs the book's recipe (gpt2-medium, the book's data set, Alpaca prompts, batch
 8, AdamW lr 5e-5 / weight decay 0.1, 2 epochs, seed 123, evaluation of 5 train and 5 validation
 batches every 5 steps, a greedy sample after each epoch). Every option is a field of
 :class:`~gpt_sft.train.config.TrainConfig`, settable by ``--kebab-case`` flag or YAML.
 
-setup (output folder, accelerator, model, data) -> fit -> save (checkpoint, recipe, card) ->
+setup (output folder, accelerator, the stage's model and data) -> fit -> save (checkpoint, recipe, card) ->
 test-set responses -> exports -> push. No interruption loses the trained model: one during training saves a
 resumable checkpoint, one during the final save waits for it, one while generating test responses
 leaves the saved model and says how to generate them.
@@ -33,6 +35,7 @@ from ..model.tokenizer import get_tokenizer
 from ..train.config import TrainConfig
 from ..train.loop import Run, fit, make_accelerator, setup, trainable_parameters
 from ..train.report import hardware_description
+from ..train.stages import STAGES, stage_class
 from ..train.state import Interruptions, InterruptedRun, resolve_resume, say
 from .errors import report_errors
 from .export import ExportConfig, export
@@ -54,8 +57,9 @@ def generate_test_responses(run: Run, model) -> Path | None:
 
 
 def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run] = setup) -> Path:
-    """Fine-tune as configured; returns the output folder. ``setup_run`` builds the stage's run (SFT's
-    :func:`~gpt_sft.train.loop.setup`; preference tuning passes its own): everything after it is shared."""
+    """Train as configured, with the stage whose options ``cfg`` is (a ``TrainConfig``: SFT, a ``DPOConfig``: DPO,
+    ...); returns the output folder. ``setup_run`` builds the run (:func:`~gpt_sft.train.loop.setup`): everything
+    after it is shared by every stage."""
     accelerator = make_accelerator(cfg)
     if cfg.push_to_hub and accelerator.is_main_process:
         check_hub_push(cfg.push_to_hub)
@@ -100,15 +104,14 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run]
     return output_dir
 
 
-def run_training_command(config_type: type[TrainConfig], setup_run: Callable[[TrainConfig, Accelerator], Run],
-                         argv: Sequence[str] | None) -> int:
-    """Parse ``config_type``'s options and train with ``setup_run``'s stage (``train`` and ``dpo``)."""
-    cfg = parse_config(config_type, argv)
+def run_training_command(command: str, argv: Sequence[str] | None) -> int:
+    """Parse the options of ``command``'s stage and train with it."""
+    cfg = parse_config(stage_class(command).config_type, argv)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
         with contextlib.suppress(ValueError, OSError):  # stderr is no real file (captured): no stack dumps
             faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        train(cfg, setup_run)
+        train(cfg)
     finally:
         end_process_group()
     return 0
@@ -122,6 +125,9 @@ def end_process_group() -> None:
 
 
 @report_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    """``gpt-sft train`` / ``accelerate launch scripts/train.py``: errors are one line, Ctrl-C exits 130."""
-    return run_training_command(TrainConfig, setup, argv)
+def main(argv: Sequence[str] | None = None, command: str = "train") -> int:
+    """``gpt-sft train`` / ``accelerate launch scripts/train.py`` (and ``gpt-sft COMMAND`` of every other stage of
+    :data:`~gpt_sft.train.stages.STAGES`): errors are one line, Ctrl-C exits 130."""
+    if command not in STAGES:
+        raise ValueError(f"unknown training stage {command!r}; known: {', '.join(STAGES)}")
+    return run_training_command(command, argv)

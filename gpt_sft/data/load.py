@@ -22,8 +22,8 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, DatasetInfo, Value, load_dataset
 
 from ..common.download import download_file, hub_offline_reason
-from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, _UnparsableLine, _a, _json_type,
-                       validate_entries)
+from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, UnparsableLine, json_type_name,
+                       validate_entries, with_article)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _read_json(path: Path, source: str, skip_invalid: bool = False) -> tuple[lis
             lists = [k for k, v in data.items() if isinstance(v, list)]
             if lists:
                 hint = f" (it has a list under {lists[0]!r}: save that list alone, or use .jsonl)"
-        raise InstructionDataError(source, f"expected a JSON list of entries, got a {_json_type(data)}{hint}")
+        raise InstructionDataError(source, f"expected a JSON list of entries, got a {json_type_name(data)}{hint}")
     return data, None
 
 
@@ -93,7 +93,7 @@ def _parse_jsonl(text: str, source: str, skip_invalid: bool = False) -> tuple[li
                 raise InstructionDataError(
                     source, problem + " (pass skip_invalid=True to skip such lines)", len(entries), line=lineno
                 ) from None
-            entries.append(_UnparsableLine(problem))
+            entries.append(UnparsableLine(problem))
         lines.append(lineno)
     return entries, lines
 
@@ -125,11 +125,11 @@ def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str) -> 
                     raise InstructionDataError(
                         source, f"field {key!r} holds text that is not valid Unicode (a lone surrogate such as "
                         f"\\ud800): fix or remove it", broken) from None
-                typed = [(i, _json_type(v)) for i, v in enumerate(values) if v is not None]
+                typed = [(i, json_type_name(v)) for i, v in enumerate(values) if v is not None]
                 first_type = typed[0][1] if typed else "null"
                 index = next((i for i, kind in typed if kind != first_type), None)
-                found = (f"{_a(_json_type(values[index]))} where entry {typed[0][0]} has {_a(first_type)}"
-                         if index is not None else str(col_err))
+                found = (f"{with_article(json_type_name(values[index]))} where entry {typed[0][0]} has "
+                         f"{with_article(first_type)}" if index is not None else str(col_err))
                 raise InstructionDataError(
                     source, f"field {key!r} does not have one type in all entries: {found}", index
                 ) from None
@@ -144,7 +144,7 @@ def _not_unicode(text: str) -> bool:
     return False
 
 
-def _origin(dataset: Dataset) -> str:
+def dataset_origin(dataset: Dataset) -> str:
     """The source a data set was loaded from (for error messages)."""
     description = dataset.info.description or ""
     if description.startswith(_ORIGIN_PREFIX):
@@ -289,7 +289,7 @@ def load_instruction_data(
         source = source[split]
     path: Path | None = None  # the file read, if any
     if isinstance(source, Dataset):
-        name = _origin(source)
+        name = dataset_origin(source)
         dataset, stats = _validate_dataset(source, name, skip_invalid, response_fields)
     elif isinstance(source, (list, tuple)):
         name = "<list of entries>"

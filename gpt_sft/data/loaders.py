@@ -1,4 +1,5 @@
-"""The book's three data loaders in one call: load, split, tokenize and batch."""
+"""The book's data loaders: :func:`book_loader`, the one builder of every loader (this module's, every training
+stage's), and the book's three in one call (:func:`create_dataloaders`): load, split, tokenize and batch."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ from .load import BOOK_DATA_URL, load_instruction_data
 from .prompts import PromptStyle
 from .split import split_dataset
 from .tokenize import tokenize_dataset
+
+
+def book_loader(dataset, batch_size: int, collate_fn, *, train: bool, seed: int = 123, sampler=None,
+                num_workers: int = 0) -> DataLoader:
+    """One of the book's loaders: a training loader shuffles (with ``sampler``, else seeded with ``seed``) and drops
+    the last partial batch; an evaluation loader keeps the order and every example. Every loader has its own
+    generator: creating an iterator would otherwise draw from the global torch RNG, so a resumed run (which creates
+    its iterator at another moment) would see other dropout masks."""
+    generator = torch.Generator().manual_seed(seed)
+    if train:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=sampler is None,
+                          drop_last=True, collate_fn=collate_fn, num_workers=num_workers, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=collate_fn,
+                      num_workers=num_workers, generator=generator)
 
 
 class DataLoaders(NamedTuple):
@@ -86,21 +101,8 @@ def create_dataloaders(
             return_attention_mask=return_attention_mask,
         )
     eval_batch_size = eval_batch_size or batch_size
-    train = DataLoader(
-        splits["train"],
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collator,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    val, test = (
-        DataLoader(
-            splits[name], batch_size=eval_batch_size, shuffle=False, drop_last=False,
-            collate_fn=collator, num_workers=num_workers,
-        )
-        for name in ("validation", "test")
-    )
+    train = book_loader(splits["train"], batch_size, collator, train=True, seed=seed, num_workers=num_workers)
+    val, test = (book_loader(splits[name], eval_batch_size, collator, train=False, seed=seed, num_workers=num_workers)
+                 for name in ("validation", "test"))
     return DataLoaders(train, val, test)
 

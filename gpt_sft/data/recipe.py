@@ -123,24 +123,33 @@ class Recipe:
         return split_dataset(dataset, self.train_fraction, self.test_fraction, shuffle=self.shuffle_split, seed=self.seed)
 
 
-def follow_recipe(recipe: Recipe | None, given: str | None, what: str, recorded: str | None) -> str | None:
+def follow_recipe(recipe: Recipe | None, given: str | None, what: str, recorded: str | None,
+                  whose: str = "the checkpoint's recipe") -> str | None:
     """``given`` if set (with a warning when it contradicts the recipe), else the recipe's value."""
     if given is None:
         return recorded
     if recipe is not None and recorded is not None and given != recorded:
-        warn_recipe(f"{what} {given!r} differs from the checkpoint's recipe ({recorded!r}): using {given!r}")
+        warn_recipe(f"{what} {given!r} differs from {whose} ({recorded!r}): using {given!r}")
     return given
 
 
-def resolve_style(recipe: Recipe | None, given: str | PromptStyle | None) -> PromptStyle:
-    """The prompt style a later stage uses: ``given`` (what the user typed: a registered name or an import path,
-    honoured, with a warning when it contradicts the recipe), else the recipe's (:meth:`Recipe.style`, never
-    imported), else alpaca."""
+def resolve_style(recipe: Recipe | None, given: str | PromptStyle | None,
+                  whose: str = "the checkpoint's recipe") -> PromptStyle:
+    """The prompt style a later stage uses -- the one resolver of every command and training stage: ``given`` (what
+    the user typed: a registered name or an import path, honoured, with a warning when it contradicts the recipe),
+    else the recipe's (:meth:`Recipe.style`, never imported), else alpaca."""
     if given is not None:
         follow_recipe(recipe, given if isinstance(given, str) else given.name, "--prompt-style",
-                      recipe.prompt_style if recipe else None)
+                      recipe.prompt_style if recipe else None, whose)
         return get_prompt_style(given)
     return recipe.style() if recipe is not None else get_prompt_style("alpaca")
+
+
+def checkpoint_style(folder: str | os.PathLike, given: str | PromptStyle | None) -> tuple[PromptStyle, Recipe | None]:
+    """:func:`resolve_style` for a model source (a checkpoint folder has a recipe; a preset or a Hub id none), and
+    the recipe read."""
+    recipe = Recipe.read(folder) if Path(folder).is_dir() else None
+    return resolve_style(recipe, given), recipe
 
 
 def entries_of_split(splits: DatasetDict, split: str) -> list[dict]:
@@ -148,5 +157,5 @@ def entries_of_split(splits: DatasetDict, split: str) -> list[dict]:
     return [dict(row) for row in splits[SPLIT_NAMES[split]]]
 
 
-__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "entries_of_split", "follow_recipe", "resolve_style",
-           "warn_recipe"]
+__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "checkpoint_style", "entries_of_split",
+           "follow_recipe", "resolve_style", "warn_recipe"]

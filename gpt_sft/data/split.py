@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datasets import Dataset, DatasetDict
 
-from .load import _origin
+from .load import dataset_origin
 from .validate import InstructionDataError
 
 
@@ -56,7 +56,7 @@ def split_dataset(
         val_portion = min(int(n * val_fraction), n - train_portion - test_portion)
     if min(train_portion, test_portion, val_portion) <= 0:
         raise InstructionDataError(
-            _origin(dataset),
+            dataset_origin(dataset),
             f"data set too small to split: {n} entries give train/validation/test = "
             f"{train_portion}/{val_portion}/{test_portion} with fractions {fractions}; every split needs "
             "at least one entry (use more data or other fractions)",

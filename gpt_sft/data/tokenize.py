@@ -27,7 +27,7 @@ from typing import Any, Literal, overload
 from datasets import Dataset
 
 from ..model.tokenizer import GPT2_PAT_STR, get_tokenizer
-from .load import _origin
+from .load import dataset_origin
 from .prompts import PromptStyle, get_prompt_style
 from .validate import END_OF_TEXT, REQUIRED_FIELDS, InstructionDataError
 
@@ -249,7 +249,7 @@ def tokenize_dataset(
         cpus = os.cpu_count() or 1
         num_threads = 1 if cpus <= 2 else min(4, cpus)
     encoder = _batch_encoder(tokenizer, num_threads)
-    source = _origin(dataset)
+    source = dataset_origin(dataset)
     missing = [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
     if missing:
         raise InstructionDataError(

@@ -72,7 +72,7 @@ class LoadStats:
         return text
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
@@ -81,33 +81,33 @@ def _json_type(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class _UnparsableLine:
+class UnparsableLine:
     """A JSON Lines line that is not JSON: an invalid entry (skipped with ``skip_invalid``)."""
 
     message: str
 
 
-def _a(kind: str) -> str:
+def with_article(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def _entry_problem(entry: Any, response_fields: Sequence[str] = ()) -> tuple[str, str] | None:
     """``(reason, message)`` if ``entry`` is invalid, else ``None``. ``response_fields`` are more
     required non-empty strings (a preference entry's ``chosen`` and ``rejected``)."""
-    if isinstance(entry, _UnparsableLine):
+    if isinstance(entry, UnparsableLine):
         return "not valid JSON", entry.message
     if not isinstance(entry, Mapping):
-        return "not an object", f"expected an object with 'instruction' and 'output', got a {_json_type(entry)}"
+        return "not an object", f"expected an object with 'instruction' and 'output', got a {json_type_name(entry)}"
     for name in REQUIRED_FIELDS:
         value = entry.get(name)
         if value is None:
             what = "is null" if name in entry else "is missing"
             return f"missing '{name}'", f"required field '{name}' {what}"
         if not isinstance(value, str):
-            return f"'{name}' not a string", f"field '{name}' must be a string, got a {_json_type(value)}"
+            return f"'{name}' not a string", f"field '{name}' must be a string, got a {json_type_name(value)}"
     value = entry.get("input")
     if value is not None and not isinstance(value, str):
-        return "'input' not a string", f"field 'input' must be a string (or missing), got a {_json_type(value)}"
+        return "'input' not a string", f"field 'input' must be a string (or missing), got a {json_type_name(value)}"
     if not entry["output"].strip():
         return "empty 'output'", "field 'output' is empty"
     for name in response_fields:
@@ -115,7 +115,7 @@ def _entry_problem(entry: Any, response_fields: Sequence[str] = ()) -> tuple[str
         if value is None:
             return f"missing '{name}'", f"required field '{name}' {'is null' if name in entry else 'is missing'}"
         if not isinstance(value, str):
-            return f"'{name}' not a string", f"field '{name}' must be a string, got a {_json_type(value)}"
+            return f"'{name}' not a string", f"field '{name}' must be a string, got a {json_type_name(value)}"
         if not value.strip():
             return f"empty '{name}'", f"field '{name}' is empty"
     for name in (*TEXT_FIELDS, *response_fields):

@@ -14,9 +14,8 @@ from ..common.atomic_io import write_json_atomic, write_text_atomic
 from ..data.prompts import format_prompt, get_prompt_style
 from ..model.configuration_gpt import resolve_preset_name
 from ..model.sources import HUB_REPOS
-from ..train.config import TrainConfig
-from ..train.dpo_config import DPOConfig
 from ..train.lora import lora_alpha
+from ..train.stages import stage_of_config, stage_of_metrics
 
 
 def model_card_template_path() -> Path:
@@ -48,8 +47,10 @@ def hub_base_model(model: str) -> str | None:
     return HUB_REPOS.get(preset or "") or (model if "/" in model and not Path(model).exists() else None)
 
 
-def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
-    """The model card (Hub metadata + hyperparameters, losses, hardware, time, judge score if any)."""
+def render_model_card(cfg, metrics: dict, repo_id: str | None = None, stage=None) -> str:
+    """The model card (Hub metadata + hyperparameters, losses, hardware, time, judge score if any), with the
+    training stage's own section (``stage``: the run's; default: the stage whose options ``cfg`` is)."""
+    section = (stage or stage_of_config(cfg)(cfg)).card(metrics)
     preset = resolve_preset_name(cfg.model) if cfg.model != "scratch" else None
     base_model = hub_base_model(cfg.model)
     datasets = [cfg.data] if ("/" in cfg.data and "://" not in cfg.data and not Path(cfg.data).exists()) else None
@@ -57,7 +58,7 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
         language="en", license="mit", library_name="transformers", pipeline_tag="text-generation",
         base_model=base_model, datasets=datasets,
         tags=["gpt-sft", "gpt2", "instruction-tuning", "sft", "llms-from-scratch", "custom_code"]
-        + (["lora", "peft"] if cfg.lora_rank else []) + (["dpo"] if metrics.get("dpo") else []),
+        + (["lora", "peft"] if cfg.lora_rank else []) + section.tags,
     )
     repo_id = repo_id or cfg.push_to_hub or Path(cfg.output_dir).name
     method = "full fine-tuning"
@@ -82,22 +83,19 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
             + (f"; {overlong} over-long training examples "
                + ("dropped" if stats.get("train_dropped") else "truncated") if overlong else "")
         )
-    dpo = metrics.get("dpo")
-    base_description = (f"GPT-2 {preset}" if preset else ("a randomly initialised GPT of "
-                        f"{cfg.n_layers} layers and width {cfg.emb_dim}" if cfg.model == "scratch" else cfg.model))
-    if dpo:
-        sft_base = {"scratch": "a randomly initialised GPT"}.get(dpo.get("sft_base_model"), dpo.get("sft_base_model"))
-        base_description = f"the SFT model {cfg.model}" + (f" (itself {sft_base} fine-tuned on {dpo['sft_data']})"
-                                                           if sft_base else "")
+    base_description = section.base_description or (
+        f"GPT-2 {preset}" if preset else ("a randomly initialised GPT of "
+                                          f"{cfg.n_layers} layers and width {cfg.emb_dim}" if cfg.model == "scratch"
+                                          else cfg.model))
     card = ModelCard.from_template(
         card_data,
         template_path=str(model_card_template_path()),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         base_description=base_description,
-        dpo=dpo_rows(dpo) if dpo else None,
-        dpo_settings=None if not dpo else (f"beta {dpo['beta']}, {dpo['logprob_reduction']} token log-probs, "
-                                           f"reference: {dpo['reference']}"),
+        tuned=section.tuned,
+        loss_caption=section.loss_caption,
+        stage_section=section.body,
         eval_batches=cfg.eval_batches,
         base_model=base_model or cfg.model,
         lora=bool(cfg.lora_rank),
@@ -135,17 +133,6 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None) -> str:
     )
     return str(card)
 
-
-
-def dpo_rows(dpo: dict) -> list[dict]:
-    """The DPO table: each figure before and after tuning, train and validation."""
-    rows = []
-    for name, label in (("loss", "DPO loss"), ("chosen_reward", "chosen reward"), ("rejected_reward", "rejected reward"),
-                        ("margin", "reward margin"), ("accuracy", "preference accuracy")):
-        cells = {split: f"{_fmt(dpo['initial'].get(f'{split}_{name}'))} → {_fmt(dpo['final'].get(f'{split}_{name}'))}"
-                 for split in ("train", "val")}
-        rows.append({"label": label, **cells})
-    return rows
 
 
 def judge_scale(judge: dict) -> str:
@@ -189,7 +176,8 @@ def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     metrics["judge"] = entry
     args = json.loads((folder / "training_args.json").read_text(encoding="utf-8"))
-    cfg = (DPOConfig if "dpo" in metrics else TrainConfig)(**args)
-    write_text_atomic(folder / "README.md", render_model_card(cfg, metrics))
+    stage_type = stage_of_metrics(metrics)
+    cfg = stage_type.config_type(**args)
+    write_text_atomic(folder / "README.md", render_model_card(cfg, metrics, stage=stage_type(cfg)))
     write_json_atomic(folder / "metrics.json", metrics)
     return entry

@@ -190,8 +190,7 @@ def save_run(run: Run) -> tuple[Path, object]:
     output_dir = Path(cfg.output_dir)
     steps_per_epoch = optimizer_steps_per_epoch(len(run.data.train), cfg)
     metrics = training_metrics(state, steps_per_epoch, accelerator, trainable_parameters(run.model)[0], run.data.stats)
-    if run.stage is not None and run.stage.figures is not None:
-        run.stage.figures(run, metrics)
+    run.stage.figures(run, metrics)
     adapter = bool(cfg.lora_rank) and not cfg.merge_lora
     model = run.model.merge_and_unload() if cfg.lora_rank and cfg.merge_lora else run.model
     if accelerator.is_main_process:
@@ -206,9 +205,8 @@ def save_run(run: Run) -> tuple[Path, object]:
 
         def extras(tmp: Path):
             plot_losses(state, steps_per_epoch, tmp / "loss-plot")
-            if run.stage is not None and run.stage.plot is not None:
-                run.stage.plot(run, tmp)
-            (tmp / "README.md").write_text(render_model_card(cfg, metrics), encoding="utf-8")
+            run.stage.plot(run, tmp)
+            (tmp / "README.md").write_text(render_model_card(cfg, metrics, stage=run.stage), encoding="utf-8")
             if adapter:
                 save_checkpoint(base_without_adapters(model), tmp / BASE_FOLDER, prompt_style=cfg.prompt_style)
                 write_base_record(tmp, tmp / BASE_FOLDER)

@@ -11,7 +11,7 @@ import torch
 from .settings import CPU_MAX_AUTO_BATCH_SIZE, MAX_AUTO_BATCH_SIZE, GenerationSettings
 
 
-def _model_context_length(model: torch.nn.Module) -> int | None:
+def context_length_of(model: torch.nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings", "context_length"):
         value = getattr(config, name, None)
@@ -20,7 +20,7 @@ def _model_context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
-def _num_layers(model: torch.nn.Module) -> int:
+def count_layers(model: torch.nn.Module) -> int:
     config = model.config
     for name in ("n_layer", "num_hidden_layers"):
         value = getattr(config, name, None)
@@ -29,7 +29,7 @@ def _num_layers(model: torch.nn.Module) -> int:
     raise ValueError("cannot tell the number of layers of the model (config.n_layer / num_hidden_layers)")
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
+def cache_argument_name(model: torch.nn.Module) -> str:
     """The name under which ``model.forward`` takes its KV cache: ``cache`` (transformers >= 5.24 and
     gpt-sft's model) or ``past_key_values`` (older transformers models)."""
     forward = getattr(model, "forward", None)
@@ -40,7 +40,7 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
     except StopIteration:  # pragma: no cover
@@ -69,7 +69,7 @@ def _bytes_per_sequence(model: torch.nn.Module, max_prompt_length: int, max_new_
     heads = getattr(config, "n_head", None) or getattr(config, "num_attention_heads", 12)
     vocab = getattr(config, "vocab_size", 50257)
     elem = next(model.parameters()).element_size()
-    kv_cache = 2 * _num_layers(model) * width * (max_prompt_length + max_new_tokens) * elem
+    kv_cache = 2 * count_layers(model) * width * (max_prompt_length + max_new_tokens) * elem
     prefill = (12 * width * max_prompt_length + heads * max_prompt_length**2) * elem
     return kv_cache + prefill + 2 * vocab * 4
 
@@ -96,7 +96,7 @@ def auto_batch_size(
 
     Never more than ``num_prompts``, never less than 1.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else device_of(model)
     per_sequence = max(_bytes_per_sequence(model, max_prompt_length, max_new_tokens), 1)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -131,7 +131,7 @@ def _token_budgets(
     return [int(b) for b in budgets]
 
 
-def _fit_prompts(
+def fit_prompts(
     prompt_ids: Sequence[Sequence[int]],
     settings: GenerationSettings,
     context_length: int | None,

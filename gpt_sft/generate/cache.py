@@ -7,7 +7,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 
-def _make_cache(num_layers: int, capacity: int):
+def make_preallocated_cache(num_layers: int, capacity: int):
     """A transformers ``Cache`` whose layers write into buffers of ``capacity`` positions.
 
     transformers' ``DynamicLayer`` concatenates the whole cache with each new token (quadratic copying);

@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .batching import (_cache_keyword, _fit_prompts, _model_context_length, _model_device, _num_layers,
+from .batching import (cache_argument_name, fit_prompts, context_length_of, device_of, count_layers,
                        auto_batch_size)
-from .cache import _make_cache
+from .cache import make_preallocated_cache
 from .settings import GenerationOutput, GenerationSettings, PromptTruncationWarning
 
 
@@ -78,11 +78,11 @@ def decode_steps(
     """Our KV-cache loop for one batch, one step at a time: each step yields ``(row, token)`` for every
     row still running, ``token`` ``None`` where the row emitted end-of-text (and left the batch).
 
-    ``prompts`` are ids that fit the context with their ``budgets`` (:func:`_fit_prompts`), and the
+    ``prompts`` are ids that fit the context with their ``budgets`` (:func:`fit_prompts`), and the
     model is in eval mode. :func:`_decode_batch_cache` collects the steps; ``gpt_sft.generate.stream``
     shows them as they come, so a streamed answer is the batch-of-one answer token for token.
     """
-    device = _model_device(model)
+    device = device_of(model)
     B = len(prompts)
     lengths = [len(p) for p in prompts]
     T = max(lengths)
@@ -95,8 +95,8 @@ def decode_steps(
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count 0, 1, ...
     next_position = torch.tensor(lengths, device=device)  # (B,)
     budget_left = torch.tensor(budgets, device=device)  # (B,)
-    cache = _make_cache(_num_layers(model), capacity=T + max(budgets))
-    cache_keyword = _cache_keyword(model)
+    cache = make_preallocated_cache(count_layers(model), capacity=T + max(budgets))
+    cache_keyword = cache_argument_name(model)
 
     out = model(
         input_ids=input_ids,
@@ -157,7 +157,7 @@ def _decode_batch_transformers(
     seed: int | None,
 ) -> tuple[list[list[int]], list[bool]]:
     """One batch through ``model.generate`` (transformers' own loop and ``DynamicCache``)."""
-    device = _model_device(model)
+    device = device_of(model)
     B, T = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((B, T), settings.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((B, T), dtype=torch.long)
@@ -257,8 +257,8 @@ def generate_token_ids(
     """
     settings = settings or GenerationSettings()
     start = time.perf_counter()
-    context_length = settings.context_length or _model_context_length(model)
-    used, budgets, shrunk, truncated = _fit_prompts(prompt_ids, settings, context_length, max_new_tokens)
+    context_length = settings.context_length or context_length_of(model)
+    used, budgets, shrunk, truncated = fit_prompts(prompt_ids, settings, context_length, max_new_tokens)
     requested_max = int(settings.max_new_tokens) if max_new_tokens is None else max(map(int, max_new_tokens), default=1)
     n = len(used)
     if shrunk or truncated:
@@ -275,7 +275,7 @@ def generate_token_ids(
     if n == 0:
         return GenerationOutput(sequences, used, stopped_at_eos, shrunk, truncated, time.perf_counter() - start)
 
-    device = _model_device(model)
+    device = device_of(model)
     base_seed = settings.seed
     if not settings.greedy and base_seed is None:
         base_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())

@@ -18,7 +18,7 @@ from .decode import generate_token_ids
 from .settings import END_OF_TEXT, RAW_STYLE, GenerationSettings
 
 
-class _Codec:
+class TextCodec:
     """Encode/decode with either a tiktoken ``Encoding`` or a Hugging Face tokenizer, book-style."""
 
     def __init__(self, tokenizer: Any):
@@ -87,7 +87,7 @@ def generate_responses(
     settings = dataclasses.replace(settings or GenerationSettings(), **overrides)
     items = _entries_to_list(entries_or_prompts)
     prompts = [_prompt_text(item, settings.style) for item in items]
-    codec = _Codec(tokenizer)
+    codec = TextCodec(tokenizer)
     output = generate_token_ids(model, codec.encode_batch(prompts), settings)
     responses = []
     for used_ids, new_ids in zip(output.prompt_ids, output.sequences):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from ..data.prompts import PromptStyle, get_prompt_style
-from .batching import _fit_prompts, _model_context_length, _model_device
+from .batching import fit_prompts, context_length_of, device_of
 from .decode import decode_steps
-from .responses import _Codec
+from .responses import TextCodec
 from .settings import RAW_STYLE, GenerationSettings
 
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder shows for the first bytes of a character not yet complete
@@ -98,17 +98,17 @@ def stream_answer(
     The prompt is already formatted (``style.format_prompt(entry)``); ``settings.style`` says how the
     answer is read back. Closing the iterator early (Ctrl-C, a Stop button) stops the generation.
     """
-    codec = _Codec(tokenizer)
+    codec = TextCodec(tokenizer)
     ids = codec.encode_batch([prompt])
-    context = settings.context_length or _model_context_length(model)
-    (used,), (budget,), _, truncated = _fit_prompts(ids, settings, context)
+    context = settings.context_length or context_length_of(model)
+    (used,), (budget,), _, truncated = fit_prompts(ids, settings, context)
     prompt_used = codec.decode(used)
     requested = int(settings.max_new_tokens)
     note = _truncation_note(requested, context) if truncated else None
     generators = None
     if not settings.greedy:
         seed = settings.seed if settings.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
-        generators = [torch.Generator(device=_model_device(model)).manual_seed(seed)]  # prompt 0: seed + 0
+        generators = [torch.Generator(device=device_of(model)).manual_seed(seed)]  # prompt 0: seed + 0
     reader = ResponseText(settings.style, prompt_used)
     new_ids: list[int] = []
     stopped = False

@@ -14,11 +14,11 @@ import torch
 
 from ..model.loading import load_model, load_tokenizer
 from .errors import JudgeRequestError
-from .http import Judge, JudgeConfig, _HTTPJudge
+from .http import Judge, JudgeConfig, HTTPJudge
 from .text import safe_text
 
 
-class OllamaJudge(_HTTPJudge):
+class OllamaJudge(HTTPJudge):
     """Ollama's native chat API, exactly as the book calls it.
 
     ``POST {url}/api/chat`` with ``{"model", "messages": [{"role": "user", ...}], "options":
@@ -82,7 +82,7 @@ class OllamaJudge(_HTTPJudge):
         raise ValueError("stream ended without a 'done' chunk")
 
 
-class OpenAIJudge(_HTTPJudge):
+class OpenAIJudge(HTTPJudge):
     """Any OpenAI-compatible chat-completions server (vLLM, llama.cpp server, Ollama, OpenAI).
 
     ``POST {url}/v1/chat/completions`` (``/v1`` is not doubled if ``url`` already ends with it)

@@ -121,7 +121,7 @@ class _Redactor:
         return "_Redactor(***)"
 
 
-class _HTTPJudge:
+class HTTPJudge:
     """Shared HTTP plumbing: a session, total-time timeouts, retries with exponential backoff."""
 
     backend = "http"

@@ -1,17 +1,14 @@
-"""The training run's view of the data: its splits, tokenized, batched by the book's loaders."""
+"""The training run's view of the data: its splits, tokenized by the stage, batched by the book's loaders (one
+builder, :func:`~gpt_sft.data.loaders.book_loader`, for every stage)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-import torch
 from torch.utils.data import DataLoader
 
-from ..data.collator import InstructionDataCollator
-from ..data.load import load_instruction_data
-from ..data.split import split_dataset
-from ..data.tokenize import tokenize_dataset
+from ..data.loaders import book_loader
 from ..data.validate import LoadStats
 from .config import TrainConfig
 from .state import EpochSampler
@@ -29,39 +26,35 @@ class TrainingData:
     load_stats: LoadStats | None = None
 
 
-def load_splits(cfg: TrainConfig):
-    """Load and validate the data, and split it: ``(DatasetDict, LoadStats)``."""
-    dataset, load_stats = load_instruction_data(cfg.data, skip_invalid=cfg.skip_invalid, return_stats=True)
-    splits = split_dataset(dataset, cfg.train_fraction, cfg.test_fraction, shuffle=cfg.shuffle_split, seed=cfg.seed)
-    return splits, load_stats
+def load_splits(stage):
+    """Load and validate the stage's data, and split it: ``(DatasetDict, LoadStats)``."""
+    dataset, load_stats = stage.load()
+    return stage.split(dataset), load_stats
 
 
-def build_data(cfg: TrainConfig, num_processes: int = 1, loaded=None) -> TrainingData:
-    """Tokenize the splits (``loaded``: :func:`load_splits`' result, else loaded now); the book's
-    loaders (train shuffled, drop_last)."""
-    splits, load_stats = loaded if loaded is not None else load_splits(cfg)
+def tokenize_splits(stage, loaded, num_processes: int = 1) -> tuple[dict, dict]:
+    """The train and validation splits tokenized by the stage, and what tokenizing did to each; too few examples
+    for one batch on every process is an error now, before the model is loaded."""
+    cfg, (splits, _) = stage.cfg, loaded
     tokenized, stats = {}, {}
     for name in ("train", "validation"):
-        tokenized[name], stats[name] = tokenize_dataset(
-            splits[name], style=cfg.prompt_style, allowed_max_length=cfg.allowed_max_length,
-            overlong="drop" if cfg.drop_overlong else "truncate", keep_columns=False, return_stats=True,
-        )
-    collator = InstructionDataCollator(allowed_max_length=cfg.allowed_max_length, mask_prompt=cfg.mask_prompt)
-    columns = ["input_ids", "prompt_length"]
-    train_set = tokenized["train"].with_format(columns=columns)
-    val_set = tokenized["validation"].with_format(columns=columns)
-    if len(train_set) < cfg.batch_size * num_processes:
-        raise ValueError(f"{cfg.data}: {len(train_set)} training examples are fewer than one batch "
-                         f"({cfg.batch_size} x {num_processes} processes)")
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.seed)
-    # Own generators: creating a loader iterator would otherwise draw from the global torch RNG, so a
-    # resumed run (which creates its iterator at a different moment) would see other dropout masks.
-    train = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, collate_fn=collator,
-                       generator=torch.Generator().manual_seed(cfg.seed))
-    val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, drop_last=False, collate_fn=collator,
-                     generator=torch.Generator().manual_seed(cfg.seed))
-    report = (f"data: {load_stats}; split {len(splits['train'])}/{len(splits['validation'])}/{len(splits['test'])} "
-              f"train/val/test; train: {stats['train']}; val: {stats['validation']}")
+        tokenized[name], stats[name] = stage.tokenize(splits[name])
+    if len(tokenized["train"]) < cfg.batch_size * num_processes:
+        raise ValueError(f"{cfg.data}: {len(tokenized['train'])} training {stage.unit} are fewer than one batch "
+                         f"({cfg.batch_size} x {num_processes} processes): lower --batch-size")
+    return tokenized, stats
+
+
+def make_training_data(stage, loaded, tokenized: dict, stats: dict) -> TrainingData:
+    """The book's loaders (train shuffled by an :class:`EpochSampler`, drop_last; validation in order) over the
+    tokenized splits, batched by the stage's collator, and the report of what the data held."""
+    cfg, (splits, load_stats) = stage.cfg, loaded
+    collate = stage.collator()
+    sampler = EpochSampler(len(tokenized["train"]), shuffle=True, seed=cfg.seed)
+    train = book_loader(tokenized["train"], cfg.batch_size, collate, train=True, seed=cfg.seed, sampler=sampler)
+    val = book_loader(tokenized["validation"], cfg.batch_size, collate, train=False, seed=cfg.seed)
+    report = (f"{stage.data_label}: {load_stats}; split {len(splits['train'])}/{len(splits['validation'])}/"
+              f"{len(splits['test'])} train/val/test; train: {stats['train']}; val: {stats['validation']}")
     summary = data_summary(load_stats, splits, {name: stats[name].num_overlong for name in stats},
                            {name: stats[name].num_dropped for name in stats})
     return TrainingData(train, val, [dict(e) for e in splits["validation"]], [dict(e) for e in splits["test"]],

@@ -1,5 +1,5 @@
-"""The preference-tuning command's options: the training options (same names, flags and YAML keys)
-with the book's DPO recipe as defaults, plus DPO's own."""
+"""The DPO command's options: the preference options (the training options, same names, flags and YAML keys, with
+the book's DPO recipe as defaults), plus DPO's own."""
 
 from __future__ import annotations
 
@@ -7,25 +7,16 @@ import math
 from dataclasses import dataclass
 
 from ..common.options import option
-from ..data.preference import BOOK_PREFERENCE_DATA_URL
-from .config import TrainConfig
-from .dpo_loss import REDUCTIONS
+from .pair_loss import REDUCTIONS
+from .preference_stage import PreferenceConfig
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(PreferenceConfig):
     """Preference tuning with DPO of a fine-tuned model (the book's chapter 7 DPO recipe by default)."""
 
     model: str = option("outputs/gpt2-medium-sft", "The SFT model to tune, which is also the reference: one of our "
                     "checkpoints (the main job's output by default) or any source --model takes in training")
-    data: str = option(BOOK_PREFERENCE_DATA_URL, "Preference data (instruction, input, output, chosen, rejected): "
-                   "URL, .json/.jsonl file or Hub data set name")
-    prompt_style: str | None = option(None, "Prompt style; default: the one the SFT checkpoint was trained with "
-                                  "(its recipe), else alpaca")
-    mask_prompt: bool = option(True, "Exclude the prompt tokens from the log-probabilities (the book does)")
-    epochs: int = option(1, "Number of passes over the training split")
-    learning_rate: float = option(5e-6, "AdamW learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay")
     output_dir: str = option("outputs/gpt2-medium-dpo", "Where the checkpoint folder and everything else goes")
     beta: float = option(0.1, "DPO's beta: how far the policy may move from the reference (the book's 0.1)")
     logprob_reduction: str = option("mean", "A response's log-probability: the mean of its token log-probs (the "

@@ -1,25 +1,19 @@
-"""The training loop with Accelerate: setup -> step -> evaluate -> fit.
+"""The training loop with Accelerate, shared by every training stage: setup -> fit.
 
-The loop (:func:`fit`: epochs, gradient accumulation, checkpoints, interruptions, resuming) is shared
-by every training stage; a :class:`Stage` says what one step and one evaluation compute. SFT's are
-here; preference tuning (:mod:`.dpo_loop`) brings its own.
-
-Every optimizer step averages the cross-entropy over all target tokens of all micro-batches of that
-step on all processes (a token-level mean), so gradient accumulation and data parallelism give the
-loss and the update of one large batch. With batch 8 on one process this is exactly the book's
-per-batch ``cross_entropy``. The book's evaluation: 5 train and 5 validation batches every 5 steps.
+:func:`setup` builds a run for a :class:`~gpt_sft.train.stage.Stage` (threads, TF32, seed, the stage's data, the
+model, the stage's loss module, the optimizer and scheduler, Accelerate's preparation, the resumed state);
+:func:`fit` runs it (epochs, gradient accumulation, evaluation, checkpoints, interruptions, resuming, a NaN loss).
+The stage says what one step and one evaluation compute; nothing here knows which stage it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,36 +27,26 @@ from transformers import get_scheduler
 
 from ..common.options import config_to_dict
 from ..common.run_manifest import recording_new_entries
-from ..data.collator import IGNORE_INDEX
 from ..data.prompts import format_prompt
 from ..model.configuration_gpt import GPTConfig, resolve_preset_name
 from ..model.loading import load_pretrained, peek_context_length
 from ..model.modeling_gpt import GPTForCausalLM
 from ..model.tokenizer import END_OF_TEXT_ID, get_tokenizer
 from .config import TrainConfig, too_long_message
-from .data import TrainingData, build_data, load_splits, optimizer_steps_per_epoch
+from .data import TrainingData, load_splits, make_training_data, optimizer_steps_per_epoch, tokenize_splits
 from .lora import apply_lora
-from .loss import LossPaths, TrainingLoss, base_model, batch_losses
+from .loss import LossPaths, base_model
+from .stage import Stage
+from .stages import stage_of_config
 from .state import (STATE_FILE, Interruptions, InterruptedRun, TrainerState, TrainingDiverged, capture_rng_state,
                     resolve_resume, restore_rng_state, save_training_checkpoint, say)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """What a training stage computes inside the shared loop."""
-
-    step: Callable  # (run, micro-batches of one optimizer step) -> (loss, tokens), gradients accumulated
-    evaluate: Callable  # (run, step, step's loss) -> None: the periodic evaluation, recorded and logged
-    initial: Callable  # (run) -> None: the evaluation before the first step (skipped once recorded)
-    figures: Callable | None = None  # (run, metrics) -> None: adds the stage's own figures to metrics.json
-    plot: Callable | None = None  # (run, folder) -> [paths]: the stage's own plots, beside the loss plot
-
-
 @dataclass
 class Run:
-    """Everything a training run holds. ``loss`` is what Accelerate prepared (the data-parallel
-    wrapper around the stage's loss module, :class:`TrainingLoss` for SFT); ``model`` the model being
-    trained (a peft model with LoRA); ``stage`` what a step computes (``None``: SFT)."""
+    """Everything a training run holds. ``loss`` is what Accelerate prepared (the data-parallel wrapper around
+    the stage's loss module); ``model`` the model being trained (a peft model with LoRA); ``stage`` the
+    :class:`~gpt_sft.train.stage.Stage` that says what a step and an evaluation compute."""
 
     cfg: TrainConfig
     accelerator: Accelerator
@@ -72,7 +56,12 @@ class Run:
     scheduler: object
     data: TrainingData
     state: TrainerState
-    stage: Stage | None = None
+    stage: Stage
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        """The model a stage compares the policy against, if it keeps one (DPO's frozen copy)."""
+        return getattr(self.stage, "reference", None)
 
     @property
     def paths(self) -> LossPaths:
@@ -108,9 +97,13 @@ def build_model(cfg: TrainConfig):
 
 def enable_activation_checkpointing(model) -> None:
     """Recompute each block's activations in the backward pass. transformers 5.23 renamed
-    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name warns)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name warns). Non-reentrant
+    checkpointing, whatever the version's default: the reentrant kind passes no gradient through a block whose inputs
+    need none (LoRA's frozen embeddings), so the adapters inside it would never learn."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def compile_blocks(model) -> None:
@@ -161,34 +154,46 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
                        mixed_precision=cfg.mixed_precision)
 
 
-def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
-    """Model, optimizer, scheduler, data, and the resumed state if ``cfg`` resumes."""
+def enable_tf32() -> None:
+    """TensorFloat-32 matmuls and convolutions on NVIDIA GPUs (the flags are read by CUDA kernels only)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def setup(cfg: TrainConfig, accelerator: Accelerator, stage_type: type[Stage] | None = None) -> Run:
+    """The run of ``stage_type`` (default: the stage whose options ``cfg`` is): its data, the model, its loss
+    module, the optimizer, the scheduler, and the resumed state if ``cfg`` resumes."""
+    stage = (stage_type or stage_of_config(cfg))(cfg)
+    stage.check()  # an option the stage refuses, before anything is set
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg))
-    if cfg.tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if cfg.tf32:
+        enable_tf32()
     set_seed(cfg.seed)
-    loaded = load_splits(cfg)  # the data first: its errors come before a long model load
+    stage.resolve()
+    loaded = load_splits(stage)  # the data first: its errors come before a long model load
     context = cfg.context_length if cfg.model == "scratch" else peek_context_length(cfg.model)
     model = None
     if context is None:  # only the model tells its context: load it before tokenizing
         model = build_model(cfg)
         context = model.config.n_positions
     resolve_allowed_max_length(cfg, context)
-    data = build_data(cfg, accelerator.num_processes, loaded)
-    say(accelerator, data.report)
+    tokenized, stats = tokenize_splits(stage, loaded, accelerator.num_processes)
     if model is None:
         model = build_model(cfg)
     if model.config.n_positions < cfg.allowed_max_length:  # a peeked config that disagreed with the weights
         raise ValueError(too_long_message(cfg.allowed_max_length, model.config.n_positions))
-    return prepare_run(cfg, accelerator, model, data, TrainingLoss(model, cfg.loss_paths()))
+    stage.attach(model, accelerator, tokenized)
+    data = make_training_data(stage, loaded, tokenized, stats)
+    say(accelerator, data.report)
+    if stage.describe():
+        say(accelerator, stage.describe())
+    return prepare_run(cfg, accelerator, model, data, stage)
 
 
-def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: TrainingData, loss_module: torch.nn.Module,
-                state_type: type[TrainerState] = TrainerState, run_type: type[Run] = Run, **run_fields) -> Run:
-    """Optimizer, scheduler, Accelerate's preparation of ``loss_module`` (the module whose forward
-    computes the stage's loss) and the loaders, trackers, and the resumed state if ``cfg`` resumes."""
+def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: TrainingData, stage: Stage) -> Run:
+    """Optimizer, scheduler, Accelerate's preparation of the stage's loss module and the loaders, trackers, and the
+    resumed state if ``cfg`` resumes."""
     # The book decays every parameter (AdamW(model.parameters(), weight_decay=0.1)).
     optimizer = make_optimizer(cfg, (p for p in model.parameters() if p.requires_grad))
     # before prepare(): each process will see ceil(batches / processes) of the loader's batches
@@ -196,11 +201,11 @@ def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: Trainin
     steps = optimizer_steps_per_epoch(per_process, cfg) * cfg.epochs
     scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.max_steps) if cfg.max_steps else steps)
     loss, optimizer, data.train, data.val, scheduler = accelerator.prepare(
-        loss_module, optimizer, data.train, data.val, scheduler)
+        stage.loss_module(model), optimizer, data.train, data.val, scheduler)
     if cfg.log_with:  # a tracker's logs in the output folder (tensorboard's gpt-sft/) are the run's
         with recording_new_entries(cfg.output_dir, record=accelerator.is_main_process):
             accelerator.init_trackers("gpt-sft", config={k: str(v) for k, v in config_to_dict(cfg).items()})
-    state = state_type()
+    state = stage.state_type()
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     if resume is not None:
         try:
@@ -209,9 +214,9 @@ def prepare_run(cfg: TrainConfig, accelerator: Accelerator, model, data: Trainin
             raise ValueError(f"--resume-from-checkpoint {resume}: the checkpoint cannot be read ({type(err).__name__}: "
                              f"{err}); it may have been cut short: resume from an earlier step-* folder") from None
         warn_if_random_state_unreadable(accelerator, resume)
-        state = state_type(**json.loads((resume / STATE_FILE).read_text()))
+        state = stage.state_type(**json.loads((resume / STATE_FILE).read_text()))
         say(accelerator, f"Resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
-    return run_type(cfg, accelerator, loss, model, optimizer, scheduler, data, state, **run_fields)
+    return Run(cfg, accelerator, loss, model, optimizer, scheduler, data, state, stage)
 
 
 def warn_if_random_state_unreadable(accelerator: Accelerator, resume: Path) -> None:
@@ -226,19 +231,7 @@ def warn_if_random_state_unreadable(accelerator: Accelerator, resume: Path) -> N
 
 
 # --------------------------------------------------------------------------------------------------
-# evaluation
-
-
-def evaluate_loss(run: Run, loader, num_batches: int) -> float:
-    """Mean per-batch loss over the first ``num_batches`` batches (the book's ``calc_loss_loader``)."""
-    run.model.eval()
-    with torch.no_grad(), run.accelerator.autocast():  # the precision training runs in
-        losses = batch_losses(run.model, list(itertools.islice(loader, num_batches)), run.paths)
-    run.model.train()
-    if not losses:
-        return float("nan")
-    mean = torch.stack(losses).mean()
-    return run.accelerator.reduce(mean, "mean").item() if run.accelerator.num_processes > 1 else mean.item()
+# the loop
 
 
 def print_sample(run: Run, prompt: str, max_new_tokens: int = 50) -> None:
@@ -256,61 +249,10 @@ def print_sample(run: Run, prompt: str, max_new_tokens: int = 50) -> None:
     say(run.accelerator, tok.decode(out[0].tolist()).replace("\n", " "))
 
 
-def evaluate(run: Run, step: int, step_loss: float) -> None:
-    """The book's periodic evaluation: ``eval_batches`` train and validation batches, logged."""
-    cfg, state = run.cfg, run.state
-    train_loss = evaluate_loss(run, run.data.train, cfg.eval_batches)
-    val_loss = evaluate_loss(run, run.data.val, cfg.eval_batches)
-    state.train_losses.append(train_loss)
-    state.val_losses.append(val_loss)
-    state.track_tokens_seen.append(state.tokens_seen)
-    state.eval_steps.append(step)
-    say(run.accelerator, f"Ep {state.epoch + 1} (Step {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-    run.accelerator.log({"train/loss": train_loss, "val/loss": val_loss, "train/step_loss": step_loss,
-                         "tokens_seen": state.tokens_seen, "lr": run.scheduler.get_last_lr()[0]}, step=step)
-
-
-# --------------------------------------------------------------------------------------------------
-# the loop
-
-
-def step_loss(run: Run, window: list[dict]) -> tuple[float, int]:
-    """Forward and backward passes over one optimizer step's micro-batches: ``(loss, tokens)``."""
-    accelerator, world = run.accelerator, run.accelerator.num_processes
-    # Token-level mean over the whole optimizer step, on all processes: (targets, the book's
-    # tokens_seen = padded input tokens), summed over processes.
-    counts = torch.tensor([[int((b["labels"][:, 1:] != IGNORE_INDEX).sum()), b["input_ids"][:, :-1].numel()]
-                           for b in window], device=accelerator.device).sum(0)
-    counts = accelerator.reduce(counts, "sum") if world > 1 else counts
-    n_global, tokens = counts[0], int(counts[1])
-    total = torch.zeros((), device=accelerator.device)
-    for i, batch in enumerate(window):
-        sync = i == len(window) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(run.loss):
-            loss = run.loss(batch["input_ids"][:, :-1], batch["labels"][:, 1:], num_items_in_batch=n_global)
-            # DDP averages gradients over processes; undo that to keep the global token mean.
-            accelerator.backward(loss * world)
-        total += loss.detach().float()
-    return (accelerator.reduce(total, "sum").item() if world > 1 else total.item()), tokens
-
-
-def initial_evaluation(run: Run) -> None:
-    """The losses before fine-tuning (the book prints them before it trains)."""
-    state = run.state
-    if state.initial_train_loss is None:
-        state.initial_train_loss = evaluate_loss(run, run.data.train, run.cfg.eval_batches)
-        state.initial_val_loss = evaluate_loss(run, run.data.val, run.cfg.eval_batches)
-        say(run.accelerator, f"Initial losses: training loss {state.initial_train_loss:.3f}, "
-                             f"validation loss {state.initial_val_loss:.3f}")
-
-
-SFT = Stage(step=step_loss, evaluate=evaluate, initial=initial_evaluation)
-
-
 def fit(run: Run, interruptions: Interruptions) -> TrainerState:
     """Run the epochs; checkpoints on schedule and on Ctrl-C/SIGTERM; stops on a NaN loss."""
     cfg, accelerator, data, state = run.cfg, run.accelerator, run.data, run.state
-    stage = run.stage or SFT
+    stage = run.stage
     total_steps = optimizer_steps_per_epoch(len(data.train), cfg) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
