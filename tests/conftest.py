@@ -169,6 +169,31 @@ def synthetic_data_file(synthetic_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory) -> Path:
+    """120 synthetic preference pairs (the demo's kind: right answer chosen, a wrong one rejected), for the preference
+    stages' mechanics tests: 102 train pairs -> 12 batches of 8, 6 validation, 12 test. Read-only."""
+    from gpt_sft.data.synthetic import make_synthetic_preferences
+
+    path = tmp_path_factory.mktemp("pairs") / "pairs.json"
+    path.write_text(json.dumps(make_synthetic_preferences(120, seed=2)))
+    return path
+
+
+def weights(folder: Path) -> dict:
+    """A checkpoint folder's ``model.safetensors`` tensors, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def max_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between two checkpoints' weights (same names required)."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+@pytest.fixture(scope="session")
 def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
     """A finished tiny SFT run (6 steps on ``synthetic_data_file``): a checkpoint with its card, recipe, metrics,
     plots and resumable state, for every test that needs *a* trained run rather than a particular one. Read-only."""
@@ -552,7 +577,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND_BUILDS))
 
 
-# ---------------------------------------------------------------- training stages (test_stages, test_orpo, test_simpo)
+# ---------------------------------------------------------------- training stages (test_stages, test_preference_stages)
 
 
 def tiny_stage_run(command: str, data: Path, output_dir: Path, **overrides):

@@ -36,13 +36,6 @@ from gpt_sft.train.stages import STAGES, stage_class
 COMMANDS_UNDER_TEST = list(STAGES)  # train, dpo, orpo, simpo
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("pairs") / "pairs.json"
-    path.write_text(json.dumps(make_synthetic_preferences(120, seed=2)))
-    return path  # 102 train pairs -> 12 batches of 8, 6 validation, 12 test
-
-
 @pytest.fixture
 def global_torch_state():
     """What a run sets for the whole process (threads, TF32 flags), put back after the test."""
