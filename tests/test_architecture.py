@@ -1,5 +1,6 @@
 """The shape of the package: the folders follow the pipeline, a stage never imports a later one,
-no import cycles, modules of one sitting, imports at the top, and the loss outside the model file."""
+no import cycles, modules of one sitting, imports at the top, the loss outside the model file, one DataLoader builder
+and one prompt-style resolver, and no private name imported across modules."""
 
 from __future__ import annotations
 
@@ -133,3 +134,45 @@ def test_the_loss_lives_outside_the_shipped_model_file():
         assert word not in model_file, word
     assert model_file.count("F.cross_entropy") == 1, "one plain labels loss, for Hugging Face callers"
     assert (PACKAGE / "train" / "loss.py").read_text().count("F.cross_entropy") == 2  # book's mean, per target
+
+
+def calls_of(predicate) -> list[str]:
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and predicate(node.func):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    return found
+
+
+def test_one_loader_builder_and_one_prompt_style_resolver():
+    def named(func, name):
+        return getattr(func, "id", None) == name or getattr(func, "attr", None) == name
+
+    assert all(site.startswith("gpt_sft/data/loaders.py") for site in calls_of(lambda f: named(f, "DataLoader"))), \
+        "every DataLoader is built by data/loaders.book_loader"
+    recipe_style = calls_of(lambda f: isinstance(f, ast.Attribute) and f.attr == "style")
+    assert all(site.startswith("gpt_sft/data/recipe.py") for site in recipe_style), recipe_style
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from .x import _helper`` and ``module._helper`` across our modules: a private name is its module's own."""
+    wrong = []
+    known = modules()
+    for name, path in known.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        our_modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        wrong.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} imports {alias.name}")
+                    if node.level or (node.module or "").startswith("gpt_sft"):
+                        our_modules.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                our_modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("gpt_sft")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in our_modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                wrong.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not wrong, "\n".join(wrong)

@@ -1,6 +1,6 @@
 """Training stages as classes (issue 24): every stage is one class in the registry, run by the shared setup and loop;
-every training option takes effect in every stage or is refused in one line; one loader builder, one prompt-style
-resolver, and no private name imported across modules.
+every training option takes effect in every stage or is refused in one line. (One loader builder, one prompt-style
+resolver and no private name imported across modules are rules of tests/test_architecture.py.)
 
 The option tests build each stage's run with the shared setup on a tiny random model (``--model scratch``) and the
 same synthetic pairs (SFT reads them as instructions), then show each option's effect against a run without it:
@@ -9,16 +9,14 @@ loop (an unmerged adapter, test-set responses, an export)."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_stage_run, tiny_train_config
+from conftest import tiny_stage_run, tiny_train_config
 from datasets import Dataset
-from test_architecture import modules
 
 from gpt_sft.cli.main import COMMANDS
 from gpt_sft.cli.train import main as train_main
@@ -327,45 +325,3 @@ def test_what_follows_the_loop_takes_effect_in_every_stage(command, pairs_file, 
 
 
 # ---------------------------------------------------------------- one of each, no private imports
-
-
-def calls_of(predicate) -> list[str]:
-    found = []
-    for name, path in modules().items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and predicate(node.func):
-                found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
-    return found
-
-
-def test_one_loader_builder_and_one_prompt_style_resolver():
-    def named(func, name):
-        return getattr(func, "id", None) == name or getattr(func, "attr", None) == name
-
-    assert all(site.startswith("gpt_sft/data/loaders.py") for site in calls_of(lambda f: named(f, "DataLoader"))), \
-        "every DataLoader is built by data/loaders.book_loader"
-    recipe_style = calls_of(lambda f: isinstance(f, ast.Attribute) and f.attr == "style")
-    assert all(site.startswith("gpt_sft/data/recipe.py") for site in recipe_style), recipe_style
-
-
-def test_no_private_name_is_imported_across_modules():
-    """``from .x import _helper`` and ``module._helper`` across our modules: a private name is its module's own."""
-    wrong = []
-    known = modules()
-    for name, path in known.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        our_modules = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                for alias in node.names:
-                    if alias.name.startswith("_") and not alias.name.startswith("__"):
-                        wrong.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} imports {alias.name}")
-                    if node.level or (node.module or "").startswith("gpt_sft"):
-                        our_modules.add(alias.asname or alias.name)
-            elif isinstance(node, ast.Import):
-                our_modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("gpt_sft")}
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in our_modules
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
-                wrong.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
-    assert not wrong, "\n".join(wrong)
