@@ -27,7 +27,7 @@ _SINGLE_TURN = (
 )
 
 
-def _jinja_text(text: str) -> str:
+def jinja_text(text: str) -> str:
     """``text`` as a Jinja expression that prints it verbatim (a string literal, so the
     ``trim_blocks``/``lstrip_blocks`` of transformers' chat-template environment cannot touch it)."""
     return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
@@ -44,7 +44,8 @@ def _split_once(text: str, mark: str, style: str) -> tuple[str, str]:
 class PromptParts:
     """A style's prompt as fixed text around its fields, for any template language:
     ``plain_head + instruction + plain_tail`` without an input, ``input_head + instruction +
-    input_middle + input + input_tail`` with one, and ``header``: the response's text before the output."""
+    input_middle + input + input_tail`` with one, ``header``: the response's text before the output, and ``trailer``:
+    its text after the output (chatml's ``<|im_end|>\\n``; empty for the book's styles)."""
 
     plain_head: str
     plain_tail: str
@@ -52,6 +53,7 @@ class PromptParts:
     input_middle: str
     input_tail: str
     header: str
+    trailer: str = ""
 
 
 def prompt_parts(style: PromptStyle | str = "alpaca") -> PromptParts:
@@ -68,11 +70,11 @@ def prompt_parts(style: PromptStyle | str = "alpaca") -> PromptParts:
     input_head, rest = _split_once(with_input, _INSTRUCTION_MARK, resolved.name)
     input_middle, input_tail = _split_once(rest, _INPUT_MARK, resolved.name)
     response = resolved.format_response({"instruction": _INSTRUCTION_MARK, "input": "", "output": _OUTPUT_MARK})
-    header, after_output = _split_once(response, _OUTPUT_MARK, resolved.name)
-    if after_output or _INSTRUCTION_MARK in header:
-        raise ValueError(f"prompt style {resolved.name!r}: its response does not end with the output, "
+    header, trailer = _split_once(response, _OUTPUT_MARK, resolved.name)
+    if _INSTRUCTION_MARK in header + trailer:
+        raise ValueError(f"prompt style {resolved.name!r}: its response repeats the instruction, "
                          "so it has no chat template")
-    return PromptParts(plain_head, plain_tail, input_head, input_middle, input_tail, header)
+    return PromptParts(plain_head, plain_tail, input_head, input_middle, input_tail, header, trailer)
 
 
 def chat_template(style: PromptStyle | str = "alpaca") -> str:
@@ -99,10 +101,10 @@ def chat_template(style: PromptStyle | str = "alpaca") -> str:
         + fail + "{%- endif -%}"
         "{%- set input = messages[0]['content'] if system else (entry['input'] if entry['input'] is defined else '') -%}"
         "{%- if input -%}"
-        + _jinja_text(parts.input_head) + "{{ entry['content'] }}" + _jinja_text(parts.input_middle) + "{{ input }}"
-        + _jinja_text(parts.input_tail)
+        + jinja_text(parts.input_head) + "{{ entry['content'] }}" + jinja_text(parts.input_middle) + "{{ input }}"
+        + jinja_text(parts.input_tail)
         + "{%- else -%}"
-        + _jinja_text(parts.plain_head) + "{{ entry['content'] }}" + _jinja_text(parts.plain_tail)
+        + jinja_text(parts.plain_head) + "{{ entry['content'] }}" + jinja_text(parts.plain_tail)
         + "{%- endif -%}"
-        "{%- if add_generation_prompt -%}" + _jinja_text(parts.header) + "{%- endif -%}"
+        "{%- if add_generation_prompt -%}" + jinja_text(parts.header) + "{%- endif -%}"
     )

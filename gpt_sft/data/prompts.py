@@ -11,7 +11,7 @@ into two pieces of text:
 After generation, :func:`extract_response` cuts the prompt off the generated text and removes the
 style's response marker, exactly as the book does.
 
-Two styles are built in, character for character as in the book:
+Three styles are built in, the first two character for character as in the book:
 
 ``alpaca`` (the default, chapter 7)::
 
@@ -33,6 +33,14 @@ Two styles are built in, character for character as in the book:
     {input}               <- only when the input is non-empty
     <|assistant|>:
     {output}
+
+``chatml`` (ChatML written as plain text: GPT-2 has no such tokens, so ``<|im_start|>`` is a few ordinary tokens)::
+
+    <|im_start|>user
+    {instruction}{input_section}<|im_end|>     <- {input_section}: "\\n\\n{input}" for a non-empty input, else ""
+    <|im_start|>assistant
+    {output}<|im_end|>
+                          <- the response ends with this newline; the collator's end-of-text follows it
 
 Adding a style
 --------------
@@ -82,6 +90,7 @@ __all__ = [
     "PromptStyle",
     "ALPACA",
     "PHI3",
+    "CHATML",
     "format_prompt",
     "format_response",
     "format_text",
@@ -249,7 +258,25 @@ PHI3 = PromptStyle(
     response_marker="<|assistant|>:",
 )
 
-_BUILTIN = {ALPACA.name: ALPACA, PHI3.name: PHI3}
+CHATML_END = "<|im_end|>"
+
+
+def _extract_chatml(generated_text: str, prompt: str) -> str:
+    """The answer between the assistant header and the first ``<|im_end|>`` (or the end of the text)."""
+    text = generated_text[len(prompt):].replace("<|im_start|>assistant", "")
+    return text.split(CHATML_END, 1)[0].strip()
+
+
+CHATML = PromptStyle(
+    name="chatml",
+    prompt="<|im_start|>user\n{instruction}{input_section}" + CHATML_END + "\n",
+    input_template="\n\n{input}",
+    response="<|im_start|>assistant\n{output}" + CHATML_END + "\n",
+    response_marker="<|im_start|>assistant",
+    extract=_extract_chatml,
+)
+
+_BUILTIN = {ALPACA.name: ALPACA, PHI3.name: PHI3, CHATML.name: CHATML}
 _REGISTRY: dict[str, PromptStyle] = dict(_BUILTIN)
 
 
@@ -267,7 +294,7 @@ def register_prompt_style(
 
     Either pass a ready :class:`PromptStyle`, or a name plus its parts (see :class:`PromptStyle`
     and the module docstring for an example). Re-registering a name needs ``overwrite=True``;
-    the built-in ``alpaca`` and ``phi3`` cannot be replaced.
+    the built-in ``alpaca``, ``phi3`` and ``chatml`` cannot be replaced.
     """
     if isinstance(style, PromptStyle):
         if prompt is not None or response is not None:

@@ -43,7 +43,7 @@ def ollama_template(style: PromptStyle) -> str:
         "{{ if .System }}" + lit(parts.input_head) + "{{ .Prompt }}" + lit(parts.input_middle) + "{{ .System }}"
         + lit(parts.input_tail)
         + "{{ else }}" + lit(parts.plain_head) + "{{ .Prompt }}" + lit(parts.plain_tail) + "{{ end }}"
-        + lit(parts.header) + "{{ .Response }}"
+        + lit(parts.header) + "{{ .Response }}" + lit(parts.trailer)
     )
 
 
