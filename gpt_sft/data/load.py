@@ -10,6 +10,7 @@ atomically, reused offline afterwards), a local ``.json`` file (a list of object
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, DatasetInfo, Value, load_dataset
 
 from ..common.download import download_file, hub_offline_reason
+from .conversations import conversation_problem, resolve_format, to_messages
 from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, UnparsableLine, json_type_name,
                        validate_entries, with_article)
 
@@ -98,16 +100,18 @@ def _parse_jsonl(text: str, source: str, skip_invalid: bool = False) -> tuple[li
     return entries, lines
 
 
-def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str) -> Dataset:
-    """A Dataset with columns instruction, input, output, then every extra field (union, first-seen order)."""
-    keys: dict[str, None] = dict.fromkeys(TEXT_FIELDS)
+def _dataset_from_entries(entries: Sequence[Mapping[str, Any]], source: str,
+                          leading: Sequence[str] = TEXT_FIELDS) -> Dataset:
+    """A Dataset with the ``leading`` columns (instruction, input, output), then every extra field (union,
+    first-seen order)."""
+    keys: dict[str, None] = dict.fromkeys(leading)
     for entry in entries:
         for key in entry:
             if key not in keys:
                 keys[key] = None
     columns: dict[str, list[Any]] = {}
     for key in keys:
-        if key == "input":
+        if key == "input" and key in leading:
             columns[key] = [entry.get("input") or "" for entry in entries]
         else:
             columns[key] = [entry.get(key) for entry in entries]
@@ -162,9 +166,15 @@ def _set_origin(dataset: Dataset, source: str) -> Dataset:
     return dataset
 
 
-def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool,
-                      response_fields: Sequence[str] = ()) -> tuple[Dataset, LoadStats]:
-    """Check the columns and entries of a ``datasets.Dataset``; normalise ``input``."""
+def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
+                      data_format: str = "alpaca") -> tuple[Dataset, LoadStats]:
+    """Check the columns and entries of a ``datasets.Dataset``; normalise ``input``. Conversations are checked
+    and converted entry by entry (:func:`_load_entries`)."""
+    data_format = "alpaca" if response_fields else resolve_format(data_format, None, dataset.column_names)
+    if data_format != "alpaca":
+        if len(dataset) == 0:
+            raise InstructionDataError(source, "the data set is empty")
+        return _load_entries(dataset.to_list(), None, source, skip_invalid, (), data_format)
     missing = [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
     if missing:
         raise InstructionDataError(
@@ -233,6 +243,7 @@ def load_instruction_data(
     cache_dir: str | os.PathLike | None = ...,
     progress: bool = ...,
     response_fields: Sequence[str] = ...,
+    data_format: str = ...,
     **load_kwargs: Any,
 ) -> Dataset: ...
 
@@ -247,6 +258,7 @@ def load_instruction_data(
     cache_dir: str | os.PathLike | None = ...,
     progress: bool = ...,
     response_fields: Sequence[str] = ...,
+    data_format: str = ...,
     **load_kwargs: Any,
 ) -> tuple[Dataset, LoadStats]: ...
 
@@ -260,6 +272,7 @@ def load_instruction_data(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     response_fields: Sequence[str] = (),
+    data_format: str = "auto",
     **load_kwargs: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     """Load and validate instruction data; return a :class:`datasets.Dataset`.
@@ -274,10 +287,14 @@ def load_instruction_data(
         cache_dir: Download folder for URLs (default :func:`default_data_cache_dir`).
         progress: Show a progress bar while downloading.
         response_fields: More fields every entry needs as non-empty strings (preference data's
-            ``chosen`` and ``rejected``), validated like ``output``.
+            ``chosen`` and ``rejected``), validated like ``output``. Such data is always Alpaca data.
+        data_format: ``auto`` (what the first entry holds), ``alpaca``, ``messages`` or ``sharegpt``
+            (:mod:`gpt_sft.data.conversations`). Conversations load as one ``messages`` column (list of
+            ``{"role", "content"}``) and the entries' other fields; ShareGPT is converted to it here.
         **load_kwargs: Passed to :func:`datasets.load_dataset` for Hub names.
 
-    The columns are ``instruction``, ``input`` (``""`` where missing), ``output`` and any extra field.
+    The columns are ``instruction``, ``input`` (``""`` where missing), ``output`` and any extra field; for
+    conversations, ``messages`` and any extra field.
 
     Raises:
         InstructionDataError: the source cannot be read, is not a list of entries, is empty, or has an
@@ -290,32 +307,32 @@ def load_instruction_data(
     path: Path | None = None  # the file read, if any
     if isinstance(source, Dataset):
         name = dataset_origin(source)
-        dataset, stats = _validate_dataset(source, name, skip_invalid, response_fields)
+        dataset, stats = _validate_dataset(source, name, skip_invalid, response_fields, data_format)
     elif isinstance(source, (list, tuple)):
         name = "<list of entries>"
-        dataset, stats = _load_entries(list(source), None, name, skip_invalid, response_fields)
+        dataset, stats = _load_entries(list(source), None, name, skip_invalid, response_fields, data_format)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if text.startswith(("http://", "https://")):
             path = _download(text, cache_dir, progress)
             name = text
-            dataset, stats = _load_file(path, name, skip_invalid, response_fields)
+            dataset, stats = _load_file(path, name, skip_invalid, response_fields, data_format)
         elif "://" in text:
             raise InstructionDataError(text, "unsupported URL scheme (use http(s):// or a local path)")
         elif os.path.isfile(os.path.expanduser(text)):
             path = Path(text).expanduser()
             name = str(path)
-            dataset, stats = _load_file(path, name, skip_invalid, response_fields)
+            dataset, stats = _load_file(path, name, skip_invalid, response_fields, data_format)
         elif os.path.isdir(os.path.expanduser(text)):
             name = str(Path(text).expanduser())
-            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs, response_fields)
+            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs, response_fields, data_format)
         elif _looks_like_path(text) or isinstance(source, os.PathLike):
             raise InstructionDataError(text, "file not found")
         else:
             name = text
             if "data_files" in load_kwargs:
                 name = f"{text} (data_files={load_kwargs['data_files']})"
-            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs, response_fields)
+            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs, response_fields, data_format)
     else:
         raise TypeError(f"load_instruction_data: unsupported source type {type(source).__name__}")
     stats.sha256 = _sha256(path) if path is not None else None
@@ -346,20 +363,28 @@ def _download(url: str, cache_dir: str | os.PathLike | None, progress: bool) -> 
 
 
 def _load_entries(
-    entries: list[Any], lines: list[int] | None, source: str, skip_invalid: bool, response_fields: Sequence[str] = ()
+    entries: list[Any], lines: list[int] | None, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
+    data_format: str = "alpaca",
 ) -> tuple[Dataset, LoadStats]:
     if not entries:
         raise InstructionDataError(source, "the data set is empty (no entries)")
+    # the first entry that is an object says the format (a JSON Lines line that is not JSON says nothing)
+    first = next((entry for entry in entries if isinstance(entry, Mapping)), None)
+    data_format = "alpaca" if response_fields else resolve_format(data_format, first)
+    problem = None if data_format == "alpaca" else functools.partial(conversation_problem, data_format=data_format)
     valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, lines=lines,
-                                    response_fields=response_fields)
+                                    response_fields=response_fields, problem=problem)
+    stats.data_format = data_format
     if not valid:
         raise InstructionDataError(source, f"no valid entries (all {stats.num_read} were skipped: {stats.skipped})")
     kept = entries if len(valid) == len(entries) else [entries[i] for i in valid]
+    if data_format != "alpaca":  # ShareGPT becomes messages here, once
+        return _dataset_from_entries([to_messages(entry, data_format) for entry in kept], source, ("messages",)), stats
     return _dataset_from_entries(kept, source), stats
 
 
-def _load_file(path: Path, source: str, skip_invalid: bool,
-               response_fields: Sequence[str] = ()) -> tuple[Dataset, LoadStats]:
+def _load_file(path: Path, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
+               data_format: str = "alpaca") -> tuple[Dataset, LoadStats]:
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl") or suffix not in _FILE_BUILDERS:
         if suffix not in (".json", ".jsonl"):
@@ -372,18 +397,18 @@ def _load_file(path: Path, source: str, skip_invalid: bool,
                 ) from None
         else:
             entries, lines = _read_json(path, source, skip_invalid)
-        return _load_entries(entries, lines, source, skip_invalid, response_fields)
+        return _load_entries(entries, lines, source, skip_invalid, response_fields, data_format)
     try:
         dataset = load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - any reader error becomes one clear message
         raise InstructionDataError(source, f"could not read the file ({err.__class__.__name__}: {err})") from None
-    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields)
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format)
     return _set_origin(dataset, source), stats
 
 
 def _load_hub(
     name: str, source: str, split: str, skip_invalid: bool, load_kwargs: dict[str, Any],
-    response_fields: Sequence[str] = (),
+    response_fields: Sequence[str] = (), data_format: str = "alpaca",
 ) -> tuple[Dataset, LoadStats]:
     if not _offline_by_choice() and not os.path.isdir(name):
         offline = hub_offline_reason()
@@ -402,7 +427,7 @@ def _load_hub(
             f"If it is a Hugging Face Hub data set, check the name and your network (HF_DATASETS_OFFLINE "
             f"is {os.environ.get('HF_DATASETS_OFFLINE', 'unset')}). {_LOCAL_FILE_HINT}",
         ) from None
-    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields)
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format)
     return _set_origin(dataset, source), stats
 
 

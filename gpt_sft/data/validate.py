@@ -12,7 +12,7 @@ file order) and the problem; with ``skip_invalid=True`` it is skipped, counted b
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,13 +59,15 @@ class LoadStats:
     skipped_indices: list[int] = field(default_factory=list)
     sha256: str | None = None  # of the file read (a local file or a downloaded URL)
     fingerprint: str | None = None  # datasets' fingerprint of the loaded data set
+    data_format: str = "alpaca"  # what the source held: alpaca, messages or sharegpt (loaded as messages)
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped_indices)
 
     def __str__(self) -> str:
-        text = f"{self.source}: loaded {self.num_loaded} of {self.num_read} entries"
+        what = "entries" if self.data_format == "alpaca" else f"conversations ({self.data_format})"
+        text = f"{self.source}: loaded {self.num_loaded} of {self.num_read} {what}"
         if self.skipped:
             reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
             text += f"; skipped {self.num_skipped} invalid ({reasons})"
@@ -136,8 +138,12 @@ def validate_entries(
     skip_invalid: bool = False,
     lines: Sequence[int] | None = None,
     response_fields: Sequence[str] = (),
+    problem: Callable[[Any], tuple[str, str] | None] | None = None,
 ) -> tuple[list[int], LoadStats]:
     """Check instruction entries; return the indices of the valid ones and the stats.
+
+    ``problem`` replaces the check of an instruction entry (conversations have their own:
+    :func:`gpt_sft.data.conversations.conversation_problem`); it returns ``(reason, message)`` or ``None``.
 
     Raises :class:`InstructionDataError` on the first invalid entry (mentioning how many more there
     are) unless ``skip_invalid`` is true. ``lines`` gives each entry's line number (JSON Lines).
@@ -147,14 +153,14 @@ def validate_entries(
     bad: list[int] = []
     first: tuple[int, str] | None = None
     for i, entry in enumerate(entries):
-        problem = _entry_problem(entry, response_fields)
-        if problem is None:
+        found = _entry_problem(entry, response_fields) if problem is None else problem(entry)
+        if found is None:
             valid.append(i)
             continue
-        reasons[problem[0]] += 1
+        reasons[found[0]] += 1
         bad.append(i)
         if first is None:
-            first = (i, problem[1])
+            first = (i, found[1])
     if bad and not skip_invalid:
         i, message = first
         if len(bad) > 1:

@@ -1,0 +1,110 @@
+"""Conversation data: the ``messages`` and ShareGPT formats, how a format is detected, and what a valid conversation is.
+
+A ``messages`` entry (the OpenAI / Hugging Face format) has a list ``messages`` of ``{"role", "content"}`` objects,
+roles ``system``, ``user`` and ``assistant``. A ShareGPT entry has a list ``conversations`` of ``{"from", "value"}``
+objects, with ``system``, ``human`` and ``gpt``; it is converted to a ``messages`` entry once, when it is loaded,
+and nothing later sees ShareGPT. Other fields of an entry are kept.
+
+A valid conversation: an optional system message first, then user and assistant messages taking turns, starting
+with a user message, with at least one assistant message; every content a non-empty string without
+``<|endoftext|>``; in training data it ends on an assistant message (there is nothing to learn after a question).
+A bad entry raises one :class:`~gpt_sft.data.validate.InstructionDataError` naming the source, the entry and the
+turn (0-based, as in the file); ``skip_invalid`` counts and skips it (:func:`~gpt_sft.data.validate.validate_entries`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .validate import END_OF_TEXT, UnparsableLine, json_type_name
+
+DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt")
+CONVERSATION_FORMATS = ("messages", "sharegpt")
+ROLES = ("system", "user", "assistant")
+# ShareGPT's names for the roles, and the keys of one of its turns
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+_KEYS = {"messages": ("messages", "role", "content"), "sharegpt": ("conversations", "from", "value")}
+
+
+def _role_names(data_format: str) -> dict[str, str]:
+    """The format's role names -> ours."""
+    return SHAREGPT_ROLES if data_format == "sharegpt" else {role: role for role in ROLES}
+
+
+def detect_format(first: Any, columns: Sequence[str] | None = None) -> str:
+    """``alpaca``, ``messages`` or ``sharegpt``: what the first entry (or a data set's columns) holds. An entry with
+    an ``instruction`` is Alpaca data whatever else it has; anything unrecognisable is left to Alpaca's validation,
+    whose errors say what an entry needs."""
+    keys = set(columns) if columns is not None else set(first) if isinstance(first, Mapping) else set()
+    if "instruction" in keys:
+        return "alpaca"
+    for name, (list_key, _, _) in _KEYS.items():
+        if list_key in keys:
+            return name
+    return "alpaca"
+
+
+def resolve_format(data_format: str, first: Any, columns: Sequence[str] | None = None) -> str:
+    """``data_format``, or with ``auto`` the detected one."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"--data-format {data_format!r}: choose from {', '.join(DATA_FORMATS)}")
+    return detect_format(first, columns) if data_format == "auto" else data_format
+
+
+def conversation_problem(entry: Any, data_format: str, training: bool = True) -> tuple[str, str] | None:
+    """``(reason, message)`` if ``entry`` is not a valid conversation of ``data_format`` (``messages`` or
+    ``sharegpt``), else ``None``. The message names the turn."""
+    list_key, role_key, content_key = _KEYS[data_format]
+    roles = _role_names(data_format)
+    if isinstance(entry, UnparsableLine):
+        return "not valid JSON", entry.message
+    if not isinstance(entry, Mapping):
+        return "not an object", f"expected an object with {list_key!r}, got {json_type_name(entry)}"
+    turns = entry.get(list_key)
+    if not isinstance(turns, list) or not turns:
+        found = "is missing" if list_key not in entry else f"is {json_type_name(turns)}" if turns != [] else "is empty"
+        return f"no '{list_key}'", f"field {list_key!r} {found}; a {data_format} entry needs a non-empty list of turns"
+    previous = None
+    for t, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            return "turn not an object", f"turn {t}: expected an object with {role_key!r} and {content_key!r}, " \
+                                         f"got {json_type_name(turn)}"
+        raw_role, content = turn.get(role_key), turn.get(content_key)
+        role = roles.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
+            return "unknown role", f"turn {t}: unknown {role_key!r} {raw_role!r} (expected one of " \
+                                   f"{', '.join(roles)})"
+        if not isinstance(content, str):
+            return "content not a string", f"turn {t}: {content_key!r} must be a string, got {json_type_name(content)}"
+        if not content.strip():
+            return "empty content", f"turn {t}: {content_key!r} is empty"
+        if END_OF_TEXT in content:
+            return f"'{END_OF_TEXT}' in content", f"turn {t}: {content_key!r} contains '{END_OF_TEXT}', GPT-2's " \
+                                                  "end-of-text/padding token; remove it"
+        if role == "system" and t > 0:
+            return "system message not first", f"turn {t}: a system message is allowed only as the first turn"
+        if role == "user" and previous == "user":
+            return "two user turns in a row", f"turn {t}: two user turns in a row (turns {t - 1} and {t})"
+        if role == "assistant" and previous != "user":
+            return "assistant turn without a question", f"turn {t}: an assistant turn must follow a user turn"
+        previous = role
+    if "assistant" not in {roles.get(turn.get(role_key)) for turn in turns}:
+        return "no assistant turn", "the conversation has no assistant turn"
+    if training and previous == "user":
+        return "ends on a user turn", f"turn {len(turns) - 1}: training data must end on an assistant turn, not a " \
+                                      "user turn"
+    return None
+
+
+def to_messages(entry: Mapping[str, Any], data_format: str) -> dict[str, Any]:
+    """A valid entry in the ``messages`` format: its turns as ``{"role", "content"}`` (only those keys), its other
+    fields kept. ShareGPT's ``conversations`` becomes ``messages``."""
+    list_key, role_key, content_key = _KEYS[data_format]
+    roles = _role_names(data_format)
+    messages = [{"role": roles[turn[role_key]], "content": turn[content_key]} for turn in entry[list_key]]
+    return {"messages": messages, **{k: v for k, v in entry.items() if k not in (list_key, "messages")}}
+
+
+__all__ = ["CONVERSATION_FORMATS", "DATA_FORMATS", "ROLES", "SHAREGPT_ROLES", "conversation_problem",
+           "detect_format", "resolve_format", "to_messages"]
