@@ -67,7 +67,9 @@ class InstructionDataCollator:
             real token attends to padding, so the loss is the same without it.
 
     Examples are dicts with ``input_ids`` (list, tensor or array; without end-of-text) and optionally
-    ``prompt_length``, or plain token lists. Returns CPU ``torch.long`` tensors.
+    ``prompt_length``, or plain token lists. Returns CPU ``torch.long`` tensors. A conversation
+    (:func:`gpt_sft.data.tokenize_dataset` of ``messages`` data) also has ``loss_mask``, 1 for each token that is a
+    target: its labels follow it (``mask_prompt`` does not apply), and the appended end-of-text is a target.
 
     The book's worked example:
 
@@ -117,14 +119,16 @@ class InstructionDataCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any] | Sequence[int]]) -> dict[str, torch.Tensor]:
         if len(examples) == 0:
             raise ValueError("cannot collate an empty batch")
-        sequences, prompt_lengths = [], []
+        sequences, prompt_lengths, loss_masks = [], [], []
         for i, example in enumerate(examples):
             if isinstance(example, Mapping):
                 ids = example["input_ids"]
                 prompt_length = example.get("prompt_length")
+                loss_masks.append(example.get("loss_mask"))
             else:
                 ids, prompt_length = example, None
-            if self.mask_prompt and prompt_length is None:
+                loss_masks.append(None)
+            if self.mask_prompt and prompt_length is None and loss_masks[-1] is None:
                 raise ValueError(
                     f"mask_prompt=True needs 'prompt_length' in every example (example {i} has none); "
                     "gpt_sft.data.tokenize_dataset adds it (with transformers.Trainer, pass "
@@ -151,8 +155,17 @@ class InstructionDataCollator:
             # The book: targets[:prompt_length - 1] = ignore_index  <=>  labels[:prompt_length] (labels[0]
             # is never a target). A prompt length of 0 masks nothing.
             for row, prompt_length in enumerate(prompt_lengths):
-                if int(prompt_length) > 0:
+                if loss_masks[row] is None and int(prompt_length) > 0:
                     labels[row, : int(prompt_length)] = self.ignore_index
+        for row, loss_mask in enumerate(loss_masks):
+            if loss_mask is not None:
+                # A conversation has an end-of-text after every answer, which the rule above would ignore as
+                # padding: its tokens keep the labels its loss mask gives them, and the appended end-of-text,
+                # which closes the last answer, stays a target.
+                seq = sequences[row]
+                keep = torch.as_tensor(loss_mask, dtype=torch.bool).reshape(-1)
+                labels[row, : len(seq)] = torch.where(keep, seq, torch.full_like(seq, self.ignore_index))
+                labels[row, len(seq)] = self.pad_token_id
 
         batch = {"input_ids": input_ids, "labels": labels}
         if self.return_attention_mask:

@@ -20,6 +20,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from ..common.atomic_io import write_json_atomic
+from .conversation_format import ConversationLayout, conversation_layout
 from .load import load_instruction_data
 from .prompts import PromptStyle, get_prompt_style, registered_prompt_style
 from .split import split_dataset
@@ -52,6 +53,11 @@ class Recipe:
     skip_invalid: bool = False
     data_sha256: str | None = None
     data_fingerprint: str | None = None
+    # Conversations: the format read (messages or sharegpt), what the loss covered, and the exact text around each
+    # message (conversation_format.ConversationLayout), so that every later stage formats them as training did.
+    data_format: str = "alpaca"
+    train_on: str | None = None
+    conversation_layout: dict[str, Any] | None = None
 
     @classmethod
     def of_training(cls, cfg: Any, style: PromptStyle, stats: LoadStats) -> "Recipe":
@@ -59,7 +65,27 @@ class Recipe:
         return cls(data=str(cfg.data), prompt_style=str(cfg.prompt_style) if not isinstance(cfg.prompt_style, PromptStyle)
                    else cfg.prompt_style.name, prompt_style_spec=style.spec(), train_fraction=cfg.train_fraction,
                    test_fraction=cfg.test_fraction, shuffle_split=cfg.shuffle_split, seed=cfg.seed,
-                   skip_invalid=cfg.skip_invalid, data_sha256=stats.sha256, data_fingerprint=stats.fingerprint)
+                   skip_invalid=cfg.skip_invalid, data_sha256=stats.sha256, data_fingerprint=stats.fingerprint,
+                   **cls.conversation_fields(cfg, style, stats.data_format))
+
+    @staticmethod
+    def conversation_fields(cfg: Any, style: PromptStyle, data_format: str) -> dict[str, Any]:
+        """What a recipe records about conversations (nothing but the format for Alpaca data)."""
+        if data_format == "alpaca":
+            return {"data_format": data_format}
+        return {"data_format": data_format, "train_on": getattr(cfg, "train_on", "assistant"),
+                "conversation_layout": conversation_layout(style).spec()}
+
+    @property
+    def conversational(self) -> bool:
+        """Whether the run was trained on conversations (its checkpoints get the multi-turn chat template)."""
+        return self.data_format != "alpaca"
+
+    def layout(self) -> ConversationLayout:
+        """The text around each message of the run's conversations, as recorded (else the style's)."""
+        if self.conversation_layout:
+            return ConversationLayout.from_spec(self.conversation_layout)
+        return conversation_layout(self.style())
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "Recipe | None":
@@ -116,7 +142,8 @@ class Recipe:
         """The run's train / validation / test splits, made again exactly as training made them."""
         if not self.data:
             raise ValueError("the checkpoint's recipe names no data: pass --data")
-        dataset, stats = load_instruction_data(self.data, skip_invalid=self.skip_invalid, return_stats=True)
+        dataset, stats = load_instruction_data(self.data, skip_invalid=self.skip_invalid, return_stats=True,
+                                               data_format=self.data_format)
         if self.data_sha256 and stats.sha256 and stats.sha256 != self.data_sha256:
             warn_recipe(f"{self.data} changed since the run was trained (SHA-256 {stats.sha256[:12]}..., recorded "
                         f"{self.data_sha256[:12]}...): its splits are not the run's")

@@ -26,7 +26,8 @@ from typing import Any, Literal, overload
 
 from datasets import Dataset
 
-from ..model.tokenizer import GPT2_PAT_STR, get_tokenizer
+from ..model.tokenizer import END_OF_TEXT_ID, GPT2_PAT_STR, get_tokenizer
+from .conversation_format import ConversationLayout, conversation_layout, render_pieces
 from .load import dataset_origin
 from .prompts import PromptStyle, get_prompt_style
 from .validate import END_OF_TEXT, REQUIRED_FIELDS, InstructionDataError
@@ -34,6 +35,8 @@ from .validate import END_OF_TEXT, REQUIRED_FIELDS, InstructionDataError
 logger = logging.getLogger(__name__)
 
 _MIN_TEXTS_PER_THREAD = 256
+# What the loss of a conversation covers: every answer, the last one, or every token (see tokenize_dataset).
+TRAIN_ON = ("assistant", "last", "all")
 
 
 @dataclass
@@ -81,6 +84,8 @@ class TokenizationStats:
                 f"; {self.num_overlong} over-long (more than allowed_max_length={self.allowed_max_length} "
                 f"tokens: the end-of-text target is cut), {action}"
             )
+            if self.overlong == "truncate" and self.num_dropped:
+                text += f" ({self.num_dropped} dropped: a conversation whose last exchange alone is too long)"
         return text
 
 
@@ -167,6 +172,92 @@ def _prompt_length(full_ids: list[int], token_bytes: list[int], prompt_bytes: in
     return count + 1 if count < len(ends) and ends[count] == prompt_bytes else None
 
 
+def _encode_parts(encoder: _Encoder, prompts: list[str], texts: list[str]) -> tuple[list[list[int]], list[int]]:
+    """The tokens of each ``texts[j]`` (which starts with ``prompts[j]``) and how many of them are the prompt's."""
+    n = len(texts)
+    full_ids = encoder.encode(texts)  # the book: tokenizer.encode(full_text)
+    # The book: len(tokenizer.encode(prompt)). With GPT-2's regex and a clean boundary that is the
+    # number of leading tokens of the full text covering the prompt's bytes (no second encoding).
+    prompt_lengths: list[int | None] = [None] * n
+    if encoder.token_bytes is not None:
+        for j, prompt in enumerate(prompts):
+            if _splits_cleanly(prompt, texts[j][len(prompt):]):
+                prompt_lengths[j] = _prompt_length(full_ids[j], encoder.token_bytes, len(prompt.encode("utf-8")))
+    todo = [j for j in range(n) if prompt_lengths[j] is None]
+    if todo:
+        for j, ids in zip(todo, encoder.encode([prompts[j] for j in todo])):
+            prompt_lengths[j] = len(ids)
+    return full_ids, prompt_lengths
+
+
+def _join_exchanges(chunks: list[list[int]], prompt_lengths: list[int], train_on: str) -> tuple[list[int], list[int]]:
+    """One conversation's tokens, its exchanges joined by end-of-text (id 50256; the collator appends the last), and
+    its loss mask: 1 for each token that is a target. An exchange's target is its response (the style's answer
+    header, the answer, the end-of-text after it), as ``mask_prompt`` makes it for one turn."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for k, (chunk, prompt_length) in enumerate(zip(chunks, prompt_lengths)):
+        if k:  # the end-of-text closing the previous answer
+            ids.append(END_OF_TEXT_ID)
+            mask.append(int(train_on != "last"))
+        trained = train_on == "assistant" or (train_on == "last" and k == len(chunks) - 1)
+        start = 0 if train_on == "all" else prompt_length if trained else len(chunk)
+        ids += chunk
+        mask += [0] * start + [1] * (len(chunk) - start)
+    return ids, mask
+
+
+def _conversation_batches(encoder: _Encoder, layout: ConversationLayout, limit: int | None, overlong: str,
+                          train_on: str, stats: TokenizationStats, source: str) -> Callable:
+    """The batch function of :func:`tokenize_dataset` for a ``messages`` column: ``(new columns, kept rows)``. An
+    over-long conversation loses whole exchanges from the start (its system message stays) until it fits; one that
+    does not fit even with its last exchange alone is dropped (never cut inside a turn), as is every over-long one
+    with ``overlong="drop"``."""
+
+    def encode(conversations: list[list[tuple[str, str]]]) -> list[tuple[list[int], list[int]]]:
+        pieces = [piece for conversation in conversations for piece in conversation]
+        full_ids, prompt_lengths = _encode_parts(encoder, [p for p, _ in pieces], [p + r for p, r in pieces])
+        joined, at = [], 0
+        for conversation in conversations:
+            end = at + len(conversation)
+            joined.append(_join_exchanges(full_ids[at:end], prompt_lengths[at:end], train_on))
+            at = end
+        return joined
+
+    def shortened(messages: list[dict]) -> tuple[list[int], list[int]] | None:
+        for first in range(1, len(render_pieces(messages, layout))):
+            ids, mask = encode([render_pieces(messages, layout, first)])[0]
+            if len(ids) <= limit:
+                return ids, mask
+        return None
+
+    def tokenize(batch: dict[str, list[Any]], indices: list[int]) -> tuple[dict[str, list[Any]], list[int]]:
+        for j, messages in enumerate(batch["messages"]):
+            if any(END_OF_TEXT in message["content"] for message in messages):
+                raise InstructionDataError(source, f"a message contains '{END_OF_TEXT}', GPT-2's end-of-text/padding "
+                                                   "token; remove it (load_instruction_data rejects such entries)",
+                                           indices[j])
+        encoded = encode([render_pieces(messages, layout) for messages in batch["messages"]])
+        keep, out = [], {"input_ids": [], "prompt_length": [], "loss_mask": []}
+        for j, (ids, mask) in enumerate(encoded):
+            stats.longest = max(stats.longest, len(ids) + 1)
+            if limit is not None and len(ids) > limit:
+                stats.num_overlong += 1
+                fitted = None if overlong == "drop" else shortened(batch["messages"][j])
+                if fitted is None:
+                    stats.num_dropped += 1
+                    continue
+                (ids, mask), stats.num_truncated = fitted, stats.num_truncated + 1
+            stats.num_tokens += len(ids)
+            keep.append(j)
+            out["input_ids"].append(ids)
+            out["loss_mask"].append(mask)
+            out["prompt_length"].append(mask.index(1) if 1 in mask else len(ids))  # the tokens before the first target
+        return out, keep
+
+    return tokenize
+
+
 @overload
 def tokenize_dataset(
     dataset: Dataset,
@@ -179,6 +270,7 @@ def tokenize_dataset(
     batch_size: int = ...,
     num_threads: int | None = ...,
     return_stats: Literal[False] = ...,
+    train_on: str = ...,
 ) -> Dataset: ...
 
 
@@ -194,6 +286,7 @@ def tokenize_dataset(
     batch_size: int = ...,
     num_threads: int | None = ...,
     return_stats: Literal[True],
+    train_on: str = ...,
 ) -> tuple[Dataset, TokenizationStats]: ...
 
 
@@ -208,6 +301,7 @@ def tokenize_dataset(
     batch_size: int = 2000,
     num_threads: int | None = None,
     return_stats: bool = False,
+    train_on: str = "assistant",
 ) -> Dataset | tuple[Dataset, TokenizationStats]:
     """Tokenize instruction entries with a batched ``Dataset.map``.
 
@@ -235,6 +329,10 @@ def tokenize_dataset(
             texts of a batch. Default: 1 on machines with up to 2 CPUs (measured: a second thread only
             adds GIL hand-over cost there), else the number of CPUs, at most 4.
         return_stats: Also return a :class:`TokenizationStats`.
+        train_on: For conversations (a ``messages`` column, :mod:`gpt_sft.data.conversation_format`): the loss
+            covers ``assistant`` every answer (the style's answer header, the answer and its end-of-text), ``last``
+            only the last one, ``all`` every token. Conversations get a ``loss_mask`` column (1: a target), which
+            the collator uses instead of ``mask_prompt``, and ``prompt_length``: the tokens before the first target.
 
     Over-long counts are logged as a warning. ``<|endoftext|>`` in the formatted text raises
     :class:`InstructionDataError` (entry index given). Results are computed in memory every time
@@ -250,7 +348,10 @@ def tokenize_dataset(
         num_threads = 1 if cpus <= 2 else min(4, cpus)
     encoder = _batch_encoder(tokenizer, num_threads)
     source = dataset_origin(dataset)
-    missing = [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"--train-on {train_on!r}: choose from {', '.join(TRAIN_ON)}")
+    conversational = "messages" in dataset.column_names and "instruction" not in dataset.column_names
+    missing = [] if conversational else [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
     if missing:
         raise InstructionDataError(
             source, f"missing column(s) {missing} (found {dataset.column_names}); load it with load_instruction_data"
@@ -259,12 +360,13 @@ def tokenize_dataset(
         raise InstructionDataError(source, "the data set is empty: nothing to tokenize")
     stats = TokenizationStats(num_examples=len(dataset), allowed_max_length=allowed_max_length, overlong=overlong)
     columns = list(dataset.column_names)
-    for new in ("input_ids", "prompt_length"):
+    new_columns = ["input_ids", "prompt_length", *(["loss_mask"] if conversational else [])]
+    for new in new_columns:
         if new in columns:
             columns.remove(new)  # re-tokenizing replaces them
     limit = allowed_max_length
 
-    def tokenize(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+    def instruction_batches(batch: dict[str, list[Any]], indices: list[int]) -> tuple[dict[str, list[Any]], list[int]]:
         n = len(indices)
         rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
         prompts, texts = [], []
@@ -279,18 +381,7 @@ def tokenize_dataset(
                 )
             prompts.append(prompt)
             texts.append(prompt + response)
-        full_ids = encoder.encode(texts)  # the book: tokenizer.encode(full_text)
-        # The book: len(tokenizer.encode(prompt)). With GPT-2's regex and a clean boundary that is the
-        # number of leading tokens of the full text covering the prompt's bytes (no second encoding).
-        prompt_lengths: list[int | None] = [None] * n
-        if encoder.token_bytes is not None:
-            for j, prompt in enumerate(prompts):
-                if _splits_cleanly(prompt, texts[j][len(prompt):]):
-                    prompt_lengths[j] = _prompt_length(full_ids[j], encoder.token_bytes, len(prompt.encode("utf-8")))
-        todo = [j for j in range(n) if prompt_lengths[j] is None]
-        if todo:
-            for j, ids in zip(todo, encoder.encode([prompts[j] for j in todo])):
-                prompt_lengths[j] = len(ids)
+        full_ids, prompt_lengths = _encode_parts(encoder, prompts, texts)
         keep: list[int] = []
         ids_out, plen_out = [], []
         for j in range(n):
@@ -314,16 +405,21 @@ def tokenize_dataset(
             keep.append(j)
             ids_out.append(ids)
             plen_out.append(prompt_lengths[j])
-        out = {"input_ids": ids_out, "prompt_length": plen_out}
+        return {"input_ids": ids_out, "prompt_length": plen_out}, keep
+
+    batches = (_conversation_batches(encoder, conversation_layout(prompt_style), limit, overlong, train_on, stats,
+                                     source) if conversational else instruction_batches)
+
+    def tokenize(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        out, keep = batches(batch, indices)
         if keep_columns:
             for c in columns:
                 values = batch[c]
-                out[c] = values if len(keep) == n else [values[j] for j in keep]
+                out[c] = values if len(keep) == len(indices) else [values[j] for j in keep]
         return out
 
-    fingerprint = hashlib.sha256(
-        repr((dataset._fingerprint, repr(prompt_style), encoder.name, limit, overlong, keep_columns)).encode()
-    ).hexdigest()[:16]
+    settings = (dataset._fingerprint, repr(prompt_style), encoder.name, limit, overlong, keep_columns)
+    fingerprint = hashlib.sha256(repr(settings + ((train_on,) if conversational else ())).encode()).hexdigest()[:16]
     start = time.perf_counter()
     result = dataset.map(
         tokenize,
@@ -346,7 +442,7 @@ def tokenize_dataset(
             "overlong='truncate'",
         )
     if keep_columns:
-        result = result.select_columns([*columns, "input_ids", "prompt_length"])
+        result = result.select_columns([*columns, *new_columns])
     if stats.num_overlong:
         logger.warning("%s: %s", source, stats)
     return (result, stats) if return_stats else result

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..common.atomic_io import atomic_directory, write_json_atomic
 from ..data.chat_template import chat_template
+from ..data.conversation_format import ConversationLayout, conversation_chat_template
 from ..data.prompts import PromptStyle
 from ..model.tokenizer import END_OF_TEXT_ID, get_hf_tokenizer
 
@@ -29,6 +30,7 @@ def save_checkpoint(
     tokenizer=None,
     *,
     prompt_style: PromptStyle | str | None = "alpaca",
+    conversation_layout: ConversationLayout | None = None,
     extra_json: dict[str, object] | None = None,
     write_extra: Callable[[Path], None] | None = None,
     safe_serialization: bool = True,
@@ -43,12 +45,17 @@ def save_checkpoint(
         prompt_style: The prompt style the model was trained with: the tokenizer gets its chat template
             (:func:`gpt_sft.data.chat_template.chat_template`), so ``apply_chat_template`` and ``pipeline(messages)``
             build the model's own prompt. ``None`` leaves the tokenizer's template as it is.
+        conversation_layout: For a model trained on conversations (its recipe's :meth:`Recipe.layout`): the
+            tokenizer gets the multi-turn template instead
+            (:func:`gpt_sft.data.conversation_format.conversation_chat_template`).
         extra_json: ``{file name: object}`` written as JSON files into the folder (training args, metrics).
         write_extra: Called with the temporary folder to add more files (plots, model card) before
             the rename.
     """
     tokenizer = tokenizer if tokenizer is not None else get_hf_tokenizer()
-    if prompt_style is not None:
+    if conversation_layout is not None:
+        tokenizer.chat_template = conversation_chat_template(conversation_layout)
+    elif prompt_style is not None:
         try:
             tokenizer.chat_template = chat_template(prompt_style)
         except ValueError as err:

@@ -194,6 +194,9 @@ def save_run(run: Run) -> tuple[Path, object]:
     adapter = bool(cfg.lora_rank) and not cfg.merge_lora
     model = run.model.merge_and_unload() if cfg.lora_rank and cfg.merge_lora else run.model
     if accelerator.is_main_process:
+        recipe = Recipe.of_training(cfg, get_prompt_style(cfg.prompt_style), run.data.load_stats or LoadStats(cfg.data, 0, 0))
+        # a run on conversations gets the multi-turn chat template, made from the layout its recipe records
+        layout = recipe.layout() if recipe.conversational else None
         recorded = recorded_names(output_dir)
         for name in STALE_EVALUATION_FILES:
             if name in recorded:  # a file of that name the run did not write is not ours to remove
@@ -208,13 +211,14 @@ def save_run(run: Run) -> tuple[Path, object]:
             run.stage.plot(run, tmp)
             (tmp / "README.md").write_text(render_model_card(cfg, metrics, stage=run.stage), encoding="utf-8")
             if adapter:
-                save_checkpoint(base_without_adapters(model), tmp / BASE_FOLDER, prompt_style=cfg.prompt_style)
+                save_checkpoint(base_without_adapters(model), tmp / BASE_FOLDER, prompt_style=cfg.prompt_style,
+                                conversation_layout=layout)
                 write_base_record(tmp, tmp / BASE_FOLDER)
 
         stage = output_dir / ".final-stage"
         with reporting_disk_full("the trained model", output_dir):
-            recipe = Recipe.of_training(cfg, get_prompt_style(cfg.prompt_style), run.data.load_stats or LoadStats(cfg.data, 0, 0))
             save_checkpoint(_AdapterOnly(model) if adapter else model, stage, prompt_style=cfg.prompt_style,
+                            conversation_layout=layout,
                             extra_json={"training_args.json": config_to_dict(cfg), "metrics.json": metrics,
                                         RECIPE_FILE: dataclasses.asdict(recipe)},
                             write_extra=extras)

@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass
 
 from ..common.options import option
+from ..data.conversations import DATA_FORMATS
 from ..data.load import BOOK_DATA_URL
+from ..data.tokenize import TRAIN_ON
 from .loss import LossPaths
 
 # What `--export` (and `gpt-sft export --format`) can write.
@@ -32,7 +34,14 @@ class TrainConfig:
     tie_word_embeddings: bool | None = option(None, "Tie the output head to the token embedding. Default: a gpt-sft "
                                           "checkpoint keeps its own choice; anything else is untied, as in the book")
     # --- data
-    data: str = option(BOOK_DATA_URL, "Instruction data: URL, .json/.jsonl file or Hub data set name")
+    data: str = option(BOOK_DATA_URL, "Instruction data: URL, .json/.jsonl file or Hub data set name; Alpaca entries "
+                       "(instruction/input/output) or conversations (messages, or ShareGPT conversations)")
+    data_format: str = option("auto", "What --data holds: auto (what its first entry has), alpaca, messages "
+                              "(role/content) or sharegpt (from/value, converted to messages)",
+                              choices=list(DATA_FORMATS))
+    train_on: str = option("assistant", "Conversations: what the loss covers: every assistant turn with its "
+                           "end-of-text, only the last one, or all tokens (Alpaca data uses --mask-prompt)",
+                           choices=list(TRAIN_ON))
     prompt_style: str = option("alpaca", "Prompt style: alpaca, phi3 or a registered one")
     mask_prompt: bool = option(False, "Exclude the prompt tokens from the loss (exercise 7.2)")
     allowed_max_length: int | None = option(None, "Longest training sequence in tokens; longer examples are truncated. "

@@ -29,15 +29,18 @@ class SFTStage(Stage):
     config_type = TrainConfig
 
     def load(self):
-        return load_instruction_data(self.cfg.data, skip_invalid=self.cfg.skip_invalid, return_stats=True)
+        return load_instruction_data(self.cfg.data, skip_invalid=self.cfg.skip_invalid, return_stats=True,
+                                     data_format=self.cfg.data_format)
 
     def tokenize(self, split):
         cfg = self.cfg
         tokenized, stats = tokenize_dataset(
             split, style=cfg.prompt_style, allowed_max_length=cfg.allowed_max_length,
             overlong="drop" if cfg.drop_overlong else "truncate", keep_columns=False, return_stats=True,
+            train_on=cfg.train_on,
         )
-        return tokenized.with_format(columns=["input_ids", "prompt_length"]), stats
+        # a conversation's loss mask travels with it (tokenize_dataset adds it to conversations only)
+        return tokenized.with_format(columns=tokenized.column_names), stats
 
     def collator(self):
         return InstructionDataCollator(allowed_max_length=self.cfg.allowed_max_length, mask_prompt=self.cfg.mask_prompt)
