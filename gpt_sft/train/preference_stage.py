@@ -71,6 +71,9 @@ class PreferenceStage(Stage):
     state_type = PreferenceState
     unit = "pairs"
     data_label = "preference data"
+    # conversational preference data (TRL's prompt/chosen/rejected messages) is issue 25's item 7, not here yet
+    refused = {"data_format": "preference data is read as instruction/input with chosen and rejected",
+               "train_on": "it applies to conversations, which preference tuning does not read yet"}
     title: ClassVar[str]  # the method's name in the card and the plot ("DPO")
     tuned: ClassVar[str | None] = None  # the card's "... {tuned} with gpt-sft"; default "preference-tuned with TITLE"
     from_sft: ClassVar[bool] = True  # tunes an SFT model (the card calls --model that); ORPO also starts from a base
