@@ -26,7 +26,7 @@ from gpt_sft.data.validate import InstructionDataError
 from gpt_sft.model.tokenizer import get_tokenizer
 from gpt_sft.train import loop
 from gpt_sft.train.config import TrainConfig
-from gpt_sft.train.loop import make_accelerator, setup
+from gpt_sft.train.loop import make_accelerator
 from gpt_sft.train.loss import BOOK, base_model
 from gpt_sft.train.stage import Stage
 from gpt_sft.train.stages import STAGES, stage_class
@@ -117,10 +117,10 @@ def test_a_refused_option_is_one_line_naming_the_flag_and_sets_nothing(pairs_fil
 
     cfg = config("simpo", pairs_file, tmp_path / "x", tf32=True)
     with pytest.raises(ValueError, match=r"^--tf32 True: not with gpt-sft simpo \(the test says so\)$"):
-        setup(cfg, make_accelerator(cfg), Picky)
+        loop.setup(cfg, make_accelerator(cfg), Picky)
     assert not torch.backends.cuda.matmul.allow_tf32, "refused before anything was set"
     cfg = config("simpo", pairs_file, tmp_path / "y")
-    assert setup(cfg, make_accelerator(cfg), Picky).stage.command == "simpo"  # the default value: accepted
+    assert loop.setup(cfg, make_accelerator(cfg), Picky).stage.command == "simpo"  # the default value: accepted
 
 
 # ---------------------------------------------------------------- every option, in every stage

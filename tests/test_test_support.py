@@ -83,3 +83,20 @@ def test_a_shared_folder_written_by_a_test_fails_at_the_end(tmp_path_factory):
     with pytest.raises(AssertionError, match="wrote into the shared support-check folder .*a.txt"):
         next(fixture, None)
     (folder / "a.txt").write_text("a")
+
+
+def test_no_test_module_has_a_module_level_setup_or_teardown():
+    """pytest 8.0 (the lowest CI lane's) still calls a test module's module-level ``setup`` or ``teardown`` as the
+    module's set-up (nose's names): a function of ours imported under that name (``loop.setup``) made every test of
+    tests/test_stages.py fail there, and only there. Module-level names in every test module, imported or defined."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = ([alias.asname or alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) else
+                     [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
+                     [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)])
+            found += [f"{path.name}:{node.lineno} {name}" for name in names if name in ("setup", "teardown")]
+    assert not found, found

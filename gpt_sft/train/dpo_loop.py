@@ -17,11 +17,11 @@ from accelerate import Accelerator
 from ..data.loaders import book_loader
 from ..data.preference import PreferenceCollator
 from .dpo_config import DPOConfig
-from .dpo_loss import FIGURES, PreferenceLoss
+from .dpo_loss import PreferenceLoss
 from .loop import compile_blocks, setup
 from .loss import base_model
 from .pair_loss import sequence_logprobs
-from .preference_stage import PreferenceStage, resolve_prompt_style
+from .preference_stage import PreferenceStage, resolve_prompt_style, reward_figures
 from .state import say
 
 
@@ -55,10 +55,7 @@ class DPOStage(PreferenceStage):
     command = "dpo"
     config_type = DPOConfig
     title = "DPO"
-    figure_labels = dict(zip(FIGURES, ("DPO loss", "chosen reward", "rejected reward", "reward margin",
-                                       "preference accuracy")))
-    panels = (("DPO loss", ("loss",)), ("Rewards", ("chosen_reward", "rejected_reward")),
-              ("Reward margin (chosen - rejected)", ("margin",)), ("Preference accuracy", ("accuracy",)))
+    figure_labels, panels = reward_figures("DPO", "Rewards")
 
     def __init__(self, cfg: DPOConfig) -> None:
         super().__init__(cfg)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .loss import LossPaths
-from .pair_loss import REDUCTIONS, PairLoss, sequence_logprobs
+from .pair_loss import REDUCTIONS, REWARD_FIGURES, PairLoss, sequence_logprobs
 
 
 def dpo_terms(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
@@ -29,7 +29,7 @@ def dpo_terms(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) 
 
 
 # The figures a step or an evaluation reports, in this order (each a mean over pairs).
-FIGURES = ("loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
+FIGURES = REWARD_FIGURES
 
 
 class PreferenceLoss(PairLoss):

@@ -20,6 +20,8 @@ from ..data.collator import IGNORE_INDEX
 from .loss import LossPaths, per_target_losses
 
 REDUCTIONS = ("mean", "sum")
+# the figures of a method that scores each response with a reward (DPO, SimPO): per pair, loss first
+REWARD_FIGURES = ("loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
 
 
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
@@ -66,4 +68,4 @@ class PairLoss(nn.Module):
         return terms["loss"].sum() / count, sums
 
 
-__all__ = ["REDUCTIONS", "PairLoss", "sequence_logprobs"]
+__all__ = ["REDUCTIONS", "REWARD_FIGURES", "PairLoss", "sequence_logprobs"]

@@ -25,6 +25,7 @@ from ..data.preference import BOOK_PREFERENCE_DATA_URL, PreferenceCollator, load
 from ..data.prompts import registered_prompt_style
 from ..data.recipe import checkpoint_style
 from .config import TrainConfig
+from .pair_loss import REWARD_FIGURES
 from .preference_plot import plot_preference_figures
 from .stage import CardSection, Stage
 from .state import TrainerState, say
@@ -62,6 +63,16 @@ def resolve_prompt_style(cfg: PreferenceConfig) -> None:
     registered = registered_prompt_style(style.name)
     same = registered is not None and (registered is style or registered.spec() == style.spec() is not None)
     cfg.prompt_style = cfg.prompt_style or (style.name if same else style)
+
+
+def reward_figures(title: str, rewards_panel: str) -> tuple[dict[str, str], tuple]:
+    """``(figure_labels, panels)`` of a stage whose figures are :data:`~.pair_loss.REWARD_FIGURES` (DPO, SimPO):
+    labels in the card and the log, and the plot's four panels, ``rewards_panel`` naming the rewards'."""
+    labels = dict(zip(REWARD_FIGURES, (f"{title} loss", "chosen reward", "rejected reward", "reward margin",
+                                       "preference accuracy")))
+    panels = ((f"{title} loss", ("loss",)), (rewards_panel, ("chosen_reward", "rejected_reward")),
+              ("Reward margin (chosen - rejected)", ("margin",)), ("Preference accuracy", ("accuracy",)))
+    return labels, panels
 
 
 class PreferenceStage(Stage):
@@ -230,4 +241,4 @@ class PreferenceStage(Stage):
                            tags=[self.command], body=body)
 
 
-__all__ = ["PreferenceConfig", "PreferenceStage", "PreferenceState", "resolve_prompt_style"]
+__all__ = ["PreferenceConfig", "PreferenceStage", "PreferenceState", "resolve_prompt_style", "reward_figures"]

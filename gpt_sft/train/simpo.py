@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..common.options import option
-from .pair_loss import PairLoss
-from .preference_stage import PreferenceConfig, PreferenceStage
+from .pair_loss import REWARD_FIGURES, PairLoss
+from .preference_stage import PreferenceConfig, PreferenceStage, reward_figures
 
 
 @dataclass
@@ -56,7 +56,7 @@ def simpo_terms(logps: torch.Tensor, beta: float, gamma: float) -> dict[str, tor
             "rejected_reward": rejected_reward, "margin": margin, "accuracy": (margin > 0).float()}
 
 
-FIGURES = ("loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
+FIGURES = REWARD_FIGURES
 
 
 class SimPOLoss(PairLoss):
@@ -78,10 +78,7 @@ class SimPOStage(PreferenceStage):
     command = "simpo"
     config_type = SimPOConfig
     title = "SimPO"
-    figure_labels = dict(zip(FIGURES, ("SimPO loss", "chosen reward", "rejected reward", "reward margin",
-                                       "preference accuracy")))
-    panels = (("SimPO loss", ("loss",)), ("Rewards (beta x mean token log-prob)", ("chosen_reward", "rejected_reward")),
-              ("Reward margin (chosen - rejected)", ("margin",)), ("Preference accuracy", ("accuracy",)))
+    figure_labels, panels = reward_figures("SimPO", "Rewards (beta x mean token log-prob)")
 
     def describe(self) -> str:
         return f"SimPO: beta {self.cfg.beta}, gamma {self.cfg.gamma}, mean token log-probs, no reference model"
