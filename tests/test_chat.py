@@ -8,8 +8,10 @@ the kernel turns into SIGINT), to a random model that writes long answers.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import itertools
+import json
 import os
 import signal
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import generate_cli
+from conftest import free_port, generate_cli, gpt_sft_server, stop_process
 
 from gpt_sft.cli.chat import main as chat_main
 from gpt_sft.cli.chat import show_answer, terminal_safe
@@ -392,7 +394,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat(pexpect, rambler):
     assert child.exitstatus == 0
 
 
-# ------------------------------------------------------------------ conversations: the terminal
+# ------------------------------------------------------------------ conversations: the terminal, gpt-sft serve
 
 
 @pytest.fixture(scope="module")
@@ -453,3 +455,78 @@ def test_terminal_chat_keeps_the_conversation_of_a_checkpoint_trained_on_convers
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (the dev extra installs it)")
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_serve_chat_completions_send_the_whole_history_in_the_training_layout(
+        chat_conversation_run, conversation_model, tmp_path):
+    """``gpt-sft serve`` on the checkpoint trained on conversations: a 3-turn history with a system message is sent
+    whole, in the training layout (the reply says which prompt, and the answer is our model's to it); with a
+    context too small, the oldest turns are left out and the reply counts them; a stream says the same; a message
+    list that is not a conversation is refused in one line naming the turn."""
+    requests = pytest.importorskip("requests")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = gpt_sft_server(["serve", "--model", str(chat_conversation_run), "--port", str(port), "--gguf-type", "f32",
+                           "--threads", "1", "--gguf-cache", str(tmp_path / "cache")], tmp_path / "serve.log",
+                          f"{url}/models")
+    messages = []
+    for k in (1, 2):
+        messages += [{"role": "user", "content": f"Say {k}{k}."}, {"role": "assistant", "content": f"{k}{k}"}]
+    messages.append({"role": "user", "content": "Say 33."})
+
+    def chat(max_tokens: int, **extra):
+        return requests.post(f"{url}/chat/completions", timeout=120, json={
+            "messages": messages, "temperature": 0, "repeat_penalty": 1.0, "max_tokens": max_tokens, **extra})
+
+    try:
+        reply = chat(5).json()
+        prompt = render_conversation(messages, "chatml")
+        assert reply["gpt_sft"] == {"dropped_turns": 0, "prompt": prompt, "prompt_tokens": tokens(prompt)}
+        assert reply["usage"]["prompt_tokens"] == tokens(prompt), "the server counts the prompt as we do"
+        assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+        content = reply["choices"][0]["message"]["content"]
+        assert content.strip() == conversation_model(prompt, 5, "raw").strip() and content.strip()
+
+        messages.insert(0, {"role": "system", "content": "Be brief."})
+        reply = chat(60).json()  # 128 - 60 tokens: room for the system message and the question only
+        prompt = render_conversation([messages[0], messages[-1]], "chatml")
+        assert tokens(render_conversation([messages[0], *messages[3:]], "chatml")) > 128 - 60
+        assert reply["gpt_sft"]["dropped_turns"] == 2 and reply["gpt_sft"]["prompt"] == prompt
+        assert reply["usage"]["prompt_tokens"] == tokens(prompt)
+        with chat(60, stream=True) as streamed:
+            events = [json.loads(line[len(b"data: "):]) for line in streamed.iter_lines()
+                      if line.startswith(b"data: {")]
+        assert events[0]["gpt_sft"] == reply["gpt_sft"] and events[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert {e["object"] for e in events} == {"chat.completion.chunk"}
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == \
+            reply["choices"][0]["message"]["content"]
+
+        messages.append({"role": "user", "content": "And 44?"})
+        refused = chat(5)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == "gpt-sft serve: messages: turn 6: two user turns in a row " \
+                                                     "(turns 5 and 6)"
+    finally:
+        stop_process(proc)
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_serve_keeps_a_checkpoint_trained_on_single_turns_single_turn(demo_server):
+    """The demo was trained on Alpaca data: ``/v1/chat/completions`` answers one message with its single-turn
+    template, as before conversations existed, and refuses a history with the template's own message."""
+    requests = pytest.importorskip("requests")
+    url, _, _ = demo_server
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
+                {"role": "user", "content": "Another one?"}]
+    refused = requests.post(f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": 4}, timeout=120)
+    assert refused.status_code == 500 and "single-turn format" in refused.json()["error"]["message"]
+    reply = requests.post(f"{url}/v1/chat/completions", json={"messages": messages[-1:], "max_tokens": 4},
+                          timeout=120).json()
+    assert reply["object"] == "chat.completion" and "gpt_sft" not in reply
