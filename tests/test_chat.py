@@ -416,6 +416,7 @@ def _turn(child, line: str) -> tuple[str, str]:
     return before, answer.rpartition("\n[")[0] if "/max-new-tokens raises it]" in answer else answer
 
 
+@pytest.mark.slow
 def test_terminal_chat_keeps_the_conversation_of_a_checkpoint_trained_on_conversations(
         pexpect, chat_conversation_run, conversation_model):
     """The history goes with every message, in the training layout: the prompt shown by /prompt is the training
