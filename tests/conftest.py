@@ -206,6 +206,29 @@ def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
         yield folder / "sft"
 
 
+@pytest.fixture(scope="session")
+def chat_conversation_run(tmp_path_factory) -> Path:
+    """A tiny run (3 steps, context 128, the ``chatml`` style) on 24 ``messages`` conversations of 1 to 3 turns, a
+    third with a system message: a checkpoint whose recipe says it was trained on conversations, for the tests of
+    what the chats and ``gpt-sft serve`` send it (its answers are an untrained model's). Read-only."""
+    from gpt_sft.cli.train import train
+
+    def build(folder: Path) -> None:
+        chats = []
+        for i in range(24):
+            messages = [{"role": "system", "content": "Answer in one word."}] if i % 3 == 0 else []
+            for t in range(1 + i % 3):
+                messages += [{"role": "user", "content": f"Say {i}{t}."},
+                             {"role": "assistant", "content": f"{i}.{t}"}]
+            chats.append({"messages": messages})
+        (folder / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+        train(tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=3, eval_every=0, batch_size=4,
+                                context_length=128, prompt_style="chatml"))
+
+    for folder in built_once(tmp_path_factory, "chat-conversations", build):
+        yield folder / "run"
+
+
 DEMO_ENTRIES = 700  # the README's `python -m gpt_sft.data.synthetic outputs/demo-data.json 700`
 
 

@@ -8,8 +8,10 @@ the kernel turns into SIGINT), to a random model that writes long answers.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import itertools
+import json
 import os
 import signal
 import sys
@@ -18,18 +20,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import generate_cli
+from conftest import free_port, generate_cli, gpt_sft_server, stop_process
 
 from gpt_sft.cli.chat import main as chat_main
+from gpt_sft.cli.chat import show_answer, terminal_safe
+from gpt_sft.data.conversation_format import conversation_layout, render_conversation
 from gpt_sft.data.prompts import PromptStyle, format_prompt, get_prompt_style
 from gpt_sft.export.checkpoint import save_checkpoint
-from gpt_sft.generate.chat import SINGLE_TURN_NOTE, Ask, ChatSession, Exit, Say
+from gpt_sft.generate.chat import (CONVERSATION_NOTE, NO_HISTORY, SINGLE_TURN_NOTE, Ask, ChatSession,
+                                   ConversationFormat, Exit, Say, token_counter)
 from gpt_sft.generate.responses import generate_responses
 from gpt_sft.generate.settings import GenerationSettings
-from gpt_sft.generate.stream import ResponseText, stream_answer
+from gpt_sft.generate.stream import ResponseText, StreamUpdate, stream_answer
 from gpt_sft.model.configuration_gpt import GPTConfig
 from gpt_sft.model.loading import load_model, load_tokenizer
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
+from gpt_sft.model.tokenizer import get_tokenizer
 
 ALPACA = get_prompt_style("alpaca")
 
@@ -176,6 +182,109 @@ def test_input_is_attached_to_the_next_instruction_only():
     assert session.last_prompt in session.handle("/prompt").text
 
 
+# ------------------------------------------------------------------ conversations: what is sent
+
+
+CHATML = get_prompt_style("chatml")
+CHATML_LAYOUT = conversation_layout("chatml")
+
+
+def tokens(text: str) -> int:
+    """A prompt's length as the model is given it (``<|endoftext|>`` one token), counted here with tiktoken."""
+    return len(get_tokenizer().encode(text, allowed_special={"<|endoftext|>"}))
+
+
+def conversation_session(context_length: int | None = 128) -> tuple[ChatSession, list[str]]:
+    """A chatml conversation session whose model answers "Fine." (as a stream), and the prompts it was sent."""
+    sent = []
+
+    def answer(prompt, settings):
+        sent.append(prompt)
+        yield StreamUpdate("Fi", new_tokens=1)
+        yield StreamUpdate("Fine.", done=True, new_tokens=2, stopped_at_eos=True)
+
+    fmt = ConversationFormat(CHATML_LAYOUT, token_counter(get_tokenizer()), context_length)
+    return ChatSession(answer, CHATML, GenerationSettings(max_new_tokens=8), fmt), sent
+
+
+def test_a_conversation_session_sends_its_history_in_the_training_layout():
+    session, sent = conversation_session(context_length=None)
+    assert session.handle("/history").text == "no conversation yet"
+    for k, message in enumerate(["Hi.", "My word is lemon.", "What is my word?"]):
+        out = io.StringIO()
+        show_answer(session, session.handle(message), out=out)
+        assert out.getvalue() == "Fine.\n"
+        asked = [m for q in ["Hi.", "My word is lemon.", "What is my word?"][:k] for m in
+                 ({"role": "user", "content": q}, {"role": "assistant", "content": "Fine."})]
+        assert sent[-1] == render_conversation(asked + [{"role": "user", "content": message}], "chatml")
+    assert sent[-1] == ("<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\nFine.<|im_end|>\n<|endoftext|>"
+                        "<|im_start|>user\nMy word is lemon.<|im_end|>\n<|im_start|>assistant\nFine.<|im_end|>\n"
+                        "<|endoftext|><|im_start|>user\nWhat is my word?<|im_end|>\n<|im_start|>assistant\n")
+    assert session.last_prompt in session.handle("/prompt").text
+    history = session.handle("/history").text.split("\n")
+    assert history[0] == "--- the conversation (3 turns) ---" and history[-1] == "--- end of the conversation ---"
+    assert history[1:-1] == ["[user]", "Hi.", "[assistant]", "Fine.", "[user]", "My word is lemon.", "[assistant]",
+                             "Fine.", "[user]", "What is my word?", "[assistant]", "Fine."]
+    assert session.handle("/system Answer in one word.").text.startswith("system message set")
+    again = session.handle("Again?")  # asked, never sent
+    assert again.prompt.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\nHi.")
+    assert session.handle("/reset").text.startswith("conversation forgotten (3 turns)"), "Again? was never answered"
+    show_answer(session, session.handle("New start."), out=io.StringIO())
+    assert sent[-1] == render_conversation([{"role": "system", "content": "Answer in one word."},
+                                            {"role": "user", "content": "New start."}], "chatml")
+    assert session.handle("/input x").text.startswith("a conversation's messages have no separate input")
+    assert session.handle("say <|endoftext|> now").text.startswith("not sent: turn 3: 'content' contains")
+
+
+def test_a_stopped_answer_joins_the_history_as_far_as_it_came_and_a_failed_one_does_not():
+    from gpt_sft.generate.remote import EndpointError
+
+    session, _ = conversation_session()
+    updates = session.stream(session.handle("Tell me a story."))
+    assert next(updates).text == "Fi"
+    updates.close()  # what Ctrl-C and the Stop button do
+    assert session.history[-1] == {"role": "assistant", "content": "Fi"}
+
+    def failing(prompt, settings):
+        yield StreamUpdate("Half")
+        raise EndpointError("gone")
+
+    session.answer = failing
+    out = io.StringIO()
+    show_answer(session, session.handle("And then?"), out=out)
+    assert "[error: gone]" in out.getvalue() and len(session.history) == 2, "nothing of the failed turn is kept"
+
+
+def test_the_oldest_turns_are_left_out_when_the_history_no_longer_fits_and_the_chat_says_so():
+    session, sent = conversation_session(context_length=128)
+    session.handle("/system Be brief.")
+    for message in ["First message, a long one: " + "words " * 12, "Second message.", "Third message.", "Fourth."]:
+        out = io.StringIO()
+        show_answer(session, session.handle(message), out=out)
+    budget = 128 - 8  # the context less /max-new-tokens
+    system, asked = {"role": "system", "content": "Be brief."}, [m for m in session.history]
+    kept = next(k for k in range(4) if sent[-1] == render_conversation([system, *asked[2 * k:-1]], CHATML_LAYOUT))
+    assert kept > 0 and tokens(sent[-1]) <= budget < tokens(render_conversation([system, *asked[2 * kept - 2:-1]],
+                                                                                CHATML_LAYOUT))
+    turns = "turn" if kept == 1 else f"{kept} turns"
+    assert out.getvalue() == f"[history: the oldest {turns} of the conversation left out, so that the prompt fits " \
+                             f"the context less the new tokens allowed ({budget} tokens)]\nFine.\n"
+    assert "(left out of the last prompt: it did not fit)" in session.handle("/history").text
+    # a question alone too long for the context is sent whole: the generation's rule for a long prompt applies
+    show_answer(session, session.handle("/reset") and session.handle("word " * 200), out=io.StringIO())
+    assert sent[-1].endswith(" word<|im_end|>\n<|im_start|>assistant\n") and tokens(sent[-1]) > budget
+
+
+def test_a_single_turn_session_has_no_history_and_says_so():
+    session = _session()
+    for command in ("/history", "/reset"):
+        assert session.handle(command).text == NO_HISTORY
+    assert session.handle("/system Be brief.").text.startswith(NO_HISTORY)
+    session.handle("My word is lemon.")
+    turn = session.handle("What is my word?")
+    assert turn.prompt == format_prompt({"instruction": "What is my word?"}, ALPACA) and turn.fitted is None
+
+
 def test_chat_options_are_checked_with_one_line_naming_the_flag(capsys):
     for argv, words in ((["--temperature", "1"], "--model is required"),
                         (["--model", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
@@ -245,6 +354,9 @@ def test_terminal_chat_streams_the_answer_generate_prints(pexpect, demo_run):
         shown = _answer(child, "/prompt").split("\n")
         assert "\n".join(shown[1:-1]) == format_prompt(with_input, ALPACA), "the exact prompt, input included"
         assert _answer(child, without["instruction"]) == expected[1]
+        assert _answer(child, "/prompt").split("\n")[1:-1] == format_prompt(without, ALPACA).split("\n"), \
+            "single-turn: nothing of the first turn is sent"
+        assert _answer(child, "/history") == _answer(child, "/reset") == NO_HISTORY
         assert "max new tokens 3" in _answer(child, "/max-new-tokens 3")
         short = _answer(child, with_input["instruction"]).split("\n")
         assert short[0] == generate_cli(folder, with_input["instruction"], "", "--max-new-tokens", "3")
@@ -280,3 +392,142 @@ def test_ctrl_c_stops_the_answer_not_the_chat(pexpect, rambler):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+# ------------------------------------------------------------------ conversations: the terminal, gpt-sft serve
+
+
+@pytest.fixture(scope="module")
+def conversation_model(chat_conversation_run):
+    """The checkpoint trained on conversations, loaded here: what it answers a prompt, greedily."""
+    model, tokenizer = load_model(chat_conversation_run, device="cpu", dtype="float32"), load_tokenizer(chat_conversation_run)
+
+    def answer(prompt: str, max_new_tokens: int, style: PromptStyle | str = CHATML) -> str:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, style=style, progress=False)
+        return list(stream_answer(model, tokenizer, prompt, settings))[-1].text
+
+    return answer
+
+
+def _turn(child, line: str) -> tuple[str, str]:
+    """Send a message: ``(the lines printed before the answer, the answer)``, less the line saying it was cut."""
+    printed = _answer(child, line)
+    before, _, answer = printed.partition("]\n") if printed.startswith("[history") else ("", "", printed)
+    return before, answer.rpartition("\n[")[0] if "/max-new-tokens raises it]" in answer else answer
+
+
+@pytest.mark.slow
+def test_terminal_chat_keeps_the_conversation_of_a_checkpoint_trained_on_conversations(
+        pexpect, chat_conversation_run, conversation_model):
+    """The history goes with every message, in the training layout: the prompt shown by /prompt is the training
+    text up to the next answer, and the answers printed are the model's to exactly that prompt. /history, /reset
+    and /system; with a context too small for the history, the oldest turns are left out and a line says so."""
+    child = _spawn(pexpect, "--model", str(chat_conversation_run), "--max-new-tokens", "5")
+    try:
+        assert CONVERSATION_NOTE in child.before and SINGLE_TURN_NOTE not in child.before
+        asked = []
+        for message in ("Say 11.", "Say 22."):
+            asked.append({"role": "user", "content": message})
+            prompt = render_conversation(asked, "chatml")
+            before, answer = _turn(child, message)
+            assert before == "" and answer == terminal_safe(conversation_model(prompt, 5)) and answer.strip()
+            shown = _answer(child, "/prompt").split("\n")
+            assert shown[0].startswith("--- the prompt last sent") and "\n".join(shown[1:-1]) == prompt
+            asked.append({"role": "assistant", "content": conversation_model(prompt, 5)})
+        assert _answer(child, "/history").split("\n")[1:-1] == [line for m in asked
+                                                               for line in (f"[{m['role']}]", m["content"])]
+        _answer(child, "/system Be brief.")
+        _answer(child, "/max-new-tokens 60")  # the context of 128 less 60 no longer holds the two turns
+        before, answer = _turn(child, "Say 33.")
+        system = {"role": "system", "content": "Be brief."}
+        prompt = render_conversation([system, {"role": "user", "content": "Say 33."}], "chatml")
+        assert before == "[history: the oldest 2 turns of the conversation left out, so that the prompt fits the " \
+                         "context less the new tokens allowed (68 tokens)"
+        assert tokens(render_conversation([system, *asked[2:], {"role": "user", "content": "Say 33."}], "chatml")) > 68
+        assert answer == terminal_safe(conversation_model(prompt, 60))
+        assert "\n".join(_answer(child, "/prompt").split("\n")[1:-1]) == prompt
+        assert _answer(child, "/reset").startswith("conversation forgotten (3 turns)")
+        assert _answer(child, "/max-new-tokens 5").endswith("max new tokens 5, seed 123")
+        _turn(child, "Say 44.")
+        assert "\n".join(_answer(child, "/prompt").split("\n")[1:-1]) == render_conversation(
+            [system, {"role": "user", "content": "Say 44."}], "chatml")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (the dev extra installs it)")
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_serve_chat_completions_send_the_whole_history_in_the_training_layout(
+        chat_conversation_run, conversation_model, tmp_path):
+    """``gpt-sft serve`` on the checkpoint trained on conversations: a 3-turn history with a system message is sent
+    whole, in the training layout (the reply says which prompt, and the answer is our model's to it); with a
+    context too small, the oldest turns are left out and the reply counts them; a stream says the same; a message
+    list that is not a conversation is refused in one line naming the turn."""
+    requests = pytest.importorskip("requests")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = gpt_sft_server(["serve", "--model", str(chat_conversation_run), "--port", str(port), "--gguf-type", "f32",
+                           "--threads", "1", "--gguf-cache", str(tmp_path / "cache")], tmp_path / "serve.log",
+                          f"{url}/models")
+    messages = []
+    for k in (1, 2):
+        messages += [{"role": "user", "content": f"Say {k}{k}."}, {"role": "assistant", "content": f"{k}{k}"}]
+    messages.append({"role": "user", "content": "Say 33."})
+
+    def chat(max_tokens: int, **extra):
+        return requests.post(f"{url}/chat/completions", timeout=120, json={
+            "messages": messages, "temperature": 0, "repeat_penalty": 1.0, "max_tokens": max_tokens, **extra})
+
+    try:
+        reply = chat(5).json()
+        prompt = render_conversation(messages, "chatml")
+        assert reply["gpt_sft"] == {"dropped_turns": 0, "prompt": prompt, "prompt_tokens": tokens(prompt)}
+        assert reply["usage"]["prompt_tokens"] == tokens(prompt), "the server counts the prompt as we do"
+        assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+        content = reply["choices"][0]["message"]["content"]
+        assert content.strip() == conversation_model(prompt, 5, "raw").strip() and content.strip()
+
+        messages.insert(0, {"role": "system", "content": "Be brief."})
+        reply = chat(60).json()  # 128 - 60 tokens: room for the system message and the question only
+        prompt = render_conversation([messages[0], messages[-1]], "chatml")
+        assert tokens(render_conversation([messages[0], *messages[3:]], "chatml")) > 128 - 60
+        assert reply["gpt_sft"]["dropped_turns"] == 2 and reply["gpt_sft"]["prompt"] == prompt
+        assert reply["usage"]["prompt_tokens"] == tokens(prompt)
+        with chat(60, stream=True) as streamed:
+            events = [json.loads(line[len(b"data: "):]) for line in streamed.iter_lines()
+                      if line.startswith(b"data: {")]
+        assert events[0]["gpt_sft"] == reply["gpt_sft"] and events[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert {e["object"] for e in events} == {"chat.completion.chunk"}
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == \
+            reply["choices"][0]["message"]["content"]
+
+        messages.append({"role": "user", "content": "And 44?"})
+        refused = chat(5)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == "gpt-sft serve: messages: turn 6: two user turns in a row " \
+                                                     "(turns 5 and 6)"
+    finally:
+        stop_process(proc)
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_serve_keeps_a_checkpoint_trained_on_single_turns_single_turn(demo_server):
+    """The demo was trained on Alpaca data: ``/v1/chat/completions`` answers one message with its single-turn
+    template, as before conversations existed, and refuses a history with the template's own message."""
+    requests = pytest.importorskip("requests")
+    url, _, _ = demo_server
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
+                {"role": "user", "content": "Another one?"}]
+    refused = requests.post(f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": 4}, timeout=120)
+    assert refused.status_code == 500 and "single-turn format" in refused.json()["error"]["message"]
+    reply = requests.post(f"{url}/v1/chat/completions", json={"messages": messages[-1:], "max_tokens": 4},
+                          timeout=120).json()
+    assert reply["object"] == "chat.completion" and "gpt_sft" not in reply

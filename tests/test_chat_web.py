@@ -31,11 +31,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, on_every_core, stop_process
-from test_chat import rambler  # noqa: F401 - rambler: the fixture, used by name
+from test_chat import conversation_model, rambler  # noqa: F401 - the fixtures, used by name
 
 from gpt_sft.cli.chat import ChatConfig, answerer
 from gpt_sft.cli.chat_web import PAGE_ENDPOINT_REFUSED, WebChat
 from gpt_sft.common.options import parse_config
+from gpt_sft.data.conversation_format import render_conversation
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
 from gpt_sft.generate.chat import ChatSession
 from gpt_sft.generate.remote import RemoteModel
@@ -239,10 +240,10 @@ def test_on_loopback_the_server_answers_only_requests_for_its_own_names(demo_pag
     assert status(f"localhost:{port}", "/config") == 200
 
 
-def _open(browser, url: str):
+def _open(browser, url: str, ready: str = "#instruction textarea"):
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.goto(url)
-    page.locator("#instruction textarea").wait_for(timeout=60_000)
+    page.locator(ready).wait_for(timeout=60_000)
     return page
 
 
@@ -286,6 +287,7 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
     page = _open(browser, demo_page)
     try:
         assert "no history is sent to the model" in page.content()
+        assert not page.locator("#conversation").count() and not page.locator("#reset").count(), "one turn at a time"
         assert not page.locator("#endpoint").is_visible(), "only --allow-page-endpoint lets the page name a server"
         assert _ask(page, 1, entry["instruction"], entry["input"]) == expected == entry["output"]
         assert _status(page).endswith("end of text")
@@ -303,6 +305,78 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
     finally:
         page.close()
     assert (ARTIFACTS / "chat-web.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def conversation_page(chat_conversation_run, tmp_path_factory):
+    """``gpt-sft chat --web --max-new-tokens 5`` on the checkpoint trained on conversations; yields its URL."""
+    proc, url = _web_chat(chat_conversation_run, tmp_path_factory.mktemp("chat-web-conversation") / "chat.log",
+                          "--max-new-tokens", "5")
+    try:
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _converse(page, turn: int, message: str) -> list[str]:
+    """Send the tab's ``turn``-th message, wait for its answer to end; the answers the view shows, in order."""
+    page.locator("#message textarea").fill(message)
+    page.locator("#send").click()
+    page.wait_for_function("n => ['done', 'error'].some(word => document.querySelector('#status input').value"
+                           ".startsWith(`${word} (turn ${n})`))", arg=turn, timeout=120_000)
+    assert _status(page).startswith(f"done (turn {turn})"), _status(page)
+    return _shown(page, "bot")
+
+
+def _shown(page, role: str) -> list[str]:
+    """The view's messages of ``role`` (``user`` or ``bot``), their spaces as the browser lays them out."""
+    return [" ".join(text.split()) for text in page.locator(f"#conversation [data-testid={role}]").all_inner_texts()]
+
+
+def test_the_web_chat_holds_a_conversation_with_a_checkpoint_trained_on_conversations(
+        browser, conversation_page, conversation_model):  # noqa: F811 - the fixture
+    """The view holds the tab's conversation; each message is sent with its history in the training layout (the
+    prompt panel shows it, and each answer is our model's to exactly that prompt); with the context too small the
+    oldest turns are left out and the view says so, the system message kept; Reset forgets the conversation."""
+    page = _open(browser, conversation_page, ready="#message textarea")
+
+    def spaced(text: str) -> str:
+        return " ".join(text.split())
+
+    try:
+        assert "each message is sent with the history of this chat" in page.content()
+        assert not page.locator("#instruction").count() and not page.locator("#input").count()
+        asked = []
+        for turn, message in enumerate(["Say 11.", "Say 22."], 1):
+            asked.append({"role": "user", "content": message})
+            prompt = render_conversation(asked, "chatml")
+            answer = conversation_model(prompt, 5)
+            assert _converse(page, turn, message) == [spaced(m["content"]) for m in asked[1::2]] + [spaced(answer)]
+            assert _shown_prompt(page) == prompt
+            asked.append({"role": "assistant", "content": answer})
+        assert _shown(page, "user") == ["Say 11.", "Say 22."] and page.locator("#history-note").inner_text() == ""
+
+        page.locator("#system textarea").fill("Be brief.")
+        _set_number(page, "max-new-tokens", "60")  # the context of 128 less 60 no longer holds the two turns
+        system = {"role": "system", "content": "Be brief."}
+        prompt = render_conversation([system, {"role": "user", "content": "Say 33."}], "chatml")
+        assert _converse(page, 3, "Say 33.")[-1] == spaced(conversation_model(prompt, 60))
+        assert _shown_prompt(page) == prompt
+        assert page.locator("#history-note").inner_text() == (
+            "history: the oldest 2 turns of the conversation left out, so that the prompt fits the context less the "
+            "new tokens allowed (68 tokens)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat-web-conversation.png"), full_page=True)
+
+        page.locator("#reset").click()
+        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('conversation "
+                               "forgotten')", timeout=60_000)
+        assert _shown(page, "user") == [] and page.locator("#history-note").inner_text() == ""
+        _set_number(page, "max-new-tokens", "5")
+        _converse(page, 4, "Say 44.")
+        assert _shown_prompt(page) == render_conversation([system, {"role": "user", "content": "Say 44."}], "chatml")
+    finally:
+        page.close()
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 One instruction, with an optional input, per turn, in the checkpoint's own prompt format (its recipe's
 style); the answer is printed as it is generated, and with greedy decoding it is the answer
-``gpt-sft generate --prompt`` prints. Ctrl-C stops the answer, not the chat. ``--url`` talks to a model
+``gpt-sft generate --prompt`` prints. A checkpoint trained on conversations is sent each message with the
+chat's history, in the layout its recipe recorded (``/history``, ``/reset``, ``/system``). Ctrl-C stops the answer, not the chat. ``--url`` talks to a model
 behind an OpenAI-compatible server instead (``gpt-sft serve``, so a GGUF export is tried in the same
 chat); ``--model`` then only names the checkpoint whose recipe gives the prompt format.
 """
@@ -17,13 +18,16 @@ from functools import partial
 from pathlib import Path
 
 from ..common.options import option, parse_config
-from ..data.prompts import get_prompt_style
-from ..data.recipe import checkpoint_style
-from ..generate.chat import SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, Exit, Say
+from ..data.conversation_format import conversation_layout
+from ..data.prompts import PromptStyle, get_prompt_style
+from ..data.recipe import Recipe, checkpoint_style
+from ..generate.chat import (CONVERSATION_NOTE, SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, ConversationFormat, Exit,
+                             Say, history_note, token_counter)
 from ..generate.remote import EndpointError, RemoteModel
 from ..generate.settings import GenerationSettings
 from ..generate.stream import stream_answer
-from ..model.loading import load_model, load_tokenizer
+from ..model.loading import load_model, load_tokenizer, peek_context_length
+from ..model.tokenizer import get_tokenizer
 from . import chat_web
 from .errors import report_errors
 
@@ -93,6 +97,15 @@ def answerer(cfg: ChatConfig) -> tuple[Answerer, str]:
     return partial(stream_answer, model, tokenizer), f"{cfg.model} (loaded here)"
 
 
+def conversation_format(cfg: ChatConfig, recipe: Recipe | None, style: PromptStyle) -> ConversationFormat | None:
+    """For a checkpoint trained on conversations: its layout (the recipe's, or ``--prompt-style``'s), counted with
+    GPT-2's tokenizer against its context length; ``None`` for one trained on single-turn data."""
+    if recipe is None or not recipe.conversational:
+        return None
+    layout = conversation_layout(style) if cfg.prompt_style else recipe.layout()
+    return ConversationFormat(layout, token_counter(get_tokenizer()), peek_context_length(cfg.model))
+
+
 def _cancel_or_quit(session: ChatSession) -> bool:
     """Ctrl-C at the prompt: drop a half-typed line or a multi-line input (True), or quit (False)."""
     if session.reading_input is not None:
@@ -115,6 +128,9 @@ def terminal_safe(text: str) -> str:
 
 def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
     """Print the answer to ``turn`` as it comes; Ctrl-C stops it and returns to the prompt."""
+    note = history_note(turn)
+    if note:
+        print(f"[{note}]", file=out)
     shown = ""
     updates = session.stream(turn)
     try:
@@ -172,14 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         style, recipe = get_prompt_style(cfg.prompt_style or "alpaca"), None
     if cfg.web:
         chat_web.check_gradio()  # before the (slower) model load
+    conversation = conversation_format(cfg, recipe, style)
     answer, backend = answerer(cfg)
-    session = ChatSession(answer, style, cfg.settings())
+    session = ChatSession(answer, style, cfg.settings(), conversation)
     banner = "\n".join([
         f"gpt-sft chat with {backend}",
         f"Prompt format: {style.name}, from {style_source(cfg, recipe is not None)}.",
-        SINGLE_TURN_NOTE,
+        SINGLE_TURN_NOTE if conversation is None else CONVERSATION_NOTE,
     ])
     if cfg.web:  # the page shows the settings in their own fields
         return chat_web.serve(session, banner, cfg)
-    return run_terminal(session, f"{banner}\nSettings: {session.describe_settings()}.\n"
+    commands = "" if conversation is None else "/history shows the conversation, /reset forgets it; "
+    return run_terminal(session, f"{banner}\nSettings: {session.describe_settings()}.\n{commands}"
                                  "/help lists the commands; /exit, Ctrl-D or Ctrl-C at an empty prompt quits.")

@@ -9,10 +9,16 @@ instead (``gpt-sft serve`` on a GGUF export), formatted the same way and never w
 loopback address (the default 127.0.0.1) the server answers only requests whose ``Host`` is one of this
 machine's own names (:class:`HostCheck`).
 
+For a checkpoint trained on conversations the page is a conversation instead (:meth:`WebChat.converse`): a
+chat view holding the tab's messages and answers, each message sent with that history in the training layout,
+the oldest turns left out when it no longer fits the context (the view says so), a system message, and a reset.
+
 Elements a script can rely on (``elem_id``): ``instruction``, ``input``, ``send``, ``stop``, ``answer``,
 ``prompt`` (inside ``prompt-panel``), ``status`` (``generating... (turn N)``, then ``done (turn N): ...``,
 ``stopped (turn N): ...`` or ``error (turn N): ...``, N counting the tab's turns), ``temperature``,
-``top-k``, ``max-new-tokens``, ``seed``, ``endpoint`` (shown with ``--allow-page-endpoint``).
+``top-k``, ``max-new-tokens``, ``seed``, ``endpoint`` (shown with ``--allow-page-endpoint``). On a conversation's
+page ``conversation`` (the chat view), ``message``, ``system``, ``reset`` and ``history-note`` (what was left out)
+take the places of ``instruction``, ``input`` and ``answer``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import ipaddress
 import itertools
 from collections.abc import Iterator
 
-from ..generate.chat import SINGLE_TURN_NOTE, Answerer, ChatSession
+from ..generate.chat import CONVERSATION_NOTE, SINGLE_TURN_NOTE, Answerer, ChatSession, history_note
 from ..generate.remote import EndpointError, RemoteModel
 
 GENERATING = "generating..."
@@ -111,6 +117,61 @@ class WebChat:
         finally:
             self.stopping.discard(turn_id)
 
+    def converse(self, message: str, system: str, temperature, top_k, max_new_tokens, seed, endpoint: str, turns: int,
+                 history: list[dict] | None) -> Iterator[tuple]:
+        """A conversation's turn: ``(view, prompt, status, turns, turn id, history, note, message box)`` as the answer
+        grows. ``history`` is the tab's conversation (user and assistant messages); the view shows it with the
+        answer growing; ``note`` says which turns the prompt left out. The answer (as far as it came, when stopped)
+        joins the history at the end; after an error the history stays as it was and the message stays in its box."""
+        turns, turn_id = int(turns or 0) + 1, next(self.turn_ids)
+        history, message = list(history or []), (message or "").strip()
+
+        def failed(error) -> tuple:
+            return history, "", f"error (turn {turns}): {error}", turns, turn_id, history, "", message
+
+        if not message:
+            yield failed("type a message first")
+            return
+        try:
+            settings = self.settings(temperature, top_k, max_new_tokens, seed)
+            answer = self.answerer(endpoint)
+            turn = self.session.conversation.turn((system or "").strip() or None, history, message,
+                                                  settings.max_new_tokens)
+        except (ValueError, EndpointError) as err:
+            yield failed(err)
+            return
+        note, asked = history_note(turn) or "", {"role": "user", "content": message}
+        generating = f"{GENERATING} (turn {turns})"
+        yield [*history, asked], turn.prompt, generating, turns, turn_id, history, note, ""
+        text, status = "", generating
+        updates = answer(turn.prompt, settings)
+        try:
+            for update in updates:
+                text, status = update.text, generating
+                if turn_id in self.stopping:  # as in respond: the answer ends here
+                    updates.close()
+                    status = f"stopped (turn {turns}): {update.new_tokens} new tokens"
+                    break
+                if update.done:
+                    end = "end of text" if update.stopped_at_eos else "the most new tokens allowed"
+                    status = f"done (turn {turns}): {update.new_tokens} new tokens, {end}"
+                if update.note:
+                    status += f" (note: {update.note})"
+                view = [*history, asked, {"role": "assistant", "content": text}]
+                yield view, turn.prompt, status, turns, turn_id, history, note, ""
+        except EndpointError as err:
+            yield failed(err)
+            return
+        finally:
+            self.stopping.discard(turn_id)
+        if text.strip():  # an empty answer is not kept, nor its message: a conversation's turns alternate
+            history = [*history, asked, {"role": "assistant", "content": text}]
+        yield history, turn.prompt, status, turns, turn_id, history, note, ""
+
+    def reset(self) -> tuple:
+        """The Reset button: ``(view, history, note, status)`` of a conversation forgotten."""
+        return [], [], "", "conversation forgotten: the next message starts a new one"
+
     def stop(self, turn_id) -> None:
         """The Stop button: end the answer of turn ``turn_id`` at its next token."""
         if turn_id is not None:
@@ -163,21 +224,38 @@ class HostCheck:
 
 
 def build_page(chat: WebChat, banner: str):
-    """The Gradio page (``gradio.Blocks``)."""
+    """The Gradio page (``gradio.Blocks``): one instruction per turn, or a conversation for a checkpoint trained on
+    conversations."""
     import gradio as gr
 
     settings = chat.session.settings
+    conversational = chat.session.conversation is not None
     with gr.Blocks(title="gpt-sft chat", analytics_enabled=False) as page:
-        gr.Markdown("## gpt-sft chat\n" + banner.replace(SINGLE_TURN_NOTE, f"**{SINGLE_TURN_NOTE}**").replace("\n", "  \n"))
+        note = CONVERSATION_NOTE if conversational else SINGLE_TURN_NOTE
+        gr.Markdown("## gpt-sft chat\n" + banner.replace(note, f"**{note}**").replace("\n", "  \n"))
         with gr.Row():
             with gr.Column(scale=3):
-                instruction = gr.Textbox(label="Instruction", elem_id="instruction", lines=1,
-                                         placeholder="Type an instruction, then Enter or Send")
-                input_box = gr.Textbox(label="Input (optional)", elem_id="input", lines=3)
+                if conversational:
+                    # the answers are shown as the model wrote them, not as Markdown
+                    view = gr.Chatbot(label="Conversation", elem_id="conversation", render_markdown=False,
+                                      feedback_options=None, buttons=["copy"], height=360)
+                    dropped = gr.Markdown(elem_id="history-note")
+                    message = gr.Textbox(label="Message", elem_id="message", lines=1,
+                                         placeholder="Type a message, then Enter or Send")
+                    system = gr.Textbox(label="System message (optional; opens every prompt)", elem_id="system",
+                                        lines=1, visible=chat.session.conversation.layout.system_head is not None)
+                else:
+                    instruction = gr.Textbox(label="Instruction", elem_id="instruction", lines=1,
+                                             placeholder="Type an instruction, then Enter or Send")
+                    input_box = gr.Textbox(label="Input (optional)", elem_id="input", lines=3)
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     stop = gr.Button("Stop", elem_id="stop")
-                answer = gr.Textbox(label="Answer", elem_id="answer", lines=6, interactive=False, buttons=["copy"])
+                    if conversational:
+                        reset = gr.Button("Reset", elem_id="reset")
+                if not conversational:
+                    answer = gr.Textbox(label="Answer", elem_id="answer", lines=6, interactive=False,
+                                        buttons=["copy"])
                 status = gr.Textbox(label="Status", elem_id="status", lines=1, max_lines=1, interactive=False)
                 with gr.Accordion("The exact prompt sent to the model", open=False, elem_id="prompt-panel"):
                     prompt = gr.Textbox(show_label=False, elem_id="prompt", lines=8, interactive=False,
@@ -194,11 +272,20 @@ def build_page(chat: WebChat, banner: str):
                                     "chat started with)", elem_id="endpoint", placeholder="http://127.0.0.1:8000",
                                     visible=chat.allow_page_endpoint)
         turns, running = gr.State(0), gr.State(None)  # per browser tab: turns so far, the id of the last one
-        inputs = [instruction, input_box, temperature, top_k, max_new, seed, server, turns]
-        outputs = [answer, prompt, status, turns, running]
+        sampling = [temperature, top_k, max_new, seed, server, turns]
+        if conversational:
+            history = gr.State([])  # per browser tab: the conversation's user and assistant messages
+            respond, typed = chat.converse, message
+            inputs = [message, system, *sampling, history]
+            outputs = [view, prompt, status, turns, running, history, dropped, message]
+            for forget in (reset.click, view.clear):  # the view's own clear button forgets the conversation too
+                forget(chat.reset, None, [view, history, dropped, status], concurrency_limit=None)
+        else:
+            respond, typed = chat.respond, instruction
+            inputs, outputs = [instruction, input_box, *sampling], [answer, prompt, status, turns, running]
         # one answer at a time: a local model is one set of weights on one device
-        for trigger in (send.click, instruction.submit):
-            trigger(chat.respond, inputs, outputs, concurrency_limit=1, concurrency_id="answer")
+        for trigger in (send.click, typed.submit):
+            trigger(respond, inputs, outputs, concurrency_limit=1, concurrency_id="answer")
         stop.click(chat.stop, running, None, concurrency_limit=None)  # at once, beside the running answer
     return page
 

@@ -4,15 +4,21 @@ The engine is llama.cpp through ``llama-cpp-python[server]``; gpt-sft only prepa
 checkpoint folder, the model is exported to GGUF first (cached, keyed by the checkpoint's files, so a
 second start is immediate); given a ``.gguf`` file, that file is served. The GGUF file carries the
 checkpoint's chat template, so ``/v1/chat/completions`` with one user message (the instruction; the
-input, if any, as a system message before it) is answered in the trained format. Send
-``temperature: 0`` and ``repeat_penalty: 1.0`` (llama-cpp-python's default is 1.1) for the greedy
-answer that ``gpt-sft generate --prompt`` gives.
+input, if any, as a system message before it) is answered in the trained format; a longer message list
+is refused (the single-turn template's error). Send ``temperature: 0`` and ``repeat_penalty: 1.0``
+(llama-cpp-python's default is 1.1) for the greedy answer that ``gpt-sft generate --prompt`` gives.
+
+A checkpoint trained on conversations (its recipe says so) is served by the same server with its chat route
+answered in the recipe's conversation layout (``gpt_sft.cli.serve_conversations``): the whole message list is
+rendered, the oldest turns left out when it does not fit the context, and the reply says how many
+(``gpt_sft.dropped_turns``, see :mod:`gpt_sft.generate.chat_completions`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import signal
 import socket
 import subprocess
@@ -24,6 +30,7 @@ from pathlib import Path
 from gguf import GGUFReader
 
 from ..common.options import option, parse_config
+from ..data.conversation_format import ConversationLayout, conversation_layout
 from ..data.recipe import checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..model.loading import peek_context_length
@@ -93,9 +100,24 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
     return path, name, context
 
 
-def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None) -> list[str]:
-    """The llama.cpp server's command line."""
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", name,
+def served_layout(cfg: ServeConfig) -> ConversationLayout | None:
+    """The conversation layout of a checkpoint folder trained on conversations (its recipe's, or
+    ``--prompt-style``'s); ``None`` for one trained on single-turn data, or a GGUF file."""
+    if not Path(cfg.model).is_dir():
+        return None
+    style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
+    if recipe is None or not recipe.conversational:
+        return None
+    return conversation_layout(style) if cfg.prompt_style else recipe.layout()
+
+
+def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None,
+                   layout: ConversationLayout | None = None) -> list[str]:
+    """The llama.cpp server's command line; with a conversation ``layout``, the same server with its chat route in
+    that layout."""
+    server = ["llama_cpp.server"] if layout is None else ["gpt_sft.cli.serve_conversations", "--conversation_layout",
+                                                          json.dumps(layout.spec())]
+    cmd = [sys.executable, "-m", *server, "--model", str(gguf), "--model_alias", name,
            "--host", cfg.host, "--port", str(cfg.port)]
     n_ctx = cfg.context_length or context
     if n_ctx:
@@ -141,9 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_port_free(cfg.host, cfg.port)
     gguf, name, context = gguf_for(cfg)
     check_gguf(gguf)
-    print(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1 (OpenAI-compatible, llama.cpp server); Ctrl-C stops",
-          file=sys.stderr, flush=True)
-    proc = subprocess.Popen(server_command(gguf, name, cfg, context))
+    layout = served_layout(cfg)
+    chat = "" if layout is None else f"; chat completions keep the history, in the {layout.style} conversation layout"
+    print(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1 (OpenAI-compatible, llama.cpp server{chat}); Ctrl-C "
+          "stops", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(server_command(gguf, name, cfg, context, layout))
     forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731 - the server shuts down cleanly
     previous = signal.signal(signal.SIGTERM, forward)
     try:

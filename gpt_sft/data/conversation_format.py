@@ -54,7 +54,7 @@ A style registered at run time has no system block: its exchanges are its single
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -160,15 +160,58 @@ def render_pieces(messages: Sequence[Mapping[str, str]], layout: ConversationLay
     return pieces
 
 
-def render_conversation(messages: Sequence[Mapping[str, str]], style: PromptStyle | str = "alpaca") -> str:
+def render_conversation(messages: Sequence[Mapping[str, str]],
+                        style: ConversationLayout | PromptStyle | str = "alpaca", first: int = 0) -> str:
     """The whole training text, each answer closed by ``<|endoftext|>`` (written out; the tokenizer reads it as id
-    50256). A conversation ending on a user message ends with the generation prompt (the answer's header)."""
-    layout = conversation_layout(style)
-    pieces = render_pieces(messages, layout)
+    50256). A conversation ending on a user message ends with the generation prompt (the answer's header): the
+    text a model trained on such conversations is given to answer it. ``first``: as in :func:`render_pieces`."""
+    layout = style if isinstance(style, ConversationLayout) else conversation_layout(style)
+    pieces = render_pieces(messages, layout, first)
     text = END_OF_TEXT.join(prompt + response for prompt, response in pieces)
     if messages[-1]["role"] == "assistant":
         return text + END_OF_TEXT
     return text + layout.assistant_head
+
+
+@dataclass(frozen=True)
+class FittedConversation:
+    """What is sent to answer a conversation's last message (:func:`fit_conversation`).
+
+    Attributes:
+        messages: The system message (if any), the exchanges that fit, and the question.
+        prompt: Their text up to the answer (:func:`render_conversation`).
+        tokens: The prompt's length in tokens.
+        dropped: How many of the earliest exchanges (a user message and its answer each) were left out.
+        budget: The most tokens the prompt could have (``None``: no limit); ``tokens > budget`` when even the
+            question alone, with the system message, is longer.
+    """
+
+    messages: list[dict[str, str]]
+    prompt: str
+    tokens: int
+    dropped: int
+    budget: int | None
+
+
+def fit_conversation(messages: Sequence[Mapping[str, str]], layout: ConversationLayout,
+                     count_tokens: Callable[[str], int], budget: int | None) -> FittedConversation:
+    """The prompt answering ``messages`` (a valid conversation ending on a user message) in ``layout``, with the
+    earliest whole exchanges dropped until it is at most ``budget`` tokens (the model's context less the tokens
+    kept for the answer), the system message always kept and no message ever cut. The question itself is never
+    dropped: when even it does not fit, the generation's own rule for a prompt too long applies.
+
+    Every place a user talks to a model trained on conversations (the terminal and web chats, ``gpt-sft serve``'s
+    ``/v1/chat/completions``) fits its history with this function, so that they drop the same turns."""
+    system, pairs = exchanges(messages)
+    head = [{"role": "system", "content": system}] if system is not None else []
+    for first in range(len(pairs)):
+        prompt = render_conversation(messages, layout, first)
+        tokens = count_tokens(prompt)
+        if budget is None or tokens <= budget or first == len(pairs) - 1:
+            kept = [{"role": role, "content": content} for user, answer in pairs[first:]
+                    for role, content in (("user", user), ("assistant", answer)) if content is not None]
+            return FittedConversation(head + kept, prompt, tokens, first, budget)
+    raise ValueError("a conversation to answer needs a user message")
 
 
 def conversation_chat_template(layout: ConversationLayout | PromptStyle | str = "alpaca") -> str:
@@ -207,5 +250,5 @@ def conversation_chat_template(layout: ConversationLayout | PromptStyle | str = 
     )
 
 
-__all__ = ["ALPACA_PREAMBLE", "ConversationLayout", "conversation_chat_template", "conversation_layout", "exchanges",
-           "render_conversation", "render_pieces"]
+__all__ = ["ALPACA_PREAMBLE", "ConversationLayout", "FittedConversation", "conversation_chat_template",
+           "conversation_layout", "exchanges", "fit_conversation", "render_conversation", "render_pieces"]

@@ -97,6 +97,19 @@ def conversation_problem(entry: Any, data_format: str, training: bool = True) ->
     return None
 
 
+def question_problem(messages: Any) -> str | None:
+    """Why ``messages`` is not a conversation to answer (a chat's history and its new message: valid, ending on a
+    user message, no answer yet needed), else ``None``. The message names the turn."""
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of {'role', 'content'} objects"
+    last = messages[-1]
+    if not isinstance(last, Mapping) or last.get("role") != "user":
+        return f"turn {len(messages) - 1}: the last message must be the user's, the one to answer"
+    # the answer to come stands in for the assistant turn a conversation needs; every other rule is training data's
+    problem = conversation_problem({"messages": [*messages, {"role": "assistant", "content": "?"}]}, "messages")
+    return problem[1] if problem else None
+
+
 def to_messages(entry: Mapping[str, Any], data_format: str) -> dict[str, Any]:
     """A valid entry in the ``messages`` format: its turns as ``{"role", "content"}`` (only those keys), its other
     fields kept. ShareGPT's ``conversations`` becomes ``messages``."""
@@ -107,4 +120,4 @@ def to_messages(entry: Mapping[str, Any], data_format: str) -> dict[str, Any]:
 
 
 __all__ = ["CONVERSATION_FORMATS", "DATA_FORMATS", "ROLES", "SHAREGPT_ROLES", "conversation_problem",
-           "detect_format", "resolve_format", "to_messages"]
+           "detect_format", "question_problem", "resolve_format", "to_messages"]
