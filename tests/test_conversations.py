@@ -1,6 +1,7 @@
-"""Conversations (issue 25, phase 1): loading messages and ShareGPT data, validating it, rendering it in every
-built-in style (one turn byte for byte the book's text), masking the loss, and the chat template of a checkpoint
-trained on it. Real GPT-2 tokenizer, real ``datasets`` objects, real files."""
+"""Conversations (issue 25): loading messages and ShareGPT data, validating it, rendering it in every built-in style
+(one turn byte for byte the book's text), masking the loss, the counts and the chat template of a checkpoint trained
+on it, and generation on held-out conversations by a model that learned to read their history. Real GPT-2 tokenizer,
+real ``datasets`` objects, real files."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from transformers import AutoTokenizer
 
 from gpt_sft.cli.train import train
 from gpt_sft.data.collator import IGNORE_INDEX, InstructionDataCollator
-from gpt_sft.data.conversation_format import (conversation_chat_template, conversation_layout, render_conversation,
-                                              render_pieces)
+from gpt_sft.data.conversation_format import (conversation_chat_template, conversation_layout, entry_prompt,
+                                              render_conversation, render_pieces)
 from gpt_sft.data.load import load_instruction_data
 from gpt_sft.data.prompts import format_text
-from gpt_sft.data.recipe import Recipe
+from gpt_sft.data.recipe import Recipe, RecipeWarning, entries_of_split
 from gpt_sft.data.tokenize import tokenize_dataset
 from gpt_sft.data.validate import InstructionDataError
+from gpt_sft.model.loading import load_model
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID, get_hf_tokenizer, get_tokenizer
-from conftest import tiny_train_config
+from conftest import LAMP_STATES, lamp_conversation, run_generate, tiny_train_config
 
 STYLES = ["alpaca", "phi3", "chatml"]
 SYSTEM = {"role": "system", "content": "You answer in one word."}
@@ -261,3 +263,69 @@ def test_the_conversation_template_equals_the_rendering_for_every_style(style):
     with pytest.raises(Exception, match="two user messages in a row"):
         tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                                       tokenize=False)
+
+
+# --- generation and evaluation of conversations ------------------------------------------------------------------
+
+# The exact prompt that answers a lamp conversation (conftest.lamp_conversation) in the phi3 layout: the first
+# exchange with its answer and end-of-text, then the last question and the answer's header.
+LAMP_PROMPT = ("<|user|>\nThe lamp is {state}.\n<|assistant|>:\nOK.<|endoftext|>"
+               "<|user|>\nIs the lamp on?\n<|assistant|>:\n")
+
+
+def greedy_answer(model, tokenizer, prompt: str) -> str:
+    """The model's greedy continuation of the exact ``prompt`` text by transformers' ``generate`` (an independent
+    route): the tokens up to the end-of-text, decoded."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=END_OF_TEXT_ID,
+                             pad_token_id=END_OF_TEXT_ID)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_generate_answers_the_last_user_turn_of_each_held_out_conversation(lamp_run, tmp_path):
+    out = tmp_path / "answers.json"
+    result = run_generate("--model", lamp_run, "--split", "test", "--output", out, "--max-new-tokens", "8",
+                          "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Wrote 4 conversations with 'model_response'" in result.stderr
+    written = json.loads(out.read_text())
+    recipe = Recipe.read(lamp_run)
+    held_out = entries_of_split(recipe.splits(), "test")
+    # each conversation is kept whole (its last answer is the reference), the response beside it
+    assert [e["messages"] for e in written] == [e["messages"] for e in held_out]
+    assert {e["messages"][0]["content"] for e in written} == {"The lamp is on.", "The lamp is off."}
+    model = load_model(lamp_run, device="cpu", dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(lamp_run, trust_remote_code=True)
+    for entry in written:
+        state = entry["messages"][0]["content"].split()[-1].rstrip(".")
+        prompt = LAMP_PROMPT.format(state=state)
+        # the prompt: every earlier turn, then the question -- never the reference
+        assert entry_prompt(entry, "phi3", recipe.layout()) == prompt
+        assert entry["model_response"] == entry["messages"][-1]["content"] == greedy_answer(model, tokenizer, prompt)
+    # training wrote the same responses to the same held-out conversations
+    assert json.loads((lamp_run / "test-responses.json").read_text()) == written
+
+
+def test_generate_answers_questions_without_a_reference_and_needs_the_history(lamp_run, tmp_path):
+    """--data read as questions to answer: a conversation may end on the user's turn. With the first turn the model
+    answers both states right; without it, it gives one answer to both, so it is the history that decides."""
+    questions = write_jsonl(tmp_path / "questions.jsonl", [{"messages": lamp_conversation(state, answered=False)}
+                                                           for state in LAMP_STATES])
+    with pytest.raises(InstructionDataError, match="entry 0 .line 1.: turn 2: training data must end on an assistant"):
+        load_instruction_data(questions)
+    assert len(load_instruction_data(questions, purpose="generation")) == 2
+    answers = {}
+    for name, history in (("with", True), ("without", False)):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [{"messages": lamp_conversation(state, history, answered=False)}
+                                                        for state in LAMP_STATES])
+        out = tmp_path / f"{name}-answers.json"
+        with pytest.warns(RecipeWarning, match="--data .* differs from the checkpoint's recipe"):
+            result = run_generate("--model", lamp_run, "--data", data, "--split", "all", "--output", out,
+                                  "--max-new-tokens", "8", "--no-progress")
+        assert result.returncode == 0, result.stderr[-2000:]
+        written = json.loads(out.read_text())
+        assert [e["messages"] for e in written] == [lamp_conversation(s, history, answered=False) for s in LAMP_STATES]
+        answers[name] = [e["model_response"] for e in written]
+    assert answers["with"] == list(LAMP_STATES.values())
+    assert len(set(answers["without"])) == 1, "the question alone cannot tell on from off"
