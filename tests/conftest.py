@@ -239,6 +239,36 @@ def lamp_run(tmp_path_factory) -> Path:
         yield folder / "run"
 
 
+@pytest.fixture(scope="session")
+def conversation_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """For each built-in style, a saved checkpoint of a model trained on conversations (a random tiny GPT: what is
+    tested is its format, not its answers), as training saves one: its tokenizer's multi-turn chat template and a
+    recipe recording the conversation layout. Read-only."""
+    from gpt_sft.data.conversation_format import conversation_layout
+    from gpt_sft.data.prompts import get_prompt_style
+    from gpt_sft.data.recipe import Recipe
+    from gpt_sft.export.checkpoint import save_checkpoint
+    from gpt_sft.model.configuration_gpt import GPTConfig
+    from gpt_sft.model.modeling_gpt import GPTForCausalLM
+
+    styles = ("alpaca", "phi3", "chatml")
+
+    def build(folder: Path) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        for style in styles:
+            layout = conversation_layout(style)
+            model = GPTForCausalLM(GPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=256)).eval()
+            save_checkpoint(model, folder / style, prompt_style=style, conversation_layout=layout)
+            recipe = Recipe(data="chats.jsonl", prompt_style=style, prompt_style_spec=get_prompt_style(style).spec(),
+                            data_format="messages", train_on="assistant", conversation_layout=layout.spec())
+            recipe.write(folder / style)
+
+    for folder in built_once(tmp_path_factory, "conversation-checkpoints", build):
+        yield {style: folder / style for style in styles}
+
+
 DEMO_ENTRIES = 700  # the README's `python -m gpt_sft.data.synthetic outputs/demo-data.json 700`
 
 

@@ -233,22 +233,29 @@ def test_a_conversation_run_records_its_format_in_the_recipe(conversation_run):
     assert recipe.data_format == "sharegpt" and recipe.train_on == "last" and recipe.conversational
     assert recipe.layout() == conversation_layout("chatml")
     assert recipe.splits()["train"].column_names == ["messages"]  # loaded again the same way
-
-
-@pytest.mark.parametrize("turns", [1, 2, 5])
-@pytest.mark.parametrize("system", [False, True])
-def test_the_checkpoints_chat_template_is_the_training_text_up_to_the_next_answer(conversation_run, turns, system):
+    # and its tokenizer got the multi-turn template of that layout
     tokenizer = AutoTokenizer.from_pretrained(conversation_run, trust_remote_code=True)
-    messages = conversation(turns, system=system)
-    training_text = render_conversation(messages, "chatml")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    assert training_text.startswith(prompt) and training_text[len(prompt):] == \
-        f"It is {2 * (turns - 1)}.<|im_end|>\n<|endoftext|>"
-    # the token ids too: every earlier answer's end-of-text is the real token 50256
-    ids = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    tokenized = tokenize_dataset(Dataset.from_list([{"messages": messages}]), style="chatml", keep_columns=False)
-    assert tokenized[0]["input_ids"][:len(ids)] == list(ids) and list(ids).count(END_OF_TEXT_ID) == turns - 1
+    assert tokenizer.chat_template == conversation_chat_template(recipe.layout())
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_saved_checkpoints_chat_template_is_the_training_text_up_to_the_next_answer(conversation_checkpoints,
+                                                                                      style):
+    tokenizer = AutoTokenizer.from_pretrained(conversation_checkpoints[style], trust_remote_code=True)
+    layout = conversation_layout(style)
+    for turns in (1, 2, 5):
+        for system in (False, True):
+            messages = conversation(turns, system=system)
+            training_text = render_conversation(messages, style)
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            assert training_text.startswith(prompt) and training_text[len(prompt):] == \
+                f"It is {2 * (turns - 1)}.{layout.assistant_tail}<|endoftext|>"
+            # the token ids too: every earlier answer's end-of-text is the real token 50256
+            ids = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            tokenized = tokenize_dataset(Dataset.from_list([{"messages": messages}]), style=style, keep_columns=False,
+                                         allowed_max_length=None)
+            assert tokenized[0]["input_ids"][:len(ids)] == list(ids) and list(ids).count(END_OF_TEXT_ID) == turns - 1
 
 
 @pytest.mark.parametrize("style", STYLES)

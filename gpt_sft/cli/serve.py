@@ -24,7 +24,7 @@ from pathlib import Path
 from gguf import GGUFReader
 
 from ..common.options import option, parse_config
-from ..data.recipe import checkpoint_style
+from ..data.recipe import checkpoint_layout, checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..model.loading import peek_context_length
 from ..model.modeling_gpt import MODEL_CODE_VERSION
@@ -83,12 +83,13 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
     name = cfg.name or source.resolve().name
     cache = Path(cfg.gguf_cache) if cfg.gguf_cache else default_cache_dir() / "gguf"
     path = cache / f"{name}-{_fingerprint(source, cfg)}-{cfg.gguf_type}.gguf"
-    style, _ = checkpoint_style(cfg.model, cfg.prompt_style)
+    style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
     model = None
     if not path.is_file():
         model = plain_model(cfg.model)
         print(f"Exporting {source} to GGUF ({cfg.gguf_type}) for llama.cpp: {path}", file=sys.stderr)
-        write_gguf(model, path, gguf_type=cfg.gguf_type, style=style, name=name)
+        write_gguf(model, path, gguf_type=cfg.gguf_type, style=style,
+                   conversation_layout=checkpoint_layout(recipe, style, cfg.prompt_style), name=name)
     context = model.config.n_positions if model is not None else peek_context_length(source)
     return path, name, context
 
