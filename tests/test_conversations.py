@@ -218,12 +218,17 @@ def test_over_long_conversations_lose_whole_earliest_exchanges_keeping_the_syste
 
 @pytest.fixture(scope="module")
 def conversation_run(tmp_path_factory) -> Path:
-    """A tiny run (2 steps) on 40 ShareGPT conversations of 1 to 3 turns, some with a system message."""
+    """A tiny run (2 steps, context 96) on 42 ShareGPT conversations of 1 to 3 turns, some with a system message, and
+    with --skip-invalid: one of them invalid (skipped), one whose last exchange alone is over-long (dropped), and the
+    longer ones over-long (their earliest exchanges left out)."""
     folder = tmp_path_factory.mktemp("conversations")
     entries = [as_sharegpt(conversation(1 + i % 3, system=i % 2 == 0, tag=str(i))) for i in range(40)]
+    entries.insert(5, as_sharegpt(conversation(1) + [{"role": "user", "content": "And?"}]))  # ends on a question
+    entries.insert(9, as_sharegpt(conversation(1) + [{"role": "user", "content": "Say it long."},
+                                                      {"role": "assistant", "content": "long " * 80}]))
     write_jsonl(folder / "chats.jsonl", entries)
     cfg = tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=2, eval_every=0, batch_size=4,
-                            prompt_style="chatml", train_on="last")
+                            prompt_style="chatml", train_on="last", skip_invalid=True, context_length=96)
     train(cfg)
     return folder / "run"
 
@@ -236,6 +241,28 @@ def test_a_conversation_run_records_its_format_in_the_recipe(conversation_run):
     # and its tokenizer got the multi-turn template of that layout
     tokenizer = AutoTokenizer.from_pretrained(conversation_run, trust_remote_code=True)
     assert tokenizer.chat_template == conversation_chat_template(recipe.layout())
+
+
+def test_skipped_and_over_long_conversations_are_counted_in_metrics_and_the_card(conversation_run):
+    data = json.loads((conversation_run / "metrics.json").read_text())["data"]
+    assert data["data_format"] == "sharegpt" and data["entries_read"] == 42 and data["entries_loaded"] == 41
+    assert data["entries_skipped"] == 1 and data["skipped_by_reason"] == {"ends on a user turn": 1}
+    # the train split (34 of 41) holds the wordy one: dropped; the 3-turn ones with a system message: shortened
+    assert data["train_dropped"] == 1 and data["train_overlong"] > data["train_dropped"]
+    shortened = data["train_overlong"] - data["train_dropped"]
+    card = (conversation_run / "README.md").read_text()
+    assert "41 of 42 conversations used (1 invalid skipped: 1 ends on a user turn)" in card
+    assert (f"{data['train_overlong']} over-long training conversations ({shortened} lost their earliest exchanges, "
+            "1 dropped)") in card
+
+
+def test_mask_prompt_on_conversations_is_refused_naming_train_on(tmp_path):
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"messages": conversation(2)}] * 10)
+    with pytest.raises(ValueError) as caught:
+        train(tiny_train_config(path, tmp_path / "run", mask_prompt=True, max_steps=1))
+    message = str(caught.value)
+    assert "--mask-prompt" in message and "--train-on" in message and "\n" not in message
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("style", STYLES)
