@@ -339,6 +339,10 @@ def test_generate_answers_the_last_user_turn_of_each_held_out_conversation(lamp_
         assert entry["model_response"] == entry["messages"][-1]["content"] == greedy_answer(model, tokenizer, prompt)
     # training wrote the same responses to the same held-out conversations
     assert json.loads((lamp_run / "test-responses.json").read_text()) == written
+    # and the README's example of the file is one of them
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme[readme.index("### Conversations"):].split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(example)[0] in written
 
 
 def test_generate_answers_questions_without_a_reference_and_needs_the_history(lamp_run, tmp_path):
