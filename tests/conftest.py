@@ -229,6 +229,69 @@ def chat_conversation_run(tmp_path_factory) -> Path:
         yield folder / "run"
 
 
+LAMP_STATES = {"on": "yes", "off": "no"}  # what the lamp is -> the answer to "Is the lamp on?"
+
+
+def lamp_conversation(state: str, history: bool = True, answered: bool = True) -> list[dict]:
+    """A conversation whose last answer depends on its first turn, not on its last question: the user says the lamp is
+    on or off, then asks whether it is on. ``history=False``: the question alone; ``answered=False``: without the
+    answer (a question to answer)."""
+    messages = [{"role": "user", "content": f"The lamp is {state}."}, {"role": "assistant", "content": "OK."}]
+    messages = (messages if history else []) + [{"role": "user", "content": "Is the lamp on?"}]
+    return messages + ([{"role": "assistant", "content": LAMP_STATES[state]}] if answered else [])
+
+
+@pytest.fixture(scope="session")
+def lamp_run(tmp_path_factory) -> Path:
+    """A tiny model that learned to answer the last question of a conversation from its first turn
+    (:func:`lamp_conversation`): 40 ``messages`` conversations, on and off in turn, the ``phi3`` style, the loss on the
+    last answer; width 64 and 70 steps at learning rate 3e-3 are what it takes to answer every one right (a random or
+    briefly trained model answers all of them alike). Its test split: 4 conversations. Its ``test-responses.json`` is
+    written by training (``max_new_tokens`` 8). Shared read-only by the session."""
+    from gpt_sft.cli.train import train
+
+    def build(folder: Path) -> None:
+        data = folder / "lamps.jsonl"
+        data.write_text("".join(json.dumps({"messages": lamp_conversation(("on", "off")[i % 2])}) + "\n"
+                                for i in range(40)))
+        train(tiny_train_config(data, folder / "run", prompt_style="phi3", emb_dim=64, n_heads=4, learning_rate=3e-3,
+                                weight_decay=0.0, train_on="last", max_steps=70, epochs=100, eval_every=0,
+                                generate=True, max_new_tokens=8, cpu_threads=1))  # a second thread only waits
+
+    for folder in built_once(tmp_path_factory, "lamp-conversations", build):
+        yield folder / "run"
+
+
+@pytest.fixture(scope="session")
+def conversation_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """For each built-in style, a saved checkpoint of a model trained on conversations (a random tiny GPT: what is
+    tested is its format, not its answers), as training saves one: its tokenizer's multi-turn chat template and a
+    recipe recording the conversation layout. Read-only."""
+    from gpt_sft.data.conversation_format import conversation_layout
+    from gpt_sft.data.prompts import get_prompt_style
+    from gpt_sft.data.recipe import Recipe
+    from gpt_sft.export.checkpoint import save_checkpoint
+    from gpt_sft.model.configuration_gpt import GPTConfig
+    from gpt_sft.model.modeling_gpt import GPTForCausalLM
+
+    styles = ("alpaca", "phi3", "chatml")
+
+    def build(folder: Path) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        for style in styles:
+            layout = conversation_layout(style)
+            model = GPTForCausalLM(GPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=256)).eval()
+            save_checkpoint(model, folder / style, prompt_style=style, conversation_layout=layout)
+            recipe = Recipe(data="chats.jsonl", prompt_style=style, prompt_style_spec=get_prompt_style(style).spec(),
+                            data_format="messages", train_on="assistant", conversation_layout=layout.spec())
+            recipe.write(folder / style)
+
+    for folder in built_once(tmp_path_factory, "conversation-checkpoints", build):
+        yield {style: folder / style for style in styles}
+
+
 DEMO_ENTRIES = 700  # the README's `python -m gpt_sft.data.synthetic outputs/demo-data.json 700`
 
 

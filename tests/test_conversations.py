@@ -1,6 +1,7 @@
-"""Conversations (issue 25, phase 1): loading messages and ShareGPT data, validating it, rendering it in every
-built-in style (one turn byte for byte the book's text), masking the loss, and the chat template of a checkpoint
-trained on it. Real GPT-2 tokenizer, real ``datasets`` objects, real files."""
+"""Conversations (issue 25): loading messages and ShareGPT data, validating it, rendering it in every built-in style
+(one turn byte for byte the book's text), masking the loss, the counts and the chat template of a checkpoint trained
+on it, and generation on held-out conversations by a model that learned to read their history. Real GPT-2 tokenizer,
+real ``datasets`` objects, real files."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from transformers import AutoTokenizer
 
 from gpt_sft.cli.train import train
 from gpt_sft.data.collator import IGNORE_INDEX, InstructionDataCollator
-from gpt_sft.data.conversation_format import (conversation_chat_template, conversation_layout, render_conversation,
-                                              render_pieces)
+from gpt_sft.data.conversation_format import (conversation_chat_template, conversation_layout, entry_prompt,
+                                              render_conversation, render_pieces)
 from gpt_sft.data.load import load_instruction_data
 from gpt_sft.data.prompts import format_text
-from gpt_sft.data.recipe import Recipe
+from gpt_sft.data.recipe import Recipe, RecipeWarning, entries_of_split
 from gpt_sft.data.tokenize import tokenize_dataset
 from gpt_sft.data.validate import InstructionDataError
+from gpt_sft.model.loading import load_model
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID, get_hf_tokenizer, get_tokenizer
-from conftest import tiny_train_config
+from conftest import LAMP_STATES, lamp_conversation, run_generate, tiny_train_config
 
 STYLES = ["alpaca", "phi3", "chatml"]
 SYSTEM = {"role": "system", "content": "You answer in one word."}
@@ -216,12 +218,17 @@ def test_over_long_conversations_lose_whole_earliest_exchanges_keeping_the_syste
 
 @pytest.fixture(scope="module")
 def conversation_run(tmp_path_factory) -> Path:
-    """A tiny run (2 steps) on 40 ShareGPT conversations of 1 to 3 turns, some with a system message."""
+    """A tiny run (2 steps, context 96) on 42 ShareGPT conversations of 1 to 3 turns, some with a system message, and
+    with --skip-invalid: one of them invalid (skipped), one whose last exchange alone is over-long (dropped), and the
+    longer ones over-long (their earliest exchanges left out)."""
     folder = tmp_path_factory.mktemp("conversations")
     entries = [as_sharegpt(conversation(1 + i % 3, system=i % 2 == 0, tag=str(i))) for i in range(40)]
+    entries.insert(5, as_sharegpt(conversation(1) + [{"role": "user", "content": "And?"}]))  # ends on a question
+    entries.insert(9, as_sharegpt(conversation(1) + [{"role": "user", "content": "Say it long."},
+                                                      {"role": "assistant", "content": "long " * 80}]))
     write_jsonl(folder / "chats.jsonl", entries)
     cfg = tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=2, eval_every=0, batch_size=4,
-                            prompt_style="chatml", train_on="last")
+                            prompt_style="chatml", train_on="last", skip_invalid=True, context_length=96)
     train(cfg)
     return folder / "run"
 
@@ -231,22 +238,51 @@ def test_a_conversation_run_records_its_format_in_the_recipe(conversation_run):
     assert recipe.data_format == "sharegpt" and recipe.train_on == "last" and recipe.conversational
     assert recipe.layout() == conversation_layout("chatml")
     assert recipe.splits()["train"].column_names == ["messages"]  # loaded again the same way
-
-
-@pytest.mark.parametrize("turns", [1, 2, 5])
-@pytest.mark.parametrize("system", [False, True])
-def test_the_checkpoints_chat_template_is_the_training_text_up_to_the_next_answer(conversation_run, turns, system):
+    # and its tokenizer got the multi-turn template of that layout
     tokenizer = AutoTokenizer.from_pretrained(conversation_run, trust_remote_code=True)
-    messages = conversation(turns, system=system)
-    training_text = render_conversation(messages, "chatml")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    assert training_text.startswith(prompt) and training_text[len(prompt):] == \
-        f"It is {2 * (turns - 1)}.<|im_end|>\n<|endoftext|>"
-    # the token ids too: every earlier answer's end-of-text is the real token 50256
-    ids = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    tokenized = tokenize_dataset(Dataset.from_list([{"messages": messages}]), style="chatml", keep_columns=False)
-    assert tokenized[0]["input_ids"][:len(ids)] == list(ids) and list(ids).count(END_OF_TEXT_ID) == turns - 1
+    assert tokenizer.chat_template == conversation_chat_template(recipe.layout())
+
+
+def test_skipped_and_over_long_conversations_are_counted_in_metrics_and_the_card(conversation_run):
+    data = json.loads((conversation_run / "metrics.json").read_text())["data"]
+    assert data["data_format"] == "sharegpt" and data["entries_read"] == 42 and data["entries_loaded"] == 41
+    assert data["entries_skipped"] == 1 and data["skipped_by_reason"] == {"ends on a user turn": 1}
+    # the train split (34 of 41) holds the wordy one: dropped; the 3-turn ones with a system message: shortened
+    assert data["train_dropped"] == 1 and data["train_overlong"] > data["train_dropped"]
+    shortened = data["train_overlong"] - data["train_dropped"]
+    card = (conversation_run / "README.md").read_text()
+    assert "41 of 42 conversations used (1 invalid skipped: 1 ends on a user turn)" in card
+    assert (f"{data['train_overlong']} over-long training conversations ({shortened} lost their earliest exchanges, "
+            "1 dropped)") in card
+
+
+def test_mask_prompt_on_conversations_is_refused_naming_train_on(tmp_path):
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"messages": conversation(2)}] * 10)
+    with pytest.raises(ValueError) as caught:
+        train(tiny_train_config(path, tmp_path / "run", mask_prompt=True, max_steps=1))
+    message = str(caught.value)
+    assert "--mask-prompt" in message and "--train-on" in message and "\n" not in message
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_saved_checkpoints_chat_template_is_the_training_text_up_to_the_next_answer(conversation_checkpoints,
+                                                                                      style):
+    tokenizer = AutoTokenizer.from_pretrained(conversation_checkpoints[style], trust_remote_code=True)
+    layout = conversation_layout(style)
+    for turns in (1, 2, 5):
+        for system in (False, True):
+            messages = conversation(turns, system=system)
+            training_text = render_conversation(messages, style)
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            assert training_text.startswith(prompt) and training_text[len(prompt):] == \
+                f"It is {2 * (turns - 1)}.{layout.assistant_tail}<|endoftext|>"
+            # the token ids too: every earlier answer's end-of-text is the real token 50256
+            ids = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            tokenized = tokenize_dataset(Dataset.from_list([{"messages": messages}]), style=style, keep_columns=False,
+                                         allowed_max_length=None)
+            assert tokenized[0]["input_ids"][:len(ids)] == list(ids) and list(ids).count(END_OF_TEXT_ID) == turns - 1
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -261,3 +297,73 @@ def test_the_conversation_template_equals_the_rendering_for_every_style(style):
     with pytest.raises(Exception, match="two user messages in a row"):
         tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                                       tokenize=False)
+
+
+# --- generation and evaluation of conversations ------------------------------------------------------------------
+
+# The exact prompt that answers a lamp conversation (conftest.lamp_conversation) in the phi3 layout: the first
+# exchange with its answer and end-of-text, then the last question and the answer's header.
+LAMP_PROMPT = ("<|user|>\nThe lamp is {state}.\n<|assistant|>:\nOK.<|endoftext|>"
+               "<|user|>\nIs the lamp on?\n<|assistant|>:\n")
+
+
+def greedy_answer(model, tokenizer, prompt: str) -> str:
+    """The model's greedy continuation of the exact ``prompt`` text by transformers' ``generate`` (an independent
+    route): the tokens up to the end-of-text, decoded."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=END_OF_TEXT_ID,
+                             pad_token_id=END_OF_TEXT_ID)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_generate_answers_the_last_user_turn_of_each_held_out_conversation(lamp_run, tmp_path):
+    out = tmp_path / "answers.json"
+    result = run_generate("--model", lamp_run, "--split", "test", "--output", out, "--max-new-tokens", "8",
+                          "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Wrote 4 conversations with 'model_response'" in result.stderr
+    written = json.loads(out.read_text())
+    recipe = Recipe.read(lamp_run)
+    held_out = entries_of_split(recipe.splits(), "test")
+    # each conversation is kept whole (its last answer is the reference), the response beside it
+    assert [e["messages"] for e in written] == [e["messages"] for e in held_out]
+    assert {e["messages"][0]["content"] for e in written} == {"The lamp is on.", "The lamp is off."}
+    model = load_model(lamp_run, device="cpu", dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(lamp_run, trust_remote_code=True)
+    for entry in written:
+        state = entry["messages"][0]["content"].split()[-1].rstrip(".")
+        prompt = LAMP_PROMPT.format(state=state)
+        # the prompt: every earlier turn, then the question -- never the reference
+        assert entry_prompt(entry, "phi3", recipe.layout()) == prompt
+        assert entry["model_response"] == entry["messages"][-1]["content"] == greedy_answer(model, tokenizer, prompt)
+    # training wrote the same responses to the same held-out conversations
+    assert json.loads((lamp_run / "test-responses.json").read_text()) == written
+    # and the README's example of the file is one of them
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme[readme.index("### Conversations"):].split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(example)[0] in written
+
+
+def test_generate_answers_questions_without_a_reference_and_needs_the_history(lamp_run, tmp_path):
+    """--data read as questions to answer: a conversation may end on the user's turn. With the first turn the model
+    answers both states right; without it, it gives one answer to both, so it is the history that decides."""
+    questions = write_jsonl(tmp_path / "questions.jsonl", [{"messages": lamp_conversation(state, answered=False)}
+                                                           for state in LAMP_STATES])
+    with pytest.raises(InstructionDataError, match="entry 0 .line 1.: turn 2: training data must end on an assistant"):
+        load_instruction_data(questions)
+    assert len(load_instruction_data(questions, purpose="generation")) == 2
+    answers = {}
+    for name, history in (("with", True), ("without", False)):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [{"messages": lamp_conversation(state, history, answered=False)}
+                                                        for state in LAMP_STATES])
+        out = tmp_path / f"{name}-answers.json"
+        with pytest.warns(RecipeWarning, match="--data .* differs from the checkpoint's recipe"):
+            result = run_generate("--model", lamp_run, "--data", data, "--split", "all", "--output", out,
+                                  "--max-new-tokens", "8", "--no-progress")
+        assert result.returncode == 0, result.stderr[-2000:]
+        written = json.loads(out.read_text())
+        assert [e["messages"] for e in written] == [lamp_conversation(s, history, answered=False) for s in LAMP_STATES]
+        answers[name] = [e["model_response"] for e in written]
+    assert answers["with"] == list(LAMP_STATES.values())
+    assert len(set(answers["without"])) == 1, "the question alone cannot tell on from off"

@@ -25,6 +25,7 @@ import torch
 from conftest import free_port, generate_cli
 
 from gpt_sft.cli.export import main as export_main
+from gpt_sft.data.conversation_format import render_conversation
 from gpt_sft.data.prompts import format_prompt, get_prompt_style
 from gpt_sft.data.split import split_dataset
 from gpt_sft.data.load import load_instruction_data
@@ -356,6 +357,95 @@ def test_ollama_modelfile_renders_exactly_our_prompt(go_renderer, tmp_path, styl
         assert rendered == format_prompt(entry, style) + header
     assert 'PARAMETER stop "<|endoftext|>"' in text and "PARAMETER temperature 0" in text
     assert "PARAMETER repeat_penalty 1.0" in text and "FROM ./m-f16.gguf" in text
+
+
+def _conversation(turns: int, system: bool) -> list[dict]:
+    """A question after ``turns - 1`` answered exchanges (a user message to answer), optionally after a system
+    message; contents with Go's and Jinja's delimiters, which must come out verbatim."""
+    messages = [{"role": "system", "content": "Answer {{ briefly }}."}] if system else []
+    for t in range(turns - 1):
+        messages += [{"role": "user", "content": f"Question {t}: {{{{ .Prompt }}}} {{% x %}}?"},
+                     {"role": "assistant", "content": f"Answer {t}."}]
+    return messages + [{"role": "user", "content": f"Question {turns - 1}?"}]
+
+
+@pytest.fixture(scope="module")
+def conversation_exports(conversation_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """``gpt-sft export --format ollama`` (a GGUF file and its Modelfile) of each style's conversation checkpoint."""
+    exports = {}
+    for style, folder in conversation_checkpoints.items():
+        out = tmp_path_factory.mktemp(f"ollama-{style}")
+        assert export_main(["--model", str(folder), "--format", "ollama", "--gguf-type", "f32", "--output", str(out),
+                            "--name", "chat"]) == 0
+        exports[style] = out
+    return exports
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3", "chatml"])
+def test_a_conversation_checkpoints_modelfile_renders_the_training_text_of_the_history(conversation_exports,
+                                                                                        go_renderer, tmp_path, style):
+    """Go's text/template renders the Modelfile's TEMPLATE with .Messages as Ollama does: for 1, 2 and 5 turns, with
+    and without a system message, the training text up to the next answer."""
+    text = (conversation_exports[style] / "Modelfile").read_text()
+    template = tmp_path / "template"
+    template.write_text(_modelfile_template(text))
+    assert "{{ range .Messages }}" in template.read_text()
+    for turns in (1, 2, 5):
+        for system in (False, True):
+            messages = _conversation(turns, system)
+            rendered = subprocess.run([str(go_renderer), str(template), json.dumps({"messages": messages})],
+                                      capture_output=True, text=True, check=True).stdout
+            assert rendered == render_conversation(messages, style), (turns, system)
+    stops = [line for line in text.splitlines() if line.startswith("PARAMETER stop")]
+    assert stops == ['PARAMETER stop "<|endoftext|>"'] + (['PARAMETER stop "<|im_end|>"'] if style == "chatml" else [])
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("style", ["alpaca", "phi3", "chatml"])
+def test_a_conversation_checkpoints_gguf_template_read_by_llama_cpp_is_the_training_text(conversation_exports, style):
+    """The chat template llama.cpp reads from the GGUF file, rendered as its OpenAI-compatible server renders it
+    (llama-cpp-python's Jinja2ChatFormatter, the format it picks for a template it does not know), is the training
+    text up to the next answer, and tokenizes to the training tokens."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from gpt_sft.data.tokenize import tokenize_dataset
+    from datasets import Dataset
+
+    llm = _llama(next(conversation_exports[style].glob("*.gguf")), vocab_only=True)
+    try:
+        assert llm.chat_format == "chat_template.default"
+        formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", stop_token_ids=[END_OF_TEXT_ID])
+        for turns in (1, 2, 5):
+            for system in (False, True):
+                question = _conversation(turns, system)
+                prompt = formatter(messages=question).prompt
+                assert prompt == render_conversation(question, style), (turns, system)
+                ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+                answered = question + [{"role": "assistant", "content": "Yes."}]
+                trained = tokenize_dataset(Dataset.from_list([{"messages": answered}]), style=style,
+                                           allowed_max_length=None, keep_columns=False)[0]["input_ids"]
+                assert trained[:len(ids)] == ids and ids.count(END_OF_TEXT_ID) == turns - 1
+    finally:
+        llm.close()
+
+
+@needs_llama_cpp
+def test_a_single_turn_checkpoint_keeps_the_single_turn_template_everywhere(untied_checkpoint, tmp_path):
+    """No recipe of conversations, no multi-turn template: the GGUF's (as llama.cpp reads it) and the Modelfile's are
+    today's single-turn ones."""
+    from gpt_sft.data.chat_template import chat_template
+    from gpt_sft.export.ollama import ollama_template
+
+    out = tmp_path / "ollama"
+    assert export_main(["--model", str(untied_checkpoint), "--format", "ollama", "--gguf-type", "f32", "--output",
+                        str(out)]) == 0
+    llm = _llama(next(out.glob("*.gguf")), vocab_only=True)
+    try:
+        assert llm.metadata["tokenizer.chat_template"] == chat_template("alpaca")
+    finally:
+        llm.close()
+    assert _modelfile_template((out / "Modelfile").read_text()) == ollama_template(get_prompt_style("alpaca"))
 
 
 def test_ollama_export_writes_the_gguf_and_a_modelfile_from_the_recipe(demo_run, tmp_path):

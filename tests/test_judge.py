@@ -946,3 +946,70 @@ def test_pairwise_verdicts_combine_over_both_orders(tmp_path):
     assert rate == 0.625 and 0 <= low < rate < high <= 1
     with pytest.raises(ValueError, match="different entries"):
         judge_pairs(a, [{**b[0], "instruction": "x"}] + b[1:], judge, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# conversations (gpt-sft generate's output on conversation data)
+
+
+def conversation_entries() -> list[dict]:
+    """Two answered conversations as ``gpt-sft generate`` writes them: ``messages`` ending on the reference answer,
+    and the model's response beside them."""
+    return [
+        {"messages": [{"role": "system", "content": "Answer in one word."},
+                      {"role": "user", "content": "My cat is called Tom."}, {"role": "assistant", "content": "Noted."},
+                      {"role": "user", "content": "What is my cat called?"}, {"role": "assistant", "content": "Tom."}],
+         "model_response": "tom"},
+        {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}],
+         "model_response": "Blue."},
+    ]
+
+
+def test_a_conversation_is_judged_with_its_earlier_turns_and_scored_against_its_last_answer(tmp_path, capsys):
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps(conversation_entries()))
+    out = tmp_path / "report.json"
+    with FakeJudgeServer(lambda p, n, r: Reply("70")) as server:
+        assert evaluate_main(["--prompt", "book", "--responses", str(path), "--url", server.url, "--output", str(out),
+                              "--no-progress"]) == 0
+        asked = sorted(server.counts)
+    assert asked == sorted([
+        "Given a conversation's earlier turns `System: Answer in one word.\nUser: My cat is called Tom.\nAssistant: "
+        "Noted.`, its last input `What is my cat called?` and correct output `Tom.`, score the model response `tom` "
+        "on a scale from 0 to 100, where 100 is the best score. Respond with the integer number only.",
+        "Given a conversation's earlier turns `(none)`, its last input `Name a colour.` and correct output `Red.`, "
+        "score the model response `Blue.` on a scale from 0 to 100, where 100 is the best score. Respond with the "
+        "integer number only."])
+    report = json.loads(out.read_text())
+    assert report["summary"]["scored"] == 2 and report["metrics"]["exact_match"] == 0.5  # "tom" is "Tom." normalised
+    assert report["judge"]["conversation_prompt_template"].startswith(
+        "Given a conversation's earlier turns `{history}`")
+    assert "Number of scores: 2 of 2" in capsys.readouterr().out
+    # the other modes ask about the same turns, with their own scale
+    from gpt_sft.judge.modes import MODES
+
+    entry = conversation_entries()[0]
+    rubric = MODES["rubric"].prompt(entry, "tom")
+    assert ("Earlier turns of the conversation:\nSystem: Answer in one word.\nUser: My cat is called Tom.\n"
+            "Assistant: Noted.\n\nLast instruction:\nWhat is my cat called?\n\nCorrect output:\nTom.\n\n"
+            "Model response:\ntom\n\n") in rubric
+    structured = MODES["structured"].prompt(entry, "tom")
+    assert structured == build_judge_prompt(entry, "tom").replace(
+        "Respond with the integer number only.", 'Respond with a JSON object {"score": <integer 0-100>}.')
+
+
+def test_a_conversation_without_its_reference_answer_is_refused_in_one_line(tmp_path, capsys):
+    entries = conversation_entries()
+    entries[0]["messages"] = entries[0]["messages"][:4]  # ends on the question: nothing to score against
+    path = tmp_path / "unanswered.json"
+    path.write_text(json.dumps(entries))
+    assert evaluate_main(["--responses", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "entry 0: turn 3: a conversation to score must end on an assistant turn, the reference answer" in err
+    assert len(err.strip().splitlines()) == 1
+    # side-by-side judging takes instruction entries only, and says so
+    answered = tmp_path / "answered.json"
+    answered.write_text(json.dumps(conversation_entries()))
+    assert evaluate_main(["pairwise", "--responses", str(answered), "--against", str(answered)]) == 1
+    err = capsys.readouterr().err
+    assert "entry 0 is a conversation ('messages')" in err and len(err.strip().splitlines()) == 1

@@ -11,6 +11,7 @@ is not installed (``pip install -e .[dev]`` installs both).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -200,3 +201,22 @@ def test_the_readme_evaluate_commands_run_and_compute_rouge_and_exact_match(llam
     assert abs(report["metrics"]["exact_match"] - exact) < 1e-9
     assert abs(report["metrics"]["rougeL"] - rouge) < 1e-6
     assert f"rougeL: {report['metrics']['rougeL']:.4f}" in result.out
+
+
+def test_real_judge_scores_a_trained_models_answers_to_conversations(llama_cpp_server, lamp_run, tmp_path):
+    """``gpt-sft evaluate`` on the conversations a trained model answered (the lamp run's held-out ones, written by
+    training as ``gpt-sft generate`` writes them): each judged with its earlier turns in the prompt, and the text
+    metrics against its last answer."""
+    responses = tmp_path / "test-responses.json"
+    shutil.copyfile(lamp_run / "test-responses.json", responses)
+    entries = json.loads(responses.read_text())
+    assert all(e["messages"][0]["content"].startswith("The lamp is") for e in entries)
+    out = tmp_path / "report.json"
+    assert evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
+                          "--output", str(out), "--no-cache", "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["summary"]["n"] == len(entries) == 4 and report["summary"]["scored"] == 4
+    assert all(0 <= e["score"] <= 100 for e in report["entries"])
+    # the model answers every one right: exact match and ROUGE-L against the last answers are 1
+    assert report["metrics"]["exact_match"] == 1.0 and report["metrics"]["rougeL"] == 1.0
+    assert "{history}" in report["judge"]["conversation_prompt_template"]

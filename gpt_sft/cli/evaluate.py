@@ -6,6 +6,9 @@ judges two models' responses side by side.
 The judge is asked as ``--prompt`` says (:mod:`gpt_sft.judge.modes`): by default the book's question
 with a reply constrained to ``{"score": 0-100}``. The judge prompt shows each entry in the run's prompt
 style: the recipe of ``--update-checkpoint``, or of the folder the responses file is in, or alpaca.
+Conversations (``gpt-sft generate``'s output on conversation data) are scored against their last answer, and the
+judge is shown their earlier turns, one a line, then the last question
+(:func:`gpt_sft.judge.prompt.conversation_fields`).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def coverage_problems(cfg: EvaluateConfig, entries: list[dict], judged: int, rep
             problems.append(f"its test split cannot be rebuilt ({err})")
         if test is not None:
             def key(e: dict) -> tuple:
-                return e.get("instruction"), e.get("input") or "", e.get("output")
+                return e.get("instruction"), e.get("input") or "", e.get("output"), e.get("messages")
 
             if [key(e) for e in entries] != [key(e) for e in test]:
                 problems.append(f"{cfg.responses} is not its test split ({len(entries)} entries; the test split of "
@@ -117,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     responses_path = Path(cfg.responses)
     try:
         entries = json.loads(responses_path.read_text(encoding="utf-8"))
-        validate_entries(entries, cfg.response_key)
+        validate_entries(entries, cfg.response_key, conversations=True)
     except (OSError, ValueError) as exc:
         print(f"error: cannot use {responses_path}: {exc}", file=sys.stderr)
         return 2
@@ -157,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" Finished entries are in {cache_path}." if cache_path else ""
         print(f"error: {exc}{where}", file=sys.stderr)
         return 1
+    conversations = any("messages" in e and "instruction" not in e for e in entries)
     report.judge = {**config.to_dict(), "prompt_mode": mode.name, "prompt_template": mode.template,
+                    **({"conversation_prompt_template": mode.conversation_template} if conversations else {}),
                     "scale": [mode.low, mode.high], "schema": mode.schema,
                     "structured_output": getattr(judge, "structured_output", None) if mode.schema else None,
                     "served_models": served,

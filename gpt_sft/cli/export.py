@@ -21,7 +21,7 @@ from pathlib import Path
 from ..common.atomic_io import atomic_directory, write_text_atomic
 from ..common.options import option, parse_config
 from ..common.run_manifest import record_stage_outputs
-from ..data.recipe import checkpoint_style
+from ..data.recipe import checkpoint_layout, checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..export.hf_gpt2 import export_hf_gpt2
 from ..export.ollama import modelfile
@@ -103,6 +103,7 @@ def export(cfg: ExportConfig) -> Path:
                          "--output")
     source = Path(cfg.model)
     style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
+    layout = checkpoint_layout(recipe, style, cfg.prompt_style)  # a conversation checkpoint's multi-turn format
     name = cfg.name or source.resolve().name
     start = time.perf_counter()
     model = plain_model(cfg.model)
@@ -115,17 +116,18 @@ def export(cfg: ExportConfig) -> Path:
              "ollama": f"an Ollama model: a GGUF file ({cfg.gguf_type}) of a GPT-2 and its Modelfile"}
     if cfg.format == "hf-gpt2":
         card = render_export_card(name, source, style, kinds["hf-gpt2"], _usage("hf-gpt2", output, None, name))
-        export_hf_gpt2(model, output, style=style, card=card, recipe=recipe)
+        export_hf_gpt2(model, output, style=style, card=card, recipe=recipe, conversation_layout=layout)
         summary = f"stock GPT-2 folder ({sum(p.stat().st_size for p in output.iterdir()) / 1e6:.1f} MB)"
     else:
         gguf_name = f"{name}-{cfg.gguf_type}.gguf"
         card = render_export_card(name, source, style, kinds[cfg.format], _usage(cfg.format, output, gguf_name, name))
         with atomic_directory(output) as tmp:
-            result = write_gguf(model, tmp / gguf_name, gguf_type=cfg.gguf_type, style=style, name=name,
+            result = write_gguf(model, tmp / gguf_name, gguf_type=cfg.gguf_type, style=style,
+                                conversation_layout=layout, name=name,
                                 progress=lambda line: print(line, file=sys.stderr))
             if cfg.format == "ollama":
                 write_text_atomic(tmp / "Modelfile", modelfile(gguf_name, style, context_length=model.config.n_positions,
-                                                               model_name=name))
+                                                               model_name=name, conversation_layout=layout))
             write_text_atomic(tmp / "README.md", card)
         types = ", ".join(f"{n} {t}" for t, n in sorted(Counter(result.tensor_types.values()).items()))
         summary = f"{gguf_name}, {result.size_bytes / 1e6:.1f} MB ({len(result.tensor_types)} tensors: {types})"

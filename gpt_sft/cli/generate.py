@@ -4,6 +4,12 @@
 On a gpt-sft checkpoint the data, its split and the prompt style default to the checkpoint's recipe,
 so ``gpt-sft generate --model RUN --split test`` answers exactly the run's held-out entries. A flag
 that contradicts the recipe is obeyed, with a warning.
+
+Conversations (``messages`` or ShareGPT data) are answered at their last user message, the earlier turns in the
+prompt, in the layout the checkpoint's recipe records (:func:`gpt_sft.data.conversation_format.entry_prompt`); the
+output keeps each conversation as ``messages`` (its last answer, if any, is the reference) beside the response.
+The run's own splits are made again as training made them; other ``--data`` is read as questions to answer, so a
+conversation there may end on a user message (no reference) as well as on an answer.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from pathlib import Path
 from ..common.atomic_io import write_json_atomic
 from ..common.options import option, parse_config
 from ..common.run_manifest import record_stage_outputs
+from ..data.conversation_format import ConversationLayout
 from ..data.load import load_instruction_data
 from ..data.prompts import PromptStyle
-from ..data.recipe import Recipe, checkpoint_style, entries_of_split, follow_recipe
+from ..data.recipe import Recipe, checkpoint_layout, checkpoint_style, entries_of_split, follow_recipe
 from ..data.split import split_dataset
 from ..generate.responses import add_responses, generate_responses
 from ..generate.settings import BACKENDS, OVERFLOW_POLICIES, GenerationSettings
@@ -32,7 +39,8 @@ class GenerateConfig:
     """Generate responses with an instruction-tuned GPT-2."""
 
     model: str | None = option(None, "Checkpoint folder (or a Hub id, or any source --model of train takes)")
-    data: str | None = option(None, "Instruction data; default: the checkpoint's recipe (the data it was trained on)")
+    data: str | None = option(None, "Instruction data or conversations (answered at their last user message); "
+                              "default: the checkpoint's recipe (the data it was trained on)")
     split: str = option("test", "Which split of --data: train, val, test or all (split as the checkpoint's recipe "
                         "says, else the book's 85/10/5 in file order)", choices=["train", "val", "test", "all"])
     prompt: str | None = option(None, "One instruction: generate, print the response")
@@ -67,11 +75,11 @@ class GenerateConfig:
         if self.batch_size != "auto" and not (self.batch_size.isdigit() and int(self.batch_size) > 0):
             raise ValueError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
 
-    def settings(self, style: PromptStyle) -> GenerationSettings:
+    def settings(self, style: PromptStyle, layout: ConversationLayout | None = None) -> GenerationSettings:
         return GenerationSettings(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, seed=self.seed,
             batch_size=self.batch_size if self.batch_size == "auto" else int(self.batch_size), style=style,
-            overflow=self.overflow, backend=self.backend, progress=self.progress,
+            conversation_layout=layout, overflow=self.overflow, backend=self.backend, progress=self.progress,
         )
 
 
@@ -82,8 +90,8 @@ def entries_to_answer(cfg: GenerateConfig, recipe: Recipe | None) -> tuple[list[
         raise ValueError(f"{cfg.model} has no recipe (recipe.json): pass --data, --prompt or --interactive")
     if recipe is not None and data == recipe.data:
         splits = recipe.splits()  # the run's own split: fractions, shuffle and seed as trained
-    else:
-        dataset = load_instruction_data(data)
+    else:  # questions to answer: a conversation may end on the question itself
+        dataset = load_instruction_data(data, purpose="generation")
         if cfg.split == "all":
             return [dict(row) for row in dataset], data
         splits = split_dataset(dataset)
@@ -113,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft generate`` (also ``scripts/generate.py``)."""
     cfg = parse_config(GenerateConfig, argv, prog="gpt-sft generate")
     style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
-    settings = cfg.settings(style)
+    settings = cfg.settings(style, checkpoint_layout(recipe, style, cfg.prompt_style))
     entries, data = (None, None) if cfg.prompt is not None or cfg.interactive else entries_to_answer(cfg, recipe)
     # the data is checked before the (slower) model load
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
@@ -124,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         record_stage_outputs(output)  # in a training run's folder: the run's
         # the book: json.dump(test_data, file, indent=4)
         write_json_atomic(output, add_responses(entries, responses, key=cfg.response_key), indent=4)
-        print(f"Wrote {len(entries)} entries with {cfg.response_key!r} to {output}", file=sys.stderr)
+        what = "conversations" if entries and "messages" in entries[0] else "entries"
+        print(f"Wrote {len(entries)} {what} with {cfg.response_key!r} to {output}", file=sys.stderr)
         return 0
     single = dataclasses.replace(settings, progress=False)
     if cfg.prompt is not None:

@@ -4,14 +4,18 @@ The engine is llama.cpp through ``llama-cpp-python[server]``; gpt-sft only prepa
 checkpoint folder, the model is exported to GGUF first (cached, keyed by the checkpoint's files, so a
 second start is immediate); given a ``.gguf`` file, that file is served. The GGUF file carries the
 checkpoint's chat template, so ``/v1/chat/completions`` with one user message (the instruction; the
-input, if any, as a system message before it) is answered in the trained format; a longer message list
-is refused (the single-turn template's error). Send ``temperature: 0`` and ``repeat_penalty: 1.0``
-(llama-cpp-python's default is 1.1) for the greedy answer that ``gpt-sft generate --prompt`` gives.
+input, if any, as a system message before it) is answered in the trained format; for a checkpoint trained
+on single-turn data a longer message list is refused (the single-turn template's error). Send
+``temperature: 0`` and ``repeat_penalty: 1.0`` (llama-cpp-python's default is 1.1) for the greedy answer
+that ``gpt-sft generate --prompt`` gives.
 
 A checkpoint trained on conversations (its recipe says so) is served by the same server with its chat route
 answered in the recipe's conversation layout (``gpt_sft.cli.serve_conversations``): the whole message list is
 rendered, the oldest turns left out when it does not fit the context, and the reply says how many
 (``gpt_sft.dropped_turns``, see :mod:`gpt_sft.generate.chat_completions`).
+Its GGUF export carries the multi-turn template of that layout (so the file served alone, ``--model
+FILE.gguf``, keeps a conversation's history through llama.cpp's own template, without fitting it to the
+context); a checkpoint folder's chat route does not use it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from gguf import GGUFReader
 
 from ..common.options import option, parse_config
 from ..data.conversation_format import ConversationLayout, conversation_layout
-from ..data.recipe import checkpoint_style
+from ..data.recipe import checkpoint_layout, checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..model.loading import peek_context_length
 from ..model.modeling_gpt import MODEL_CODE_VERSION
@@ -90,12 +94,13 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
     name = cfg.name or source.resolve().name
     cache = Path(cfg.gguf_cache) if cfg.gguf_cache else default_cache_dir() / "gguf"
     path = cache / f"{name}-{_fingerprint(source, cfg)}-{cfg.gguf_type}.gguf"
-    style, _ = checkpoint_style(cfg.model, cfg.prompt_style)
+    style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
     model = None
     if not path.is_file():
         model = plain_model(cfg.model)
         print(f"Exporting {source} to GGUF ({cfg.gguf_type}) for llama.cpp: {path}", file=sys.stderr)
-        write_gguf(model, path, gguf_type=cfg.gguf_type, style=style, name=name)
+        write_gguf(model, path, gguf_type=cfg.gguf_type, style=style,
+                   conversation_layout=checkpoint_layout(recipe, style, cfg.prompt_style), name=name)
     context = model.config.n_positions if model is not None else peek_context_length(source)
     return path, name, context
 

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .chat_template import jinja_text, prompt_parts
-from .prompts import ALPACA, CHATML, PHI3, PromptStyle, get_prompt_style
+from .prompts import ALPACA, CHATML, PHI3, PromptStyle, format_prompt, get_prompt_style
 from .validate import END_OF_TEXT
 
 ALPACA_PREAMBLE = ALPACA.format_prompt({"instruction": "", "input": ""}).split("\n\n", 1)[0]
@@ -214,6 +214,37 @@ def fit_conversation(messages: Sequence[Mapping[str, str]], layout: Conversation
     raise ValueError("a conversation to answer needs a user message")
 
 
+def split_reference(messages: Sequence[Mapping[str, str]]) -> tuple[list[Mapping[str, str]], str | None]:
+    """``(question, reference)`` of a held-out conversation: the messages up to its last user message, and the
+    answer that follows it (``None`` when the conversation ends on the question, unanswered)."""
+    if messages[-1]["role"] == "assistant":
+        return list(messages[:-1]), messages[-1]["content"]
+    return list(messages), None
+
+
+def entry_prompt(entry: Mapping[str, Any], style: PromptStyle | str = "alpaca",
+                 layout: ConversationLayout | None = None) -> str:
+    """The text a model is given to answer ``entry``. An Alpaca entry: its prompt in ``style``
+    (:func:`~gpt_sft.data.prompts.format_prompt`, the book's: the model writes the response header itself). A
+    conversation (a ``messages`` entry): every message before its last answer -- the system message and all earlier
+    exchanges, each answer closed by ``<|endoftext|>`` -- then the answer's header, in ``layout`` (default: the
+    style's); i.e. the training text up to the answer to its last user message, what ``apply_chat_template(...,
+    add_generation_prompt=True)`` gives."""
+    if "messages" not in entry:
+        return format_prompt(entry, style)
+    question, _ = split_reference(entry["messages"])
+    return render_conversation(question, layout or conversation_layout(style))
+
+
+def extract_answer(generated_text: str, prompt: str, layout: ConversationLayout) -> str:
+    """The answer in ``generated_text`` (the :func:`entry_prompt` of a conversation and the model's continuation):
+    the continuation up to the text that closes an answer in ``layout`` (chatml's ``<|im_end|>``; the others close
+    it with the end-of-text alone, where generation stops), stripped."""
+    text = generated_text[len(prompt):]
+    closing = layout.assistant_tail.strip()
+    return (text.split(closing, 1)[0] if closing else text).strip()
+
+
 def conversation_chat_template(layout: ConversationLayout | PromptStyle | str = "alpaca") -> str:
     """The Jinja chat template of a checkpoint trained on conversations: ``apply_chat_template(messages,
     add_generation_prompt=True)`` is :func:`render_conversation` of them, i.e. the training text up to the next
@@ -251,4 +282,5 @@ def conversation_chat_template(layout: ConversationLayout | PromptStyle | str = 
 
 
 __all__ = ["ALPACA_PREAMBLE", "ConversationLayout", "FittedConversation", "conversation_chat_template",
-           "conversation_layout", "exchanges", "fit_conversation", "render_conversation", "render_pieces"]
+           "conversation_layout", "entry_prompt", "exchanges", "extract_answer", "fit_conversation",
+           "render_conversation", "render_pieces", "split_reference"]

@@ -7,9 +7,12 @@ and nothing later sees ShareGPT. Other fields of an entry are kept.
 
 A valid conversation: an optional system message first, then user and assistant messages taking turns, starting
 with a user message, with at least one assistant message; every content a non-empty string without
-``<|endoftext|>``; in training data it ends on an assistant message (there is nothing to learn after a question).
-A bad entry raises one :class:`~gpt_sft.data.validate.InstructionDataError` naming the source, the entry and the
-turn (0-based, as in the file); ``skip_invalid`` counts and skips it (:func:`~gpt_sft.data.validate.validate_entries`).
+``<|endoftext|>``. How it may end depends on what it is read for (``purpose``): training data, and responses to be
+scored, end on an assistant message (there is nothing to learn after a question, and the last answer is the
+reference a response is scored against); a conversation to be answered (``gpt-sft generate --data``) may instead end
+on a user message, the question, when there is no reference (then it needs no assistant message at all). A bad
+entry raises one :class:`~gpt_sft.data.validate.InstructionDataError` naming the source, the entry and the turn
+(0-based, as in the file); ``skip_invalid`` counts and skips it (:func:`~gpt_sft.data.validate.validate_entries`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from .validate import END_OF_TEXT, UnparsableLine, json_type_name
 
 DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt")
 CONVERSATION_FORMATS = ("messages", "sharegpt")
+# What a conversation is read for: it decides how it may end (see the module docstring)
+PURPOSES = ("training", "generation", "evaluation")
+_MUST_END_ON_AN_ANSWER = {"training": "training data must end on an assistant turn, not a user turn",
+                          "evaluation": "a conversation to score must end on an assistant turn, the reference answer"}
 ROLES = ("system", "user", "assistant")
 # ShareGPT's names for the roles, and the keys of one of its turns
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -52,9 +59,12 @@ def resolve_format(data_format: str, first: Any, columns: Sequence[str] | None =
     return detect_format(first, columns) if data_format == "auto" else data_format
 
 
-def conversation_problem(entry: Any, data_format: str, training: bool = True) -> tuple[str, str] | None:
+def conversation_problem(entry: Any, data_format: str, purpose: str = "training") -> tuple[str, str] | None:
     """``(reason, message)`` if ``entry`` is not a valid conversation of ``data_format`` (``messages`` or
-    ``sharegpt``), else ``None``. The message names the turn."""
+    ``sharegpt``) for ``purpose`` (``training``, ``generation`` or ``evaluation``), else ``None``. The message names
+    the turn."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose {purpose!r}: choose from {', '.join(PURPOSES)}")
     list_key, role_key, content_key = _KEYS[data_format]
     roles = _role_names(data_format)
     if isinstance(entry, UnparsableLine):
@@ -89,11 +99,12 @@ def conversation_problem(entry: Any, data_format: str, training: bool = True) ->
         if role == "assistant" and previous != "user":
             return "assistant turn without a question", f"turn {t}: an assistant turn must follow a user turn"
         previous = role
-    if "assistant" not in {roles.get(turn.get(role_key)) for turn in turns}:
+    # a question alone is something to answer, though nothing to learn from or score
+    if "assistant" not in {roles.get(turn.get(role_key)) for turn in turns} and not (
+            purpose == "generation" and previous == "user"):
         return "no assistant turn", "the conversation has no assistant turn"
-    if training and previous == "user":
-        return "ends on a user turn", f"turn {len(turns) - 1}: training data must end on an assistant turn, not a " \
-                                      "user turn"
+    if previous == "user" and purpose in _MUST_END_ON_AN_ANSWER:
+        return "ends on a user turn", f"turn {len(turns) - 1}: {_MUST_END_ON_AN_ANSWER[purpose]}"
     return None
 
 
@@ -119,5 +130,5 @@ def to_messages(entry: Mapping[str, Any], data_format: str) -> dict[str, Any]:
     return {"messages": messages, **{k: v for k, v in entry.items() if k not in (list_key, "messages")}}
 
 
-__all__ = ["CONVERSATION_FORMATS", "DATA_FORMATS", "ROLES", "SHAREGPT_ROLES", "conversation_problem",
+__all__ = ["CONVERSATION_FORMATS", "DATA_FORMATS", "PURPOSES", "ROLES", "SHAREGPT_ROLES", "conversation_problem",
            "detect_format", "question_problem", "resolve_format", "to_messages"]

@@ -167,14 +167,14 @@ def _set_origin(dataset: Dataset, source: str) -> Dataset:
 
 
 def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
-                      data_format: str = "alpaca") -> tuple[Dataset, LoadStats]:
+                      data_format: str = "alpaca", purpose: str = "training") -> tuple[Dataset, LoadStats]:
     """Check the columns and entries of a ``datasets.Dataset``; normalise ``input``. Conversations are checked
     and converted entry by entry (:func:`_load_entries`)."""
     data_format = "alpaca" if response_fields else resolve_format(data_format, None, dataset.column_names)
     if data_format != "alpaca":
         if len(dataset) == 0:
             raise InstructionDataError(source, "the data set is empty")
-        return _load_entries(dataset.to_list(), None, source, skip_invalid, (), data_format)
+        return _load_entries(dataset.to_list(), None, source, skip_invalid, (), data_format, purpose)
     missing = [name for name in REQUIRED_FIELDS if name not in dataset.column_names]
     if missing:
         raise InstructionDataError(
@@ -244,6 +244,7 @@ def load_instruction_data(
     progress: bool = ...,
     response_fields: Sequence[str] = ...,
     data_format: str = ...,
+    purpose: str = ...,
     **load_kwargs: Any,
 ) -> Dataset: ...
 
@@ -259,6 +260,7 @@ def load_instruction_data(
     progress: bool = ...,
     response_fields: Sequence[str] = ...,
     data_format: str = ...,
+    purpose: str = ...,
     **load_kwargs: Any,
 ) -> tuple[Dataset, LoadStats]: ...
 
@@ -273,6 +275,7 @@ def load_instruction_data(
     progress: bool = True,
     response_fields: Sequence[str] = (),
     data_format: str = "auto",
+    purpose: str = "training",
     **load_kwargs: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     """Load and validate instruction data; return a :class:`datasets.Dataset`.
@@ -291,6 +294,9 @@ def load_instruction_data(
         data_format: ``auto`` (what the first entry holds), ``alpaca``, ``messages`` or ``sharegpt``
             (:mod:`gpt_sft.data.conversations`). Conversations load as one ``messages`` column (list of
             ``{"role", "content"}``) and the entries' other fields; ShareGPT is converted to it here.
+        purpose: What conversations are read for, which decides how they may end
+            (:mod:`gpt_sft.data.conversations`): ``training`` (the default: on an answer) or ``generation``
+            (questions to answer: also on a user message). Alpaca entries are the same either way.
         **load_kwargs: Passed to :func:`datasets.load_dataset` for Hub names.
 
     The columns are ``instruction``, ``input`` (``""`` where missing), ``output`` and any extra field; for
@@ -307,32 +313,34 @@ def load_instruction_data(
     path: Path | None = None  # the file read, if any
     if isinstance(source, Dataset):
         name = dataset_origin(source)
-        dataset, stats = _validate_dataset(source, name, skip_invalid, response_fields, data_format)
+        dataset, stats = _validate_dataset(source, name, skip_invalid, response_fields, data_format, purpose)
     elif isinstance(source, (list, tuple)):
         name = "<list of entries>"
-        dataset, stats = _load_entries(list(source), None, name, skip_invalid, response_fields, data_format)
+        dataset, stats = _load_entries(list(source), None, name, skip_invalid, response_fields, data_format, purpose)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if text.startswith(("http://", "https://")):
             path = _download(text, cache_dir, progress)
             name = text
-            dataset, stats = _load_file(path, name, skip_invalid, response_fields, data_format)
+            dataset, stats = _load_file(path, name, skip_invalid, response_fields, data_format, purpose)
         elif "://" in text:
             raise InstructionDataError(text, "unsupported URL scheme (use http(s):// or a local path)")
         elif os.path.isfile(os.path.expanduser(text)):
             path = Path(text).expanduser()
             name = str(path)
-            dataset, stats = _load_file(path, name, skip_invalid, response_fields, data_format)
+            dataset, stats = _load_file(path, name, skip_invalid, response_fields, data_format, purpose)
         elif os.path.isdir(os.path.expanduser(text)):
             name = str(Path(text).expanduser())
-            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs, response_fields, data_format)
+            dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs, response_fields, data_format,
+                                       purpose)
         elif _looks_like_path(text) or isinstance(source, os.PathLike):
             raise InstructionDataError(text, "file not found")
         else:
             name = text
             if "data_files" in load_kwargs:
                 name = f"{text} (data_files={load_kwargs['data_files']})"
-            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs, response_fields, data_format)
+            dataset, stats = _load_hub(text, name, split, skip_invalid, load_kwargs, response_fields, data_format,
+                                       purpose)
     else:
         raise TypeError(f"load_instruction_data: unsupported source type {type(source).__name__}")
     stats.sha256 = _sha256(path) if path is not None else None
@@ -364,14 +372,15 @@ def _download(url: str, cache_dir: str | os.PathLike | None, progress: bool) -> 
 
 def _load_entries(
     entries: list[Any], lines: list[int] | None, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
-    data_format: str = "alpaca",
+    data_format: str = "alpaca", purpose: str = "training",
 ) -> tuple[Dataset, LoadStats]:
     if not entries:
         raise InstructionDataError(source, "the data set is empty (no entries)")
     # the first entry that is an object says the format (a JSON Lines line that is not JSON says nothing)
     first = next((entry for entry in entries if isinstance(entry, Mapping)), None)
     data_format = "alpaca" if response_fields else resolve_format(data_format, first)
-    problem = None if data_format == "alpaca" else functools.partial(conversation_problem, data_format=data_format)
+    problem = None if data_format == "alpaca" else functools.partial(conversation_problem, data_format=data_format,
+                                                                      purpose=purpose)
     valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, lines=lines,
                                     response_fields=response_fields, problem=problem)
     stats.data_format = data_format
@@ -384,7 +393,7 @@ def _load_entries(
 
 
 def _load_file(path: Path, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
-               data_format: str = "alpaca") -> tuple[Dataset, LoadStats]:
+               data_format: str = "alpaca", purpose: str = "training") -> tuple[Dataset, LoadStats]:
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl") or suffix not in _FILE_BUILDERS:
         if suffix not in (".json", ".jsonl"):
@@ -397,18 +406,18 @@ def _load_file(path: Path, source: str, skip_invalid: bool, response_fields: Seq
                 ) from None
         else:
             entries, lines = _read_json(path, source, skip_invalid)
-        return _load_entries(entries, lines, source, skip_invalid, response_fields, data_format)
+        return _load_entries(entries, lines, source, skip_invalid, response_fields, data_format, purpose)
     try:
         dataset = load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - any reader error becomes one clear message
         raise InstructionDataError(source, f"could not read the file ({err.__class__.__name__}: {err})") from None
-    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format)
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format, purpose)
     return _set_origin(dataset, source), stats
 
 
 def _load_hub(
     name: str, source: str, split: str, skip_invalid: bool, load_kwargs: dict[str, Any],
-    response_fields: Sequence[str] = (), data_format: str = "alpaca",
+    response_fields: Sequence[str] = (), data_format: str = "alpaca", purpose: str = "training",
 ) -> tuple[Dataset, LoadStats]:
     if not _offline_by_choice() and not os.path.isdir(name):
         offline = hub_offline_reason()
@@ -427,7 +436,7 @@ def _load_hub(
             f"If it is a Hugging Face Hub data set, check the name and your network (HF_DATASETS_OFFLINE "
             f"is {os.environ.get('HF_DATASETS_OFFLINE', 'unset')}). {_LOCAL_FILE_HINT}",
         ) from None
-    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format)
+    dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format, purpose)
     return _set_origin(dataset, source), stats
 
 

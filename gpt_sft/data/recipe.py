@@ -139,7 +139,8 @@ class Recipe:
             "templates the recipe did not record: register it (gpt_sft.register_prompt_style), or pass --prompt-style")
 
     def splits(self) -> DatasetDict:
-        """The run's train / validation / test splits, made again exactly as training made them."""
+        """The run's train / validation / test splits, made again exactly as training made them (validated as
+        training data, so that the same entries are kept: a held-out conversation ends on its reference answer)."""
         if not self.data:
             raise ValueError("the checkpoint's recipe names no data: pass --data")
         dataset, stats = load_instruction_data(self.data, skip_invalid=self.skip_invalid, return_stats=True,
@@ -179,10 +180,20 @@ def checkpoint_style(folder: str | os.PathLike, given: str | PromptStyle | None)
     return resolve_style(recipe, given), recipe
 
 
+def checkpoint_layout(recipe: Recipe | None, style: PromptStyle, given: str | PromptStyle | None = None
+                      ) -> ConversationLayout | None:
+    """How a later stage writes conversations for a checkpoint: the layout its recipe records when it was trained
+    on conversations (``None`` for any other checkpoint, whose chat template stays single-turn); with a
+    ``--prompt-style`` given (``given``), that style's layout instead, as :func:`resolve_style` obeys it."""
+    if recipe is None or not recipe.conversational:
+        return None
+    return conversation_layout(style) if given is not None else recipe.layout()
+
+
 def entries_of_split(splits: DatasetDict, split: str) -> list[dict]:
     """The entries of ``split`` (``train``, ``val``/``validation``, ``test``)."""
     return [dict(row) for row in splits[SPLIT_NAMES[split]]]
 
 
-__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "checkpoint_style", "entries_of_split",
-           "follow_recipe", "resolve_style", "warn_recipe"]
+__all__ = ["RECIPE_FILE", "Recipe", "RecipeWarning", "SPLIT_NAMES", "checkpoint_layout", "checkpoint_style",
+           "entries_of_split", "follow_recipe", "resolve_style", "warn_recipe"]

@@ -75,13 +75,21 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None, stage=None
         skipped = stats.get("entries_skipped", 0)
         reasons = ", ".join(f"{n} {why}" for why, n in (stats.get("skipped_by_reason") or {}).items())
         split = stats.get("split", {})
-        overlong = stats.get("train_overlong", 0)
+        overlong, dropped = stats.get("train_overlong", 0), stats.get("train_dropped", 0)
+        conversations = stats.get("data_format", "alpaca") != "alpaca"
+        if not overlong:
+            long_ones = ""
+        elif conversations:  # one is shortened by whole exchanges, or dropped when even its last one is too long
+            long_ones = (f"; {overlong} over-long training conversations ({overlong - dropped} lost their earliest "
+                         f"exchanges, {dropped} dropped)")
+        else:
+            long_ones = f"; {overlong} over-long training examples " + ("dropped" if dropped else "truncated")
         data_summary = (
-            f"{stats.get('entries_loaded')} of {stats.get('entries_read')} entries used"
+            f"{stats.get('entries_loaded')} of {stats.get('entries_read')} "
+            + ("conversations" if conversations else "entries") + " used"
             + (f" ({skipped} invalid skipped: {reasons})" if skipped else " (none skipped)")
             + f"; split {split.get('train')}/{split.get('validation')}/{split.get('test')} train/validation/test"
-            + (f"; {overlong} over-long training examples "
-               + ("dropped" if stats.get("train_dropped") else "truncated") if overlong else "")
+            + long_ones
         )
     base_description = section.base_description or (
         f"GPT-2 {preset}" if preset else ("a randomly initialised GPT of "

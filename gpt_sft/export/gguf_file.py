@@ -8,7 +8,8 @@ written only when it is untied (llama.cpp reuses ``token_embd`` otherwise). Tens
 
 The tokenizer travels inside the file: OpenAI's 50,257 byte-level BPE tokens and 50,000 merges with
 llama.cpp's ``gpt-2`` pre-tokenizer, ``<|endoftext|>`` as a control token that ends generation, no
-BOS added (GPT-2 never had one), and the prompt style's chat template for chat endpoints.
+BOS added (GPT-2 never had one), and the prompt style's chat template for chat endpoints (for a checkpoint
+trained on conversations, the multi-turn template of its recipe's layout).
 
 Types: ``f32`` keeps every weight; ``f16`` halves the matrices; ``q8_0`` stores them in 8-bit blocks of
 32. Norms, biases and the position embedding stay f32, as llama.cpp's converter keeps them; a matrix
@@ -29,6 +30,7 @@ import torch
 
 from ..common.atomic_io import atomic_file
 from ..data.chat_template import chat_template
+from ..data.conversation_format import ConversationLayout, conversation_chat_template
 from ..data.prompts import PromptStyle
 from ..model.tokenizer import END_OF_TEXT_ID, bpe_files
 
@@ -105,13 +107,17 @@ def _encode(name: str, tensor: torch.Tensor, gguf_type: str) -> tuple[np.ndarray
 
 
 def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f16", style: PromptStyle | None = None,
-               name: str = "gpt-sft", progress: Callable[[str], None] | None = None) -> GGUFResult:
+               conversation_layout: ConversationLayout | None = None, name: str = "gpt-sft",
+               progress: Callable[[str], None] | None = None) -> GGUFResult:
     """Write ``model`` (a plain ``GPTForCausalLM``) to the GGUF file ``path``, through a temporary file
     renamed into place when complete.
 
     Args:
         gguf_type: ``f32``, ``f16`` or ``q8_0``.
         style: The prompt style: its chat template goes into ``tokenizer.chat_template``.
+        conversation_layout: For a model trained on conversations: the multi-turn template of this layout goes
+            there instead (:func:`gpt_sft.data.conversation_format.conversation_chat_template`), the one its
+            checkpoint's tokenizer has.
         name: ``general.name``.
         progress: Called with a short status line while writing.
     """
@@ -144,7 +150,9 @@ def write_gguf(model, path: str | os.PathLike, *, gguf_type: str = "f16", style:
         writer.add_pad_token_id(END_OF_TEXT_ID)
         writer.add_add_bos_token(False)
         writer.add_add_eos_token(False)
-        if style is not None:
+        if conversation_layout is not None:
+            writer.add_chat_template(conversation_chat_template(conversation_layout))
+        elif style is not None:
             try:
                 writer.add_chat_template(chat_template(style))
             except ValueError:

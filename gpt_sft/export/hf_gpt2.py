@@ -19,6 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
 
 from ..common.atomic_io import atomic_directory
 from ..data.chat_template import chat_template
+from ..data.conversation_format import ConversationLayout, conversation_chat_template
 from ..data.prompts import PromptStyle
 from ..data.recipe import Recipe
 from ..model.configuration_gpt import GPTConfig
@@ -97,16 +98,20 @@ def to_hf_gpt2_model(model) -> GPT2LMHeadModel:
 
 
 def export_hf_gpt2(model, output_dir: str | os.PathLike, *, style: PromptStyle, card: str,
-                   recipe: Recipe | None = None) -> Path:
+                   recipe: Recipe | None = None, conversation_layout: ConversationLayout | None = None) -> Path:
     """Write ``model`` as a stock GPT-2 folder (safetensors, ``config.json`` without ``auto_map``, the
-    GPT-2 tokenizer with the prompt style's chat template, ``generation_config.json``, ``README.md``),
+    GPT-2 tokenizer with the prompt style's chat template -- with ``conversation_layout``, for a model trained on
+    conversations, the multi-turn template of that layout --, ``generation_config.json``, ``README.md``),
     atomically: an interrupted export leaves no folder behind."""
     hf = to_hf_gpt2_model(model)
     tokenizer = get_hf_tokenizer()
-    try:
-        tokenizer.chat_template = chat_template(style)
-    except ValueError:
-        pass  # a style that is a function has no template; the card still shows the format
+    if conversation_layout is not None:
+        tokenizer.chat_template = conversation_chat_template(conversation_layout)
+    else:
+        try:
+            tokenizer.chat_template = chat_template(style)
+        except ValueError:
+            pass  # a style that is a function has no template; the card still shows the format
     with atomic_directory(output_dir) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ..data.prompts import extract_response, format_prompt
+from ..data.conversation_format import conversation_layout, entry_prompt, extract_answer
+from ..data.prompts import extract_response
 from .decode import generate_token_ids
 from .settings import END_OF_TEXT, RAW_STYLE, GenerationSettings
 
@@ -46,20 +47,24 @@ def _entries_to_list(entries_or_prompts: Any) -> list[Any]:
     return list(entries_or_prompts)  # a list, a datasets.Dataset (rows as dicts), any iterable
 
 
-def _prompt_text(item: Any, style: str) -> str:
+def _prompt_text(item: Any, settings: GenerationSettings) -> str:
     if isinstance(item, str):
         return item
     if isinstance(item, Mapping):
-        if style == RAW_STYLE:
+        if settings.style == RAW_STYLE:
             raise ValueError("entries (dicts) need a prompt style such as 'alpaca' or 'phi3', not 'raw'")
-        return format_prompt(item, style=style)
+        return entry_prompt(item, settings.style, settings.conversation_layout)
     raise TypeError(f"expected a prompt string or an entry dict, got {type(item).__name__}")
 
 
-def _extract(generated_text: str, prompt: str, style: str) -> str:
-    if style == RAW_STYLE:
+def _extract(generated_text: str, prompt: str, item: Any, settings: GenerationSettings) -> str:
+    if settings.style == RAW_STYLE:
         return generated_text[len(prompt) :]
-    return extract_response(generated_text, prompt, style)
+    if isinstance(item, Mapping) and "messages" in item:
+        # the prompt ends with the answer's header: the answer is what follows, up to the layout's closing text
+        return extract_answer(generated_text, prompt,
+                              settings.conversation_layout or conversation_layout(settings.style))
+    return extract_response(generated_text, prompt, settings.style)
 
 
 def generate_responses(
@@ -77,6 +82,13 @@ def generate_responses(
     style's rule (:func:`gpt_sft.data.prompts.extract_response`; Alpaca: text after the prompt, without
     ``"### Response:"``, stripped). With ``style="raw"`` the continuation is returned unchanged.
 
+    Conversations (dicts with ``messages``) are answered at their last user message: the prompt is the
+    conversation up to there, in ``settings.conversation_layout`` (the system message, every earlier exchange
+    with its answer and end-of-text, the question and the answer's header:
+    :func:`gpt_sft.data.conversation_format.entry_prompt`); an answer that follows it in the data is the
+    reference, never shown to the model. The response is the continuation up to the layout's closing text
+    (:func:`~gpt_sft.data.conversation_format.extract_answer`).
+
     Args:
         model: The causal LM, on its device.
         tokenizer: tiktoken ``gpt2`` encoding or a Hugging Face GPT-2 tokenizer.
@@ -86,13 +98,13 @@ def generate_responses(
     """
     settings = dataclasses.replace(settings or GenerationSettings(), **overrides)
     items = _entries_to_list(entries_or_prompts)
-    prompts = [_prompt_text(item, settings.style) for item in items]
+    prompts = [_prompt_text(item, settings) for item in items]
     codec = TextCodec(tokenizer)
     output = generate_token_ids(model, codec.encode_batch(prompts), settings)
     responses = []
-    for used_ids, new_ids in zip(output.prompt_ids, output.sequences):
+    for item, used_ids, new_ids in zip(items, output.prompt_ids, output.sequences):
         prompt_text = codec.decode(used_ids)  # == the prompt unless it was truncated
-        responses.append(_extract(codec.decode(used_ids + new_ids), prompt_text, settings.style))
+        responses.append(_extract(codec.decode(used_ids + new_ids), prompt_text, item, settings))
     return responses
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..data.conversation_format import ConversationLayout
 from ..model.tokenizer import END_OF_TEXT, END_OF_TEXT_ID  # noqa: F401 - END_OF_TEXT: for generate.responses
 
 RAW_STYLE = "raw"  # prompts used verbatim; the response is the decoded continuation, untouched
@@ -68,6 +69,9 @@ class GenerationSettings:
         style: Prompt style of dict entries and of response extraction (``"alpaca"``, ``"phi3"``, any
             style known to :mod:`gpt_sft.data.prompts`), or ``"raw"``: string prompts used verbatim and the
             whole continuation returned.
+        conversation_layout: How conversations (``messages`` entries) are written: the layout a checkpoint trained
+            on conversations records in its recipe; ``None``: the style's
+            (:func:`gpt_sft.data.conversation_format.conversation_layout`).
         eos_token_id: Stop token (not part of the response); ``None`` never stops early (benchmarks).
         pad_token_id: Left-padding token id (its positions are masked out, so its value is irrelevant).
         context_length: Positions the model has; ``None`` reads ``n_positions``/``max_position_embeddings``
@@ -84,6 +88,7 @@ class GenerationSettings:
     seed: int | None = 123
     batch_size: int | str = "auto"
     style: str = "alpaca"
+    conversation_layout: ConversationLayout | None = None
     eos_token_id: int | None = END_OF_TEXT_ID
     pad_token_id: int = END_OF_TEXT_ID
     context_length: int | None = None

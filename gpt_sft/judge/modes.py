@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.prompts import PromptStyle, format_prompt
-from .prompt import JUDGE_PROMPT_TEMPLATE, parse_score
+from .prompt import (CONVERSATION_JUDGE_PROMPT_TEMPLATE, JUDGE_PROMPT_TEMPLATE, conversation_fields, conversational,
+                     parse_score)
 
 STRUCTURED_PROMPT_TEMPLATE = JUDGE_PROMPT_TEMPLATE.replace(
+    "Respond with the integer number only.", 'Respond with a JSON object {{"score": <integer 0-100>}}.')
+STRUCTURED_CONVERSATION_PROMPT_TEMPLATE = CONVERSATION_JUDGE_PROMPT_TEMPLATE.replace(
     "Respond with the integer number only.", 'Respond with a JSON object {{"score": <integer 0-100>}}.')
 
 RUBRIC_PROMPT_TEMPLATE = (
@@ -41,6 +44,10 @@ RUBRIC_PROMPT_TEMPLATE = (
     "5 = correct and complete, as good as the correct output\n"
     'Respond with a JSON object {{"score": <integer 1-5>}}.'
 )
+RUBRIC_CONVERSATION_PROMPT_TEMPLATE = conversational(
+    RUBRIC_PROMPT_TEMPLATE.replace("a model's response to an instruction", "a model's response to the last "
+                                   "instruction of a conversation"),
+    "Instruction:\n{prompt}\n\n", "Earlier turns of the conversation:\n{history}\n\nLast instruction:\n{prompt}\n\n")
 
 
 def score_schema(low: int, high: int) -> dict[str, Any]:
@@ -68,20 +75,25 @@ def parse_json_field(reply: str, field: str) -> Any:
 @dataclass(frozen=True)
 class JudgeMode:
     """One way to ask: the prompt template (``{prompt}``, ``{output}``, ``{response}``), the score range,
-    and whether the reply is constrained to :func:`score_schema`."""
+    and whether the reply is constrained to :func:`score_schema`; ``conversation_template`` asks the same about
+    a conversation (``{history}``: its earlier turns, ``{prompt}``: its last question)."""
 
     name: str
     template: str
     low: int
     high: int
     structured: bool
+    conversation_template: str
 
     @property
     def schema(self) -> dict[str, Any] | None:
         return score_schema(self.low, self.high) if self.structured else None
 
     def prompt(self, entry: Mapping[str, Any], response: str, style: PromptStyle | str = "alpaca") -> str:
-        """The question for ``entry`` and the model's ``response``; the entry as the model saw it."""
+        """The question for ``entry`` and the model's ``response``; the entry as the model saw it, a conversation as
+        its turns (:func:`~.prompt.conversation_fields`)."""
+        if "messages" in entry:
+            return self.conversation_template.format(**conversation_fields(entry), response=response)
         return self.template.format(prompt=format_prompt(entry, style), output=entry["output"], response=response)
 
     def parse(self, reply: str) -> int | None:
@@ -102,9 +114,12 @@ class JudgeMode:
 
 
 MODES: dict[str, JudgeMode] = {
-    "book": JudgeMode("book", JUDGE_PROMPT_TEMPLATE, 0, 100, structured=False),
-    "structured": JudgeMode("structured", STRUCTURED_PROMPT_TEMPLATE, 0, 100, structured=True),
-    "rubric": JudgeMode("rubric", RUBRIC_PROMPT_TEMPLATE, 1, 5, structured=True),
+    "book": JudgeMode("book", JUDGE_PROMPT_TEMPLATE, 0, 100, structured=False,
+                      conversation_template=CONVERSATION_JUDGE_PROMPT_TEMPLATE),
+    "structured": JudgeMode("structured", STRUCTURED_PROMPT_TEMPLATE, 0, 100, structured=True,
+                            conversation_template=STRUCTURED_CONVERSATION_PROMPT_TEMPLATE),
+    "rubric": JudgeMode("rubric", RUBRIC_PROMPT_TEMPLATE, 1, 5, structured=True,
+                        conversation_template=RUBRIC_CONVERSATION_PROMPT_TEMPLATE),
 }
 
 
@@ -116,5 +131,6 @@ def get_mode(name: str) -> JudgeMode:
 
 
 
-__all__ = ["MODES", "RUBRIC_PROMPT_TEMPLATE", "STRUCTURED_PROMPT_TEMPLATE", "JudgeMode", "get_mode",
+__all__ = ["MODES", "RUBRIC_CONVERSATION_PROMPT_TEMPLATE", "RUBRIC_PROMPT_TEMPLATE",
+           "STRUCTURED_CONVERSATION_PROMPT_TEMPLATE", "STRUCTURED_PROMPT_TEMPLATE", "JudgeMode", "get_mode",
            "parse_json_field", "score_schema"]

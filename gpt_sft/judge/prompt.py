@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..data.conversation_format import split_reference
 from ..data.prompts import PromptStyle, format_prompt
 
 #: The book's judge prompt (``ollama_evaluate.py``), verbatim.
@@ -23,6 +24,42 @@ JUDGE_PROMPT_TEMPLATE = (
     " on a scale from 0 to 100, where 100 is the best score. "
     "Respond with the integer number only."
 )
+# How a conversation's turns are named to the judge, one turn a line before the question. Plain names, not the
+# model's prompt layout: its <|endoftext|> separators are special tokens to many judges' tokenizers.
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+NO_EARLIER_TURNS = "(none)"
+
+
+def conversational(template: str, single_turn_question: str, conversation_question: str) -> str:
+    """A judge template for conversations made from a single-turn one: its question about the input replaced by one
+    about the earlier turns (``{history}``) and the last input; the reference, the response and the scoring
+    instruction stay word for word."""
+    if template.count(single_turn_question) != 1:
+        raise ValueError(f"the judge template does not ask {single_turn_question!r} once: {template!r}")
+    return template.replace(single_turn_question, conversation_question)
+
+
+#: The book's judge prompt for a conversation: its earlier turns, then its last question where the book shows the
+#: input, and the same reference, response and scoring instruction.
+CONVERSATION_JUDGE_PROMPT_TEMPLATE = conversational(
+    JUDGE_PROMPT_TEMPLATE, "Given the input `{prompt}` ",
+    "Given a conversation's earlier turns `{history}`, its last input `{prompt}` ")
+
+
+def conversation_fields(entry: Mapping[str, Any]) -> dict[str, str]:
+    """What a conversation's judge prompt shows: ``history`` (the turns before its last question, one a line, as
+    ``Role: content``), ``prompt`` (the last question as the user wrote it) and ``output`` (the answer that follows
+    it, the reference)."""
+    question, reference = split_reference(entry["messages"])
+    if reference is None:
+        raise ValueError("a conversation to score must end on an assistant turn, the reference answer")
+    history = "\n".join(f"{ROLE_NAMES[m['role']]}: {m['content']}" for m in question[:-1])
+    return {"history": history or NO_EARLIER_TURNS, "prompt": question[-1]["content"], "output": reference}
+
+
+def reference_output(entry: Mapping[str, Any]) -> str:
+    """The correct output a response is scored against: an Alpaca entry's ``output``, a conversation's last answer."""
+    return conversation_fields(entry)["output"] if "messages" in entry else str(entry["output"])
 _PARSE_LIMIT = 10_000  # characters of a judge reply that parse_score looks at
 _SHORT_REPLY_WORDS = 6  # an uncued lone number anywhere in a reply this short is its score
 
@@ -30,7 +67,10 @@ _SHORT_REPLY_WORDS = 6  # an uncued lone number anywhere in a reply this short i
 def build_judge_prompt(entry: Mapping[str, Any], response: str, style: PromptStyle | str = "alpaca") -> str:
     """The exact prompt the book sends to the judge for ``entry`` and a model ``response``: the entry
     is shown as the model saw it, in its prompt ``style`` (the book's alpaca by default, where
-    ``format_prompt`` is the book's ``format_input``, byte for byte)."""
+    ``format_prompt`` is the book's ``format_input``, byte for byte). A conversation (a ``messages``
+    entry) is asked about with :data:`CONVERSATION_JUDGE_PROMPT_TEMPLATE`."""
+    if "messages" in entry:
+        return CONVERSATION_JUDGE_PROMPT_TEMPLATE.format(**conversation_fields(entry), response=response)
     return JUDGE_PROMPT_TEMPLATE.format(prompt=format_prompt(entry, style), output=entry["output"], response=response)
 
 

@@ -6,7 +6,8 @@ that ``int()`` cannot parse, and prints ``Number of scores: X of N`` / ``Average
 module keeps that prompt, those defaults and that output, and adds what a long evaluation against a
 real server needs:
 Its input is the book's ``instruction-data-with-response.json`` format (a JSON list of
-``instruction``/``input``/``output`` entries plus a response field, ``model_response`` by default).
+``instruction``/``input``/``output`` entries plus a response field, ``model_response`` by default), or
+conversations as ``gpt-sft generate`` writes them (``messages`` ending on the reference answer, plus the response).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from typing import Any
 
 import evaluate
 
+from ..data.conversations import conversation_problem
 from ..data.prompts import PromptStyle
 from .cache import ScoreCache, cache_key
 from .errors import JudgeRejectedError, JudgeRequestError
 from .http import Judge
 from .metrics import metric_path
 from .modes import JudgeMode, get_mode
+from .prompt import reference_output
 from .runner import ask_all
 from .text import stored_reply
 
@@ -164,16 +167,26 @@ def _response_text(entry: Mapping[str, Any], response_key: str) -> str:
     return "" if value is None else str(value)
 
 
-def validate_entries(entries: Sequence[Any], response_key: str) -> None:
-    """Raise ``ValueError`` naming the first bad entry (not a dict, missing fields)."""
+def validate_entries(entries: Sequence[Any], response_key: str, conversations: bool = False) -> None:
+    """Raise ``ValueError`` naming the first bad entry (not a dict, missing fields). With ``conversations``, an
+    entry may also be a conversation (``messages``, as ``gpt-sft generate`` writes it): valid, and ending on an
+    assistant turn, the reference the response is scored against; otherwise one is refused."""
     if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):
         raise ValueError("the responses file must hold a JSON list of entries")
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             raise ValueError(f"entry {i} is not a JSON object")
-        for name in ("instruction", "output"):
-            if not isinstance(entry.get(name), str):
-                raise ValueError(f"entry {i} has no string field {name!r}")
+        if "messages" in entry and "instruction" not in entry:
+            if not conversations:
+                raise ValueError(f"entry {i} is a conversation ('messages'): only gpt-sft evaluate scores "
+                                 "conversations, pairwise judging takes instruction entries")
+            problem = conversation_problem(entry, "messages", purpose="evaluation")
+            if problem is not None:
+                raise ValueError(f"entry {i}: {problem[1]}")
+        else:
+            for name in ("instruction", "output"):
+                if not isinstance(entry.get(name), str):
+                    raise ValueError(f"entry {i} has no string field {name!r}")
         if response_key not in entry:
             raise ValueError(
                 f"entry {i} has no response field {response_key!r} (choose it with --response-key)"
@@ -181,8 +194,12 @@ def validate_entries(entries: Sequence[Any], response_key: str) -> None:
 
 
 def entry_fingerprint(entry: Mapping[str, Any], response: str) -> str:
-    """A short hash of an entry's instruction, input, output and response."""
-    text = json.dumps([entry.get("instruction"), entry.get("input") or "", entry.get("output"), response])
+    """A short hash of an entry's instruction, input, output and response (of a conversation: its messages and the
+    response)."""
+    if "messages" in entry and "instruction" not in entry:
+        text = json.dumps([entry["messages"], response])
+    else:
+        text = json.dumps([entry.get("instruction"), entry.get("input") or "", entry.get("output"), response])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -233,7 +250,7 @@ def score_responses(
       ``KeyboardInterrupt``) stops the run after cancelling queued work, and what finished is
       already in the cache.
     """
-    validate_entries(entries, response_key)
+    validate_entries(entries, response_key, conversations=True)
     mode = get_mode(mode) if isinstance(mode, str) else mode
     backend, model = _judge_identity(judge)
     cache = ScoreCache(cache_path) if cache_path is not None else None
@@ -314,9 +331,10 @@ def score_responses(
 
 
 def compute_text_metrics(entries: Sequence[Mapping[str, Any]], response_key: str) -> dict[str, Any]:
-    """Exact match and ROUGE-L F1 of responses vs ``output``, via the package's evaluate modules."""
+    """Exact match and ROUGE-L F1 of responses vs ``output`` (a conversation's last answer), via the package's
+    evaluate modules."""
     predictions = [_response_text(e, response_key) for e in entries]
-    references = [str(e["output"]) for e in entries]
+    references = [reference_output(e) for e in entries]
     result: dict[str, Any] = {}
     result.update(evaluate.load(metric_path("exact_match")).compute(
         predictions=predictions, references=references))

@@ -62,10 +62,12 @@ def make_training_data(stage, loaded, tokenized: dict, stats: dict) -> TrainingD
 
 
 def data_summary(load_stats: LoadStats, splits, overlong: dict[str, int], dropped: dict[str, int]) -> dict:
-    """``metrics.json``'s ``data``: what was read, skipped and split, and the over-long and dropped
-    examples of the train and validation splits (keyed ``train``/``validation``)."""
+    """``metrics.json``'s ``data``: what was read (its format: ``alpaca``, or conversations in ``messages`` or
+    ``sharegpt``), skipped and split, and the over-long and dropped examples of the train and validation splits
+    (keyed ``train``/``validation``; an over-long conversation that is not dropped lost its earliest exchanges)."""
     return {
-        "source": load_stats.source, "entries_read": load_stats.num_read, "entries_loaded": load_stats.num_loaded,
+        "source": load_stats.source, "data_format": load_stats.data_format,
+        "entries_read": load_stats.num_read, "entries_loaded": load_stats.num_loaded,
         "entries_skipped": load_stats.num_skipped, "skipped_by_reason": dict(load_stats.skipped),
         "split": {name: len(splits[name]) for name in ("train", "validation", "test")},
         **{f"{name}_overlong": overlong[name] for name in ("train", "validation")},

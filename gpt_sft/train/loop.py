@@ -27,11 +27,11 @@ from transformers import get_scheduler
 
 from ..common.options import config_to_dict
 from ..common.run_manifest import recording_new_entries
-from ..data.prompts import format_prompt
+from ..data.conversation_format import entry_prompt
 from ..model.configuration_gpt import GPTConfig, resolve_preset_name
 from ..model.loading import load_pretrained, peek_context_length
 from ..model.modeling_gpt import GPTForCausalLM
-from ..model.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from ..model.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 from .config import TrainConfig, too_long_message
 from .data import TrainingData, load_splits, make_training_data, optimizer_steps_per_epoch, tokenize_splits
 from .lora import apply_lora
@@ -238,7 +238,8 @@ def print_sample(run: Run, prompt: str, max_new_tokens: int = 50) -> None:
     """The book's ``generate_and_print_sample``: greedy continuation, newlines shown as spaces."""
     tok = get_tokenizer()
     model = run.model
-    ids = torch.tensor([tok.encode(prompt)], device=run.accelerator.device)
+    # a conversation's earlier answers end with <|endoftext|>, the token 50256 (Alpaca data never holds it)
+    ids = torch.tensor([tok.encode(prompt, allowed_special={END_OF_TEXT})], device=run.accelerator.device)
     budget = base_model(model).config.n_positions - ids.shape[1]
     model.eval()
     with torch.no_grad():
@@ -311,7 +312,7 @@ def fit(run: Run, interruptions: Interruptions) -> TrainerState:
             if cfg.max_steps and state.global_step >= cfg.max_steps and state.micro_batches_in_epoch < len(data.train):
                 break
             if cfg.sample_every_epoch and data.val_entries:
-                print_sample(run, format_prompt(data.val_entries[0], cfg.prompt_style))
+                print_sample(run, entry_prompt(data.val_entries[0], cfg.prompt_style))
             state.epoch += 1
             state.micro_batches_in_epoch = 0
     except KeyboardInterrupt:

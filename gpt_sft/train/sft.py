@@ -29,8 +29,15 @@ class SFTStage(Stage):
     config_type = TrainConfig
 
     def load(self):
-        return load_instruction_data(self.cfg.data, skip_invalid=self.cfg.skip_invalid, return_stats=True,
-                                     data_format=self.cfg.data_format)
+        cfg = self.cfg
+        loaded = load_instruction_data(cfg.data, skip_invalid=cfg.skip_invalid, return_stats=True,
+                                       data_format=cfg.data_format)
+        data_format = loaded[1].data_format
+        if cfg.mask_prompt and data_format != "alpaca":  # the collator would not read it: say so, never ignore it
+            raise ValueError(f"{cfg.data}: --mask-prompt masks the prompt of Alpaca entries, and this data holds "
+                             f"conversations ({data_format}): choose what their loss covers with --train-on "
+                             "(assistant, the default, leaves out every prompt; last; all)")
+        return loaded
 
     def tokenize(self, split):
         cfg = self.cfg

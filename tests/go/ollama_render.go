@@ -1,15 +1,28 @@
-// Renders an Ollama Modelfile TEMPLATE the way Ollama does for one request without .Messages:
-// Go's text/template, executed with .System, .Prompt and an empty .Response, the template cut at
-// .Response (Ollama drops what follows it when it builds the prompt of the last turn).
-// Usage: go run ollama_render.go TEMPLATE_FILE VALUES_JSON  (prints the rendered prompt to stdout)
+// Renders an Ollama Modelfile TEMPLATE the way Ollama builds a prompt, with Go's text/template.
+//
+// A template without .Messages (a single-turn checkpoint's) is executed for one request with .System, .Prompt and
+// an empty .Response, cut at .Response (Ollama drops what follows it when it builds the prompt of the last turn).
+// A template that uses .Messages (a conversation checkpoint's) is executed once, whole, as Ollama does for such
+// templates: .Messages holds every message (consecutive messages of one role merged), .System the system messages'
+// contents, and nothing is cut.
+//
+// Usage: go run ollama_render.go TEMPLATE_FILE VALUES_JSON  (prints the rendered prompt to stdout). VALUES_JSON is
+// {"System": ..., "Prompt": ...} for one request, or {"messages": [{"role": ..., "content": ...}, ...]}.
 package main
 
 import (
 	"encoding/json"
 	"os"
+	"strings"
 	"text/template"
 	"text/template/parse"
 )
+
+// Message has the fields a template reads from each of Ollama's messages.
+type Message struct {
+	Role    string
+	Content string
+}
 
 // cutAtResponse keeps the nodes up to and including the first {{ .Response }} of the top level.
 func cutAtResponse(list *parse.ListNode) *parse.ListNode {
@@ -33,6 +46,64 @@ func cutAtResponse(list *parse.ListNode) *parse.ListNode {
 	return out
 }
 
+// usesMessages says whether any field or variable of the template is named Messages (Ollama's test, by name).
+func usesMessages(node parse.Node) bool {
+	switch n := node.(type) {
+	case *parse.ListNode:
+		for _, child := range n.Nodes {
+			if usesMessages(child) {
+				return true
+			}
+		}
+	case *parse.ActionNode:
+		return usesMessages(n.Pipe)
+	case *parse.IfNode:
+		return usesMessages(&n.BranchNode)
+	case *parse.RangeNode:
+		return usesMessages(&n.BranchNode)
+	case *parse.WithNode:
+		return usesMessages(&n.BranchNode)
+	case *parse.BranchNode:
+		return usesMessages(n.Pipe) || usesMessages(n.List) || (n.ElseList != nil && usesMessages(n.ElseList))
+	case *parse.PipeNode:
+		if n == nil {
+			return false
+		}
+		for _, cmd := range n.Cmds {
+			for _, arg := range cmd.Args {
+				if usesMessages(arg) {
+					return true
+				}
+			}
+		}
+	case *parse.FieldNode:
+		for _, ident := range n.Ident {
+			if strings.EqualFold(ident, "Messages") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// conversation is what Ollama gives a .Messages template: the system messages' contents joined by a blank line,
+// and the messages with consecutive ones of the same role merged into one.
+func conversation(raw []map[string]string) (string, []*Message) {
+	var system []string
+	var merged []*Message
+	for _, m := range raw {
+		if m["role"] == "system" {
+			system = append(system, m["content"])
+		}
+		if len(merged) > 0 && merged[len(merged)-1].Role == m["role"] {
+			merged[len(merged)-1].Content += "\n\n" + m["content"]
+		} else {
+			merged = append(merged, &Message{Role: m["role"], Content: m["content"]})
+		}
+	}
+	return strings.Join(system, "\n\n"), merged
+}
+
 func main() {
 	text, err := os.ReadFile(os.Args[1])
 	if err != nil {
@@ -42,8 +113,22 @@ func main() {
 	if err := json.Unmarshal([]byte(os.Args[2]), &values); err != nil {
 		panic(err)
 	}
-	values["Response"] = ""
 	tmpl := template.Must(template.New("").Option("missingkey=zero").Parse(string(text)))
+	if usesMessages(tmpl.Tree.Root) {
+		var request struct {
+			Messages []map[string]string `json:"messages"`
+		}
+		if err := json.Unmarshal([]byte(os.Args[2]), &request); err != nil {
+			panic(err)
+		}
+		system, messages := conversation(request.Messages)
+		whole := map[string]any{"System": system, "Messages": messages, "Response": ""}
+		if err := tmpl.Execute(os.Stdout, whole); err != nil {
+			panic(err)
+		}
+		return
+	}
+	values["Response"] = ""
 	tree := &parse.Tree{Root: cutAtResponse(tmpl.Tree.Root)}
 	cut := template.Must(template.New("").AddParseTree("", tree))
 	if err := cut.Execute(os.Stdout, values); err != nil {
