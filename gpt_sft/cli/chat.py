@@ -18,9 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from ..common.options import option, parse_config
-from ..data.conversation_format import conversation_layout
 from ..data.prompts import PromptStyle, get_prompt_style
-from ..data.recipe import Recipe, checkpoint_style
+from ..data.recipe import Recipe, checkpoint_layout, checkpoint_style
 from ..generate.chat import (CONVERSATION_NOTE, SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, ConversationFormat, Exit,
                              Say, history_note, token_counter)
 from ..generate.remote import EndpointError, RemoteModel
@@ -100,9 +99,9 @@ def answerer(cfg: ChatConfig) -> tuple[Answerer, str]:
 def conversation_format(cfg: ChatConfig, recipe: Recipe | None, style: PromptStyle) -> ConversationFormat | None:
     """For a checkpoint trained on conversations: its layout (the recipe's, or ``--prompt-style``'s), counted with
     GPT-2's tokenizer against its context length; ``None`` for one trained on single-turn data."""
-    if recipe is None or not recipe.conversational:
+    layout = checkpoint_layout(recipe, style, cfg.prompt_style)
+    if layout is None:
         return None
-    layout = conversation_layout(style) if cfg.prompt_style else recipe.layout()
     return ConversationFormat(layout, token_counter(get_tokenizer()), peek_context_length(cfg.model))
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from gguf import GGUFReader
 
 from ..common.options import option, parse_config
-from ..data.conversation_format import ConversationLayout, conversation_layout
+from ..data.conversation_format import ConversationLayout
 from ..data.recipe import checkpoint_layout, checkpoint_style
 from ..export.gguf_file import GGUF_TYPES, write_gguf
 from ..model.loading import peek_context_length
@@ -111,9 +111,7 @@ def served_layout(cfg: ServeConfig) -> ConversationLayout | None:
     if not Path(cfg.model).is_dir():
         return None
     style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
-    if recipe is None or not recipe.conversational:
-        return None
-    return conversation_layout(style) if cfg.prompt_style else recipe.layout()
+    return checkpoint_layout(recipe, style, cfg.prompt_style)
 
 
 def server_command(gguf: Path, name: str, cfg: ServeConfig, context: int | None,

@@ -116,8 +116,7 @@ def question_problem(messages: Any) -> str | None:
     last = messages[-1]
     if not isinstance(last, Mapping) or last.get("role") != "user":
         return f"turn {len(messages) - 1}: the last message must be the user's, the one to answer"
-    # the answer to come stands in for the assistant turn a conversation needs; every other rule is training data's
-    problem = conversation_problem({"messages": [*messages, {"role": "assistant", "content": "?"}]}, "messages")
+    problem = conversation_problem({"messages": messages}, "messages", purpose="generation")
     return problem[1] if problem else None
 
 
