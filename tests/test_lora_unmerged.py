@@ -35,7 +35,8 @@ from gpt_sft.train.loop import build_model
 
 # 2 layers, width 128: the embedding alone is 50257 x 128 floats (25.7 MB), the LoRA weights far less
 TINY = dict(model="scratch", n_layers=2, emb_dim=128, n_heads=2, context_length=64, eval_batches=1, eval_every=100,
-            generate=False, sample_every_epoch=False, lora_rank=2, learning_rate=1e-2, max_steps=3, batch_size=4)
+            generate=False, sample_every_epoch=False, lora_rank=2, learning_rate=1e-2, max_steps=3, batch_size=4,
+            mask_prompt=True)
 IDS = torch.tensor([[21106, 318, 281, 12064, 326, 8477, 257, 4876, 13, 15496, 11, 314]])
 HEADS = {"tied": True, "untied": False}
 

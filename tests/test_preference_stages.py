@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import distributed_run, max_difference, run_processes, step_gradients, tiny_stage_run, weights
+from conftest import max_difference, step_gradients, tiny_stage_run, weights
 
 from gpt_sft.cli.main import main as gpt_sft_main
 from gpt_sft.cli.train import train
@@ -31,9 +31,7 @@ from gpt_sft.train.simpo import SimPOConfig, SimPOLoss
 from gpt_sft.train.stages import stage_class
 from gpt_sft.train.state import InterruptedRun
 
-REPO = Path(__file__).resolve().parents[1]
 LN2 = math.log(2)
-ROUND_OFF = 3e-5  # weights after a few AdamW steps at lr 1e-3 that differ by float round-off only
 STAGES = ["orpo", "simpo"]
 
 
@@ -173,7 +171,12 @@ def test_simpo_options_are_checked_and_default_to_the_authors_recipe():
 def test_gradient_accumulation_equals_one_large_batch(command, pairs_file, tmp_path):
     """From a base (random) model: the step's gradients over 2 micro-batches of 4 pairs are those of one batch of 8,
     DPO's (its frozen reference) included. That the loop gives a step the window of micro-batches that
-    ``--gradient-accumulation-steps`` asks for is one loop for every stage: tests/test_training.py runs it."""
+    ``--gradient-accumulation-steps`` asks for is one loop for every stage: tests/test_training.py runs it.
+
+    This is also what makes two processes equal one for every pair loss: each of 2 processes takes the step on its
+    4 pairs and DDP averages the 2 gradients, the sum this test shows equal to one batch of 8. The processes
+    themselves (sharding the pairs, the all-reduce, one process writing) are the shared loop's, run for real by
+    tests/test_dpo.py::test_two_processes_equal_one and tests/test_training.py (torchrun, 2 processes)."""
     run = tiny_stage_run(command, pairs_file, tmp_path / "run", batch_size=8)
     examples = [run.data.train.dataset[i] for i in range(8)]
     collate = run.stage.collator()
@@ -185,22 +188,6 @@ def test_gradient_accumulation_equals_one_large_batch(command, pairs_file, tmp_p
     scale = max(g.abs().max().item() for g in big.values())
     assert worst <= 1e-5 * scale, (worst, scale)
     assert max((big[k] - half[k]).abs().max().item() for k in big) > 1e-2 * scale, "the comparison can fail"
-
-
-@pytest.mark.parametrize("command", STAGES)
-def test_two_processes_equal_one(command, tiny_sft_run, pairs_file, tmp_path):
-    """``torchrun`` on 2 processes, 4 pairs each, ends with the weights of one process on batches of 8."""
-    out = tmp_path / "ddp"
-    cmd = [*distributed_run(2), str(REPO / "scripts" / f"{command}.py"), "--model", str(tiny_sft_run), "--data",
-           str(pairs_file), "--output-dir", str(out), "--batch-size", "4", "--max-steps", "3", "--no-generate",
-           "--no-sample-every-epoch", "--eval-batches", "2", "--eval-every", "2", "--learning-rate", "1e-3"]
-    result = run_processes(cmd, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 process(es) on CPU" in result.stdout + result.stderr
-    single = run_stage(command, tmp_path / "single", tiny_sft_run, pairs_file, batch_size=8, max_steps=3)
-    assert max_difference(out, single) <= ROUND_OFF
-    # (each process evaluates its own share of the batches: the figures are the same kind, not the same numbers)
-    assert history(out, command)["step"] == history(single, command)["step"] == [0, 2]
 
 
 @pytest.mark.parametrize("command", ["dpo", *STAGES])

@@ -245,7 +245,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, data_fi
     args = [sys.executable, str(REPO / "scripts" / "train.py"), "--model", "scratch", "--n-layers", "1",
             "--emb-dim", "32", "--n-heads", "2", "--context-length", "64", "--data", str(data_file),
             "--output-dir", str(out), "--epochs", "200", "--eval-every", "0", "--no-generate",
-            "--no-sample-every-epoch", "--save-every", "5", "--tie-word-embeddings"]
+            "--no-sample-every-epoch", "--save-every", "5", "--tie-word-embeddings", "--mask-prompt"]
     proc = start_until_checkpoint(args, out / "checkpoints" / "step-000005", {**os.environ, "TQDM_DISABLE": "1"})
     proc.send_signal(signal.SIGINT)
     try:
@@ -422,7 +422,7 @@ def test_two_process_data_parallel_equals_one_process(tmp_path, data_file):
     cmd = [*distributed_run(2), str(REPO / "scripts" / "train.py"), "--model", "scratch", "--n-layers", "1", "--emb-dim", "32",
            "--n-heads", "2", "--context-length", "64", "--data", str(data_file), "--output-dir", str(out),
            "--batch-size", "4", "--max-steps", "4", "--no-generate", "--no-sample-every-epoch",
-           "--tie-word-embeddings", "--eval-batches", "2"]
+           "--tie-word-embeddings", "--mask-prompt", "--eval-batches", "2"]
     result = run_processes(cmd, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es) on CPU" in result.stdout + result.stderr
@@ -458,8 +458,8 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1",
            "--mixed_precision", "bf16", str(REPO / "scripts" / "train.py"), "--model", "scratch",
            "--n-layers", "1", "--emb-dim", "32", "--n-heads", "2", "--context-length", "64", "--data", str(data_file),
-           "--output-dir", str(out), "--max-steps", "3", "--eval-every", "1", "--eval-batches", "1",
-           "--no-generate", "--no-sample-every-epoch"]
+           "--output-dir", str(out), "--max-steps", "2", "--eval-every", "2", "--eval-batches", "1",
+           "--batch-size", "2", "--no-generate", "--no-sample-every-epoch"]  # bf16 matmuls are emulated on this CPU: few
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -468,7 +468,7 @@ def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, data_file):
     from gpt_sft.train.loop import cpu_threads
 
     assert f"{cpu_threads(TrainConfig())} threads, mixed precision" in result.stdout + result.stderr
-    assert metrics["global_step"] == 3 and all(v == v for v in metrics["history"]["train_loss"])  # finite
+    assert metrics["global_step"] == 2 and all(v == v for v in metrics["history"]["train_loss"])  # finite
     assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == torch.float32  # fp32 master
 
 
