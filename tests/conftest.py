@@ -103,7 +103,8 @@ DEMO_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-offline.yaml"
 
 # The tiny training run every training test starts from: 1 layer, width 32, context 64, no generation, the loss on
 # the answers only (the 50,257-wide output layer is most of a tiny model's step, and the prompt most of its targets:
-# a quarter of the step's time; the book's loss on every token is run where a test is about it).
+# a quarter of the step's time; the book's loss on every token is run where a test is about it). Conversations refuse
+# --mask-prompt (--train-on says what their loss covers): their runs set mask_prompt=False.
 TINY_TRAIN = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
                   generate=False, sample_every_epoch=False, tie_word_embeddings=True, mask_prompt=True)
 
@@ -225,7 +226,7 @@ def chat_conversation_run(tmp_path_factory) -> Path:
             chats.append({"messages": messages})
         (folder / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
         train(tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=3, eval_every=0, batch_size=4,
-                                context_length=128, prompt_style="chatml"))
+                                context_length=128, prompt_style="chatml", mask_prompt=False))  # --train-on's
 
     for folder in built_once(tmp_path_factory, "chat-conversations", build):
         yield folder / "run"
@@ -257,7 +258,7 @@ def lamp_run(tmp_path_factory) -> Path:
         data.write_text("".join(json.dumps({"messages": lamp_conversation(("on", "off")[i % 2])}) + "\n"
                                 for i in range(40)))
         train(tiny_train_config(data, folder / "run", prompt_style="phi3", emb_dim=64, n_heads=4, learning_rate=3e-3,
-                                weight_decay=0.0, train_on="last", max_steps=70, epochs=100, eval_every=0,
+                                weight_decay=0.0, train_on="last", mask_prompt=False, max_steps=70, epochs=100, eval_every=0,
                                 generate=True, max_new_tokens=8, cpu_threads=1))  # a second thread only waits
 
     for folder in built_once(tmp_path_factory, "lamp-conversations", build):

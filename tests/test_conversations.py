@@ -228,7 +228,8 @@ def conversation_run(tmp_path_factory) -> Path:
                                                       {"role": "assistant", "content": "long " * 80}]))
     write_jsonl(folder / "chats.jsonl", entries)
     cfg = tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=2, eval_every=0, batch_size=4,
-                            prompt_style="chatml", train_on="last", skip_invalid=True, context_length=96)
+                            prompt_style="chatml", train_on="last", skip_invalid=True, context_length=96,
+                            mask_prompt=False)
     train(cfg)
     return folder / "run"
 
