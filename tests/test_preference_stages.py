@@ -245,7 +245,7 @@ def test_on_synthetic_pairs_held_out_accuracy_rises(command, tmp_path, tiny_sft_
     pairs.write_text(json.dumps(make_synthetic_preferences(400, seed=7)))
     out = tmp_path / command
     assert gpt_sft_main([command, *start, "--data", str(pairs), "--output-dir", str(out),
-                         "--batch-size", "16", "--learning-rate", "1e-3", "--weight-decay", "0", "--epochs", "100",
+                         "--batch-size", "8", "--learning-rate", "2e-3", "--weight-decay", "0", "--epochs", "100",
                          "--max-steps", "61", "--eval-every", "30", "--eval-batches", "3", "--no-sample-every-epoch",
                          "--max-new-tokens", "4", "--cpu-threads", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())[command]
