@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from gpt_sft.data.load import load_instruction_data
+from gpt_sft.data.preference import load_preference_data
 from gpt_sft.data.synthetic import NOTED, RECALL, REMEMBER, is_recall, main
 
 
@@ -32,3 +33,5 @@ def test_synthetic_conversations_are_valid_data_whose_recall_answer_is_the_first
     assert [p["prompt"] + p["chosen"] for p in pairs] == conversations
     assert all(p["rejected"][0]["role"] == "assistant" for p in pairs)
     assert all(p["rejected"][0]["content"] != p["chosen"][0]["content"] for p in pairs)
+    loaded, stats = load_preference_data(tmp_path / "pairs.json")
+    assert stats.num_loaded == 300 and list(loaded["messages"]) == conversations
