@@ -196,12 +196,12 @@ def test_dpo_on_conversational_pairs_uses_the_policy_s_layout_and_raises_accurac
     assert all(text.startswith("<|im_start|>") for text in texts)
     assert any("<|im_end|>\n<|endoftext|><|im_start|>user\n" in text for text in texts), "several turns"
     out = train(DPOConfig(model=str(chatml_sft), data=str(pairs), output_dir=str(tmp_path / "dpo"), batch_size=8,
-                          eval_batches=2, eval_every=8, max_steps=9, epochs=10, learning_rate=5e-3, beta=0.5,
+                          eval_batches=2, eval_every=16, max_steps=17, epochs=10, learning_rate=5e-3, beta=0.5,
                           logprob_reduction="sum", generate=False, sample_every_epoch=False))
     metrics = json.loads((out / "metrics.json").read_text())["dpo"]
     before, after = metrics["initial"], metrics["final"]
     assert before["train_margin"] == before["val_margin"] == 0.0, "the policy starts as its reference"
-    assert after["train_accuracy"] >= 0.75 and after["train_margin"] > 0.1 and after["train_loss"] < 0.65, after
+    assert after["train_accuracy"] >= 0.75 and after["train_margin"] > 0.3 and after["train_loss"] < 0.6, after
     recipe = Recipe.read(out)
     assert (recipe.data_format, recipe.train_on, recipe.prompt_style) == ("messages", "last", "chatml")
     assert recipe.layout() == conversation_layout("chatml")
