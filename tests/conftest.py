@@ -99,6 +99,7 @@ def hf_home() -> Path:
 
 
 DEMO_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-offline.yaml"
+DEMO_CONVERSATIONS_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-conversations.yaml"
 
 
 # The tiny training run every training test starts from: 1 layer, width 32, context 64, no generation.
@@ -238,14 +239,14 @@ def demo_run(tmp_path_factory):
 
 
 # The conversations the recall model learns (gpt_sft.data.synthetic): a word in turn 1, a one-word counting task in
-# turn 2, the question for the word in turn 3; no system message. The settings are the cheapest found that learn it.
-RECALL_DATA = dict(recall_share=1.0, system_share=0.0, max_between=1, max_words=1)
-RECALL_WORDS = 8  # the first 8 words of gpt_sft.data.synthetic.WORDS: chance is 1 in 8
+# turn 2, the question for the word in turn 3 (one of 8: chance is 1 in 8); no system message. The settings are the
+# cheapest found that learn it.
+RECALL_DATA = dict(recall_share=1.0, system_share=0.0, max_between=1, max_words=1, cut_share=0.25)
 # Untied embeddings: tied ones give the 8 words, all answers to the same question, nearly the same vector, and the
 # copy from turn 1 stayed at chance for 600 steps. The loss covers the last answer only (a third of the cost of
-# every answer: the output layer over GPT-2's 50257 tokens and its softmax are two thirds of a step), and one
-# conversation in eight ends after its first answer, one after its second, so that every turn is learned (a chat
-# generates them). It learns the recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step).
+# every answer: the output layer over GPT-2's 50257 tokens and its softmax are two thirds of a step), and a quarter of
+# the conversations end after an earlier answer, so that every turn is learned (a chat generates them). It learns the
+# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step).
 RECALL_TRAIN = dict(model="scratch", n_layers=2, emb_dim=64, n_heads=4, context_length=128, tie_word_embeddings=False,
                     prompt_style="phi3", train_on="last", batch_size=16, learning_rate=3e-3, weight_decay=0.0,
                     epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=False, sample_every_epoch=False,
@@ -253,18 +254,14 @@ RECALL_TRAIN = dict(model="scratch", n_layers=2, emb_dim=64, n_heads=4, context_
 
 
 def build_recall(folder: Path) -> None:
-    """The recall model into ``folder/recall``: 400 synthetic conversations (``RECALL_DATA``), one in eight cut after
-    its first answer and one in eight after its second, and a tiny GPT trained on them in this process
-    (``RECALL_TRAIN``)."""
+    """The recall model into ``folder/recall``: 400 synthetic conversations (``RECALL_DATA``) and a tiny GPT trained on
+    them in this process (``RECALL_TRAIN``)."""
     from gpt_sft.cli.train import train
-    from gpt_sft.data.synthetic import WORDS, make_synthetic_conversations
+    from gpt_sft.data.synthetic import make_synthetic_conversations
     from gpt_sft.train.config import TrainConfig
 
-    entries = make_synthetic_conversations(400, seed=5, recall_words=WORDS[:RECALL_WORDS], **RECALL_DATA)
-    for i, entry in enumerate(entries):
-        entry["messages"] = entry["messages"][:{0: 2, 1: 4}.get(i % 8, None)]
     data = folder / "recall-conversations.json"
-    data.write_text(json.dumps(entries))
+    data.write_text(json.dumps(make_synthetic_conversations(400, seed=5, **RECALL_DATA)))
     train(TrainConfig(**RECALL_TRAIN, data=str(data), output_dir=str(folder / "recall")))
 
 

@@ -1,6 +1,7 @@
 """The offline demo's conversations (issue 25, item 9) and the trained model of issue 25's route tests (item 8): the
 synthetic conversations are valid data whose recall answers depend on the first turn, their pairs valid
-conversational pairs, and a tiny model trained on them recalls the word with the history and cannot without it."""
+conversational pairs, the demo recipe reads them, and a tiny model trained on them recalls the word with the history
+and cannot without it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 from collections import Counter
 
 import torch
-from conftest import RECALL_TRAIN
+from conftest import DEMO_CONVERSATIONS_RECIPE, RECALL_TRAIN
 
+from gpt_sft.common.options import load_yaml_config
 from gpt_sft.data.conversation_format import conversation_layout, render_conversation
 from gpt_sft.data.load import load_instruction_data
 from gpt_sft.data.preference import load_preference_data
@@ -17,6 +19,7 @@ from gpt_sft.data.synthetic import NOTED, RECALL, REMEMBER, is_recall, main
 from gpt_sft.generate.responses import generate_responses
 from gpt_sft.model.loading import load_model
 from gpt_sft.model.tokenizer import get_tokenizer
+from gpt_sft.train.config import TrainConfig
 
 
 def test_synthetic_conversations_are_valid_data_whose_recall_answer_is_the_first_turn_s_word(tmp_path):
@@ -44,6 +47,11 @@ def test_synthetic_conversations_are_valid_data_whose_recall_answer_is_the_first
     assert all(p["rejected"][0]["content"] != p["chosen"][0]["content"] for p in pairs)
     loaded, stats = load_preference_data(tmp_path / "pairs.json")
     assert stats.num_loaded == 300 and list(loaded["messages"]) == conversations
+    # the demo recipe reads them, as conversations
+    values = load_yaml_config(TrainConfig, DEMO_CONVERSATIONS_RECIPE)
+    assert values["data"].endswith("demo-conversations.json") and values["train_on"] == "assistant"
+    assert values["context_length"] >= max(len(get_tokenizer().encode(render_conversation(m), allowed_special="all"))
+                                           for m in conversations)
 
 
 def last_answers(model, conversations: list[list[dict]], style: str) -> list[str]:

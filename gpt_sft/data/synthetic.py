@@ -75,6 +75,9 @@ def make_synthetic_preferences(num_examples: int = 600, seed: int = 0) -> list[d
 # In quotes each word is the one token it is at the start of the answer: recalling it is copying that token.
 REMEMBER = 'Remember the word "{word}".'
 NOTED = "OK."
+# The words to remember: a few, each given many times, so that a small model learns to copy them in minutes (with all
+# 67 words, each the answer of a few conversations, the demo's model recalled none after 1500 steps)
+RECALL_WORDS = WORDS[:8]
 RECALL = "What was the word?"
 SYSTEM_MESSAGES = ("You answer in one word.", "You are a patient assistant who counts carefully.")
 
@@ -87,10 +90,13 @@ def task_exchange(rng: random.Random, max_words: int = MAX_WORDS, leave_out: str
     return f"{instruction} List: {' '.join(listed)}", TASKS[instruction](listed), wrong_answer(instruction, listed, rng)
 
 
-def synthetic_conversation(rng: random.Random, recall: bool, system: bool, recall_words: tuple[str, ...] = WORDS,
-                           max_between: int = 2, max_words: int = MAX_WORDS) -> tuple[list[dict[str, str]], str]:
+def synthetic_conversation(rng: random.Random, recall: bool, system: bool,
+                           recall_words: tuple[str, ...] = RECALL_WORDS, max_between: int = 1,
+                           max_words: int = MAX_WORDS, cut: bool = False) -> tuple[list[dict[str, str]], str]:
     """One conversation as ``messages``, and a plausible wrong last answer. ``recall``: the word first, 1 to
-    ``max_between`` counting tasks, then the question for the word (wrong: another word); else 1 to 3 tasks."""
+    ``max_between`` counting tasks, then the question for the word (wrong: another word); else 1 to 3 tasks.
+    ``cut``: it ends after one of its earlier answers, chosen at random (the remembered word's ``OK.`` has no wrong
+    answer: not for pairs)."""
     if recall:
         word = rng.choice(recall_words)
         # the word is in the first turn only: nothing later gives it away
@@ -99,6 +105,8 @@ def synthetic_conversation(rng: random.Random, recall: bool, system: bool, recal
         exchanges = [(REMEMBER.format(word=word), NOTED, ""), *between, (RECALL, word, wrong)]
     else:
         exchanges = [task_exchange(rng, max_words) for _ in range(rng.randint(1, 3))]
+    if cut and len(exchanges) > 1:
+        exchanges = exchanges[:rng.randint(1, len(exchanges) - 1)]
     messages = [{"role": "system", "content": rng.choice(SYSTEM_MESSAGES)}] if system else []
     for question, answer, _ in exchanges:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -106,19 +114,24 @@ def synthetic_conversation(rng: random.Random, recall: bool, system: bool, recal
 
 
 def make_synthetic_conversations(num_examples: int = 600, seed: int = 0, *, recall_share: float = 0.5,
-                                 system_share: float = 0.25, recall_words: tuple[str, ...] = WORDS,
-                                 max_between: int = 2, max_words: int = MAX_WORDS, pairs: bool = False) -> list[dict]:
+                                 system_share: float = 0.25, cut_share: float = 0.25,
+                                 recall_words: tuple[str, ...] = RECALL_WORDS, max_between: int = 1,
+                                 max_words: int = MAX_WORDS, pairs: bool = False) -> list[dict]:
     """``num_examples`` distinct multi-turn conversations (``{"messages": [...]}``), in random order: a share
     ``recall_share`` of them end by asking for the word given in their first turn (:func:`synthetic_conversation`),
-    the others are counting tasks in a row; a share ``system_share`` starts with a system message.
+    the others are counting tasks in a row; a share ``system_share`` starts with a system message. A share
+    ``cut_share`` ends after an earlier answer instead, so that every kind of answer (the remembered word's ``OK.``
+    too) is some conversation's last: a model trained on last answers only (``--train-on last``, a third of the cost
+    of every answer) learns them all.
 
     ``pairs``: TRL's conversational preference pairs instead, ``{"prompt": [...], "chosen": [...], "rejected":
     [...]}``: the conversation up to its last question, its right last answer chosen, a wrong one rejected."""
     rng = random.Random(seed)
     entries, seen = [], set()
     while len(entries) < num_examples:
-        messages, wrong = synthetic_conversation(rng, rng.random() < recall_share, rng.random() < system_share,
-                                                 recall_words, max_between, max_words)
+        recall, system, cut = (rng.random() < share for share in (recall_share, system_share, cut_share))
+        messages, wrong = synthetic_conversation(rng, recall, system, recall_words, max_between, max_words,
+                                                 cut and not pairs)
         key = json.dumps(messages)
         if key in seen:
             continue
