@@ -99,6 +99,7 @@ def hf_home() -> Path:
 
 
 DEMO_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-offline.yaml"
+DEMO_CONVERSATIONS_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-conversations.yaml"
 
 
 # The tiny training run every training test starts from: 1 layer, width 32, context 64, no generation, the loss on
@@ -326,6 +327,53 @@ def demo_run(tmp_path_factory):
         yield folder / "demo", json.loads((folder / "demo-data.json").read_text())
 
 
+# The conversations the recall model learns (gpt_sft.data.synthetic): a word in turn 1, a one-word counting task in
+# turn 2, the question for the word in turn 3 (one of 8: chance is 1 in 8); no system message. The settings are the
+# cheapest found that learn it.
+RECALL_DATA = dict(recall_share=1.0, system_share=0.0, max_between=1, max_words=1, cut_share=0.25)
+# Untied embeddings: tied ones give the 8 words, all answers to the same question, nearly the same vector, and the
+# copy from turn 1 stayed at chance for 600 steps. The loss covers the last answer only (a third of the cost of
+# every answer: the output layer over GPT-2's 50257 tokens and its softmax are two thirds of a step), and a quarter of
+# the conversations end after an earlier answer, so that every turn is learned (a chat generates them). It learns the
+# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step).
+RECALL_TRAIN = dict(model="scratch", n_layers=2, emb_dim=64, n_heads=4, context_length=128, tie_word_embeddings=False,
+                    prompt_style="phi3", train_on="last", batch_size=16, learning_rate=3e-3, weight_decay=0.0,
+                    epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=False, sample_every_epoch=False,
+                    cpu_threads=1)
+
+
+def build_recall(folder: Path) -> None:
+    """The recall model into ``folder/recall``: 400 synthetic conversations (``RECALL_DATA``) and a tiny GPT trained on
+    them in this process (``RECALL_TRAIN``)."""
+    from gpt_sft.cli.train import train
+    from gpt_sft.data.synthetic import make_synthetic_conversations
+    from gpt_sft.train.config import TrainConfig
+
+    data = folder / "recall-conversations.json"
+    data.write_text(json.dumps(make_synthetic_conversations(400, seed=5, **RECALL_DATA)))
+    train(TrainConfig(**RECALL_TRAIN, data=str(data), output_dir=str(folder / "recall")))
+
+
+@pytest.fixture(scope="session")
+def recall_run(tmp_path_factory):
+    """A tiny model that learned conversations whose last answer is the word the user gave in the first turn
+    (``Remember the word "apple".`` -> ``OK.``; a one-word counting task; ``What was the word?`` -> ``apple``),
+    trained once per session (in the background from the session's start when a test needs it).
+
+    With the history it answers every turn of its held-out conversations right; with only the last question it can
+    only guess (``tests/test_conversation_demo.py`` shows both): a route that loses the history fails here, where a
+    random model would hide it. Returns ``(checkpoint folder, held-out conversations)``: the whole three-turn
+    conversations of the run's own test split (``messages`` lists, ending on the word). Shared read-only by the whole
+    session."""
+    from gpt_sft.data.recipe import Recipe
+    from gpt_sft.data.synthetic import is_recall
+
+    for folder in built_once(tmp_path_factory, "recall", build_recall):
+        checkpoint = folder / "recall"
+        test = [row["messages"] for row in Recipe.read(checkpoint).splits()["test"]]
+        yield checkpoint, [messages for messages in test if is_recall(messages)]
+
+
 @pytest.fixture(scope="session")
 def gpu_check_dry_run(tmp_path_factory) -> Path:
     """``benchmarks/gpu_check.sh --dry-run --out FOLDER`` run once per session (the GPU check's steps, each a
@@ -344,7 +392,7 @@ def gpu_check_dry_run(tmp_path_factory) -> Path:
 
 # Shared folders trained in a background process from the session's start when a collected test needs them, so
 # that no worker waits idle for the demo's minutes of training; their tests run last (pytest_collection_modifyitems).
-BACKGROUND_BUILDS = {"demo_run": ("demo", "build_demo")}
+BACKGROUND_BUILDS = {"demo_run": ("demo", "build_demo"), "recall_run": ("recall", "build_recall")}
 
 
 @pytest.fixture(scope="session", autouse=True)

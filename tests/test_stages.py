@@ -132,8 +132,10 @@ SHOWN_ELSEWHERE = {
     "overwrite": "prepare_output_dir in train(), before the stage exists: test_hardening, test_run_ownership",
     "push_to_hub": "train() after the final save: test_training's push test",
     "hub_private": "train() after the final save: test_training's push test",
-    "data_format": "conversations, SFT only (the preference stages refuse it): test_conversations",
-    "train_on": "conversations, SFT only (the preference stages refuse it): test_conversations",
+    "data_format": "conversations: SFT's in test_conversations, the preference stages' pairs in "
+                   "test_conversation_pairs",
+    "train_on": "conversations, SFT only (the preference stages refuse any value but last): test_conversations, "
+                "test_conversation_pairs",
 }
 # options -> shown by: the combined setup, the drop-overlong pair, compile, one step, LoRA, the short fit, the invalid
 # data, the full run (below)

@@ -23,7 +23,8 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, DatasetInfo, Value, load_dataset
 
 from ..common.download import download_file, hub_offline_reason
-from .conversations import conversation_problem, resolve_format, to_messages
+from .conversations import (conversation_problem, holds_pairs, pair_to_messages, preference_problem, resolve_format,
+                            to_messages)
 from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, UnparsableLine, json_type_name,
                        validate_entries, with_article)
 
@@ -170,7 +171,7 @@ def _validate_dataset(dataset: Dataset, source: str, skip_invalid: bool, respons
                       data_format: str = "alpaca", purpose: str = "training") -> tuple[Dataset, LoadStats]:
     """Check the columns and entries of a ``datasets.Dataset``; normalise ``input``. Conversations are checked
     and converted entry by entry (:func:`_load_entries`)."""
-    data_format = "alpaca" if response_fields else resolve_format(data_format, None, dataset.column_names)
+    data_format = resolve_format(data_format, None, dataset.column_names)
     if data_format != "alpaca":
         if len(dataset) == 0:
             raise InstructionDataError(source, "the data set is empty")
@@ -290,7 +291,8 @@ def load_instruction_data(
         cache_dir: Download folder for URLs (default :func:`default_data_cache_dir`).
         progress: Show a progress bar while downloading.
         response_fields: More fields every entry needs as non-empty strings (preference data's
-            ``chosen`` and ``rejected``), validated like ``output``. Such data is always Alpaca data.
+            ``chosen`` and ``rejected``), validated like ``output``; or, for ``messages`` data, preference
+            data in TRL's conversational format (:func:`gpt_sft.data.conversations.preference_problem`).
         data_format: ``auto`` (what the first entry holds), ``alpaca``, ``messages`` or ``sharegpt``
             (:mod:`gpt_sft.data.conversations`). Conversations load as one ``messages`` column (list of
             ``{"role", "content"}``) and the entries' other fields; ShareGPT is converted to it here.
@@ -300,7 +302,9 @@ def load_instruction_data(
         **load_kwargs: Passed to :func:`datasets.load_dataset` for Hub names.
 
     The columns are ``instruction``, ``input`` (``""`` where missing), ``output`` and any extra field; for
-    conversations, ``messages`` and any extra field.
+    conversations, ``messages`` and any extra field; for conversational preference pairs (as preference data, or as
+    instruction data from a file of them), ``messages`` (the prompt and the chosen answer), ``rejected`` (the rejected
+    answer's text) and any extra field.
 
     Raises:
         InstructionDataError: the source cannot be read, is not a list of entries, is empty, or has an
@@ -378,15 +382,24 @@ def _load_entries(
         raise InstructionDataError(source, "the data set is empty (no entries)")
     # the first entry that is an object says the format (a JSON Lines line that is not JSON says nothing)
     first = next((entry for entry in entries if isinstance(entry, Mapping)), None)
-    data_format = "alpaca" if response_fields else resolve_format(data_format, first)
-    problem = None if data_format == "alpaca" else functools.partial(conversation_problem, data_format=data_format,
-                                                                      purpose=purpose)
+    data_format = resolve_format(data_format, first)
+    # TRL's conversational preference pairs: always for preference data in messages form; as instruction data (a
+    # preference run's recipe reading its data back), the conversation of the prompt and the chosen answer
+    pairs = data_format == "messages" and (bool(response_fields) or holds_pairs(first))
+    if response_fields and data_format == "sharegpt":
+        raise InstructionDataError(source, "ShareGPT data holds no preference pairs: preference data is Alpaca pairs "
+                                           "(instruction, input, chosen, rejected) or TRL's conversational pairs (prompt, "
+                                           "chosen, rejected as messages); pass --data-format auto, alpaca or messages")
+    problem = (preference_problem if pairs else None if data_format == "alpaca"
+               else functools.partial(conversation_problem, data_format=data_format, purpose=purpose))
     valid, stats = validate_entries(entries, source, skip_invalid=skip_invalid, lines=lines,
                                     response_fields=response_fields, problem=problem)
     stats.data_format = data_format
     if not valid:
         raise InstructionDataError(source, f"no valid entries (all {stats.num_read} were skipped: {stats.skipped})")
     kept = entries if len(valid) == len(entries) else [entries[i] for i in valid]
+    if pairs:
+        return _dataset_from_entries([pair_to_messages(entry) for entry in kept], source, ("messages", "rejected")), stats
     if data_format != "alpaca":  # ShareGPT becomes messages here, once
         return _dataset_from_entries([to_messages(entry, data_format) for entry in kept], source, ("messages",)), stats
     return _dataset_from_entries(kept, source), stats

@@ -5,10 +5,16 @@ the same list gets different answers under different instructions (count the wor
 one, is it longer than three?), so the model has to read the instruction; every list is new
 (held-out examples are new combinations of known words), so it has to generalise; and every
 answer is one short token followed by ``<|endoftext|>``, so it has to learn to stop.
+
+The conversational variant (:func:`make_synthetic_conversations`) puts these tasks into multi-turn ``messages``
+conversations, and adds one whose last answer depends on an earlier turn: the user gives a word in the first turn
+(``Remember the word "apple".``), asks counting questions, then asks for the word. A model that does not see the
+history cannot answer it. Every message is one line, as a chat window sends it.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -66,19 +72,104 @@ def make_synthetic_preferences(num_examples: int = 600, seed: int = 0) -> list[d
     return entries
 
 
+# In quotes each word is the one token it is at the start of the answer: recalling it is copying that token.
+REMEMBER = 'Remember the word "{word}".'
+NOTED = "OK."
+# The words to remember: a few, each given many times, so that a small model learns to copy them in minutes (with all
+# 67 words, each the answer of a few conversations, the demo's model recalled none after 1500 steps)
+RECALL_WORDS = WORDS[:8]
+RECALL = "What was the word?"
+SYSTEM_MESSAGES = ("You answer in one word.", "You are a patient assistant who counts carefully.")
+
+
+def task_exchange(rng: random.Random, max_words: int = MAX_WORDS, leave_out: str = "") -> tuple[str, str, str]:
+    """``(question, answer, wrong answer)`` of one counting task, on one line: the instruction, then ``List:`` and
+    1 to ``max_words`` words (each one token after a space too), never ``leave_out``."""
+    instruction = rng.choice(list(TASKS))
+    listed = rng.sample([w for w in WORDS if w != leave_out], rng.randint(MIN_WORDS, max_words))
+    return f"{instruction} List: {' '.join(listed)}", TASKS[instruction](listed), wrong_answer(instruction, listed, rng)
+
+
+def synthetic_conversation(rng: random.Random, recall: bool, system: bool,
+                           recall_words: tuple[str, ...] = RECALL_WORDS, max_between: int = 1,
+                           max_words: int = MAX_WORDS, cut: bool = False) -> tuple[list[dict[str, str]], str]:
+    """One conversation as ``messages``, and a plausible wrong last answer. ``recall``: the word first, 1 to
+    ``max_between`` counting tasks, then the question for the word (wrong: another word); else 1 to 3 tasks.
+    ``cut``: it ends after one of its earlier answers, chosen at random (the remembered word's ``OK.`` has no wrong
+    answer: not for pairs)."""
+    if recall:
+        word = rng.choice(recall_words)
+        # the word is in the first turn only: nothing later gives it away
+        between = [task_exchange(rng, max_words, word) for _ in range(rng.randint(1, max_between))]
+        wrong = rng.choice([w for w in recall_words if w != word])
+        exchanges = [(REMEMBER.format(word=word), NOTED, ""), *between, (RECALL, word, wrong)]
+    else:
+        exchanges = [task_exchange(rng, max_words) for _ in range(rng.randint(1, 3))]
+    if cut and len(exchanges) > 1:
+        exchanges = exchanges[:rng.randint(1, len(exchanges) - 1)]
+    messages = [{"role": "system", "content": rng.choice(SYSTEM_MESSAGES)}] if system else []
+    for question, answer, _ in exchanges:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages, exchanges[-1][2]
+
+
+def make_synthetic_conversations(num_examples: int = 600, seed: int = 0, *, recall_share: float = 0.5,
+                                 system_share: float = 0.25, cut_share: float = 0.25,
+                                 recall_words: tuple[str, ...] = RECALL_WORDS, max_between: int = 1,
+                                 max_words: int = MAX_WORDS, pairs: bool = False) -> list[dict]:
+    """``num_examples`` distinct multi-turn conversations (``{"messages": [...]}``), in random order: a share
+    ``recall_share`` of them end by asking for the word given in their first turn (:func:`synthetic_conversation`),
+    the others are counting tasks in a row; a share ``system_share`` starts with a system message. A share
+    ``cut_share`` ends after an earlier answer instead, so that every kind of answer (the remembered word's ``OK.``
+    too) is some conversation's last: a model trained on last answers only (``--train-on last``, a third of the cost
+    of every answer) learns them all.
+
+    ``pairs``: TRL's conversational preference pairs instead, ``{"prompt": [...], "chosen": [...], "rejected":
+    [...]}``: the conversation up to its last question, its right last answer chosen, a wrong one rejected."""
+    rng = random.Random(seed)
+    entries, seen = [], set()
+    while len(entries) < num_examples:
+        recall, system, cut = (rng.random() < share for share in (recall_share, system_share, cut_share))
+        messages, wrong = synthetic_conversation(rng, recall, system, recall_words, max_between, max_words,
+                                                 cut and not pairs)
+        key = json.dumps(messages)
+        if key in seen:
+            continue
+        seen.add(key)
+        if pairs:
+            entries.append({"prompt": messages[:-1], "chosen": messages[-1:],
+                            "rejected": [{"role": "assistant", "content": wrong}]})
+        else:
+            entries.append({"messages": messages})
+    return entries
+
+
+def is_recall(messages: list[dict[str, str]]) -> bool:
+    """Whether a conversation's last question asks for the word of its first turn."""
+    return messages[-1]["content"] == RECALL or (len(messages) > 1 and messages[-2]["content"] == RECALL)
+
+
 def main(argv=None) -> int:
-    """``python -m gpt_sft.data.synthetic OUT.json [N] [--preferences]``: write the data set (with
-    ``--preferences``, the pairs) as a JSON list."""
+    """``python -m gpt_sft.data.synthetic OUT.json [N] [--preferences] [--conversations]``: write the data set as a
+    JSON list: instructions, or with ``--preferences`` their pairs; with ``--conversations`` multi-turn
+    conversations (``messages``), or with both flags TRL's conversational preference pairs."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    pairs = "--preferences" in argv
-    argv = [a for a in argv if a != "--preferences"]
-    if not argv:
-        print("usage: python -m gpt_sft.data.synthetic OUT.json [NUM_EXAMPLES] [--preferences]", file=sys.stderr)
+    flags = {a for a in argv if a.startswith("--")}
+    argv = [a for a in argv if not a.startswith("--")]
+    unknown = flags - {"--preferences", "--conversations"}
+    if not argv or unknown or len(argv) > 2:
+        print("usage: python -m gpt_sft.data.synthetic OUT.json [NUM_EXAMPLES] [--preferences] [--conversations]",
+              file=sys.stderr)
         return 2
-    make = make_synthetic_preferences if pairs else make_synthetic_instructions
-    entries = make(int(argv[1]) if len(argv) > 1 else 600)
+    count = int(argv[1]) if len(argv) > 1 else 600
+    pairs = "--preferences" in flags
+    if "--conversations" in flags:
+        entries = make_synthetic_conversations(count, pairs=pairs)
+    else:
+        entries = (make_synthetic_preferences if pairs else make_synthetic_instructions)(count)
     write_json_atomic(Path(argv[0]), entries, indent=1)
-    print(f"wrote {len(entries)} entries to {argv[0]}")
+    print(f"wrote {len(entries)} {'pairs' if pairs else 'conversations' if '--conversations' in flags else 'entries'} "
+          f"to {argv[0]}")
     return 0
 
 

@@ -35,8 +35,14 @@ from .state import TrainerState, say
 class PreferenceConfig(TrainConfig):
     """The options every preference stage shares: the training options, with the book's DPO recipe as defaults."""
 
-    data: str = option(BOOK_PREFERENCE_DATA_URL, "Preference data (instruction, input, output, chosen, rejected): "
-                   "URL, .json/.jsonl file or Hub data set name")
+    data: str = option(BOOK_PREFERENCE_DATA_URL, "Preference data: URL, .json/.jsonl file or Hub data set name; "
+                   "Alpaca pairs (instruction, input, output, chosen, rejected) or TRL's conversational pairs "
+                   "(prompt: messages ending on a user turn; chosen, rejected: one assistant message each)")
+    data_format: str = option("auto", "What --data holds: auto (what its first entry has), alpaca or messages (TRL's "
+                              "conversational pairs)", choices=["auto", "alpaca", "messages"])
+    train_on: str = option("last", "Conversational pairs: the loss covers the answer, the last turn (the prompt's "
+                           "earlier answers are the same on both sides); --no-mask-prompt adds the whole conversation",
+                           choices=["last"])
     prompt_style: str | None = option(None, "Prompt style; default: the one the --model checkpoint was trained with "
                                   "(its recipe), else alpaca")
     mask_prompt: bool = option(True, "Exclude the prompt tokens from the log-probabilities (the book does)")
@@ -82,9 +88,8 @@ class PreferenceStage(Stage):
     state_type = PreferenceState
     unit = "pairs"
     data_label = "preference data"
-    # conversational preference data (TRL's prompt/chosen/rejected messages) is issue 25's item 7, not here yet
-    refused = {"data_format": "preference data is read as instruction/input with chosen and rejected",
-               "train_on": "it applies to conversations, which preference tuning does not read yet"}
+    # a pair's loss covers its answer: the prompt's earlier answers are the same on both sides
+    refused = {"train_on": "a preference pair's loss covers its answer, the last turn"}
     title: ClassVar[str]  # the method's name in the card and the plot ("DPO")
     tuned: ClassVar[str | None] = None  # the card's "... {tuned} with gpt-sft"; default "preference-tuned with TITLE"
     from_sft: ClassVar[bool] = True  # tunes an SFT model (the card calls --model that); ORPO also starts from a base
@@ -105,7 +110,7 @@ class PreferenceStage(Stage):
         resolve_prompt_style(cfg)
 
     def load(self):
-        return load_preference_data(self.cfg.data, skip_invalid=self.cfg.skip_invalid)
+        return load_preference_data(self.cfg.data, skip_invalid=self.cfg.skip_invalid, data_format=self.cfg.data_format)
 
     def tokenize(self, split):
         cfg = self.cfg

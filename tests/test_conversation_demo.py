@@ -1,0 +1,86 @@
+"""The offline demo's conversations (issue 25, item 9) and the trained model of issue 25's route tests (item 8): the
+synthetic conversations are valid data whose recall answers depend on the first turn, their pairs valid
+conversational pairs, the demo recipe reads them, and a tiny model trained on them recalls the word with the history
+and cannot without it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import torch
+from conftest import DEMO_CONVERSATIONS_RECIPE, RECALL_TRAIN
+
+from gpt_sft.common.options import load_yaml_config
+from gpt_sft.data.conversation_format import conversation_layout, render_conversation
+from gpt_sft.data.load import load_instruction_data
+from gpt_sft.data.preference import load_preference_data
+from gpt_sft.data.synthetic import NOTED, RECALL, REMEMBER, is_recall, main
+from gpt_sft.generate.responses import generate_responses
+from gpt_sft.model.loading import load_model
+from gpt_sft.model.tokenizer import get_tokenizer
+from gpt_sft.train.config import TrainConfig
+
+
+def test_synthetic_conversations_are_valid_data_whose_recall_answer_is_the_first_turn_s_word(tmp_path):
+    assert main([str(tmp_path / "chats.json"), "300", "--conversations"]) == 0
+    assert main([str(tmp_path / "pairs.json"), "300", "--conversations", "--preferences"]) == 0
+    chats = json.loads((tmp_path / "chats.json").read_text())
+    dataset, stats = load_instruction_data(tmp_path / "chats.json", return_stats=True)
+    assert stats.data_format == "messages" and stats.num_loaded == 300, "every conversation is valid training data"
+    conversations = [entry["messages"] for entry in chats]
+    assert len({json.dumps(m) for m in conversations}) == 300, "distinct"
+    recall = [m for m in conversations if is_recall(m)]
+    systems = [m for m in conversations if m[0]["role"] == "system"]
+    assert 0.35 < len(recall) / 300 < 0.65 and 0.15 < len(systems) / 300 < 0.35
+    assert all("\n" not in message["content"] for m in conversations for message in m), "one line each, as typed"
+    for messages in recall:
+        turns = [message for message in messages if message["role"] != "system"]
+        word = turns[0]["content"].split('"')[1]
+        assert turns[0]["content"] == REMEMBER.format(word=word) and turns[1]["content"] == NOTED
+        assert turns[-2]["content"] == RECALL and turns[-1]["content"] == word and 6 <= len(turns) <= 8
+        assert all(word not in message["content"].split() for message in turns[2:-1]), "only the first turn has it"
+    # the pairs: the same conversations up to the last question, the right last answer chosen, a wrong one rejected
+    pairs = json.loads((tmp_path / "pairs.json").read_text())
+    assert [p["prompt"] + p["chosen"] for p in pairs] == conversations
+    assert all(p["rejected"][0]["role"] == "assistant" for p in pairs)
+    assert all(p["rejected"][0]["content"] != p["chosen"][0]["content"] for p in pairs)
+    loaded, stats = load_preference_data(tmp_path / "pairs.json")
+    assert stats.num_loaded == 300 and list(loaded["messages"]) == conversations
+    # the demo recipe reads them, as conversations
+    values = load_yaml_config(TrainConfig, DEMO_CONVERSATIONS_RECIPE)
+    assert values["data"].endswith("demo-conversations.json") and values["train_on"] == "assistant"
+    assert values["context_length"] >= max(len(get_tokenizer().encode(render_conversation(m), allowed_special="all"))
+                                           for m in conversations)
+
+
+def last_answers(model, conversations: list[list[dict]], style: str) -> list[str]:
+    """Greedy answers to the last question of each conversation (its final answer left out), prompted with the
+    conversation's training text up to that answer."""
+    tail = conversation_layout(style).assistant_tail
+    prompts = [render_conversation(messages[:-1], style) for messages in conversations]
+    answers = generate_responses(model, get_tokenizer(), prompts, style="raw", max_new_tokens=4)
+    return [answer.removesuffix(tail).strip() for answer in answers]
+
+
+def test_the_recall_model_answers_every_turn_with_the_history_and_only_guesses_the_word_without_it(recall_run):
+    folder, held_out = recall_run
+    style = RECALL_TRAIN["prompt_style"]
+    model = load_model(folder).eval()
+    assert len(held_out) >= 30 and all(is_recall(m) for m in held_out)
+    # every turn, each asked with the conversation before it: the answers a chat that keeps the history gets
+    turns = [messages[:i + 1] for messages in held_out for i, m in enumerate(messages) if m["role"] == "assistant"]
+    with torch.no_grad():
+        answers = last_answers(model, turns, style)
+        words = last_answers(model, held_out, style)
+        without_history = last_answers(model, [messages[-2:] for messages in held_out], style)
+    right = [answer == messages[-1]["content"] for answer, messages in zip(answers, turns)]
+    truth = [messages[-1]["content"] for messages in held_out]
+    assert sum(right) / len(right) >= 0.95, [(a, m[-1]["content"]) for a, m, ok in zip(answers, turns, right) if not ok]
+    recalled = sum(w == t for w, t in zip(words, truth)) / len(truth)
+    assert recalled >= 0.9, list(zip(words, truth))
+    # without the history every prompt is the same question: one answer for all, right only as often as that word is
+    assert len(set(without_history)) == 1
+    chance = max(Counter(truth).values()) / len(truth)
+    guessed = sum(w == t for w, t in zip(without_history, truth)) / len(truth)
+    assert guessed <= chance < 0.3 and recalled > 3 * chance, (guessed, chance, recalled)
