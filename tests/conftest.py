@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -210,29 +211,6 @@ def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
         yield folder / "sft"
 
 
-@pytest.fixture(scope="session")
-def chat_conversation_run(tmp_path_factory) -> Path:
-    """A tiny run (3 steps, context 128, the ``chatml`` style) on 24 ``messages`` conversations of 1 to 3 turns, a
-    third with a system message: a checkpoint whose recipe says it was trained on conversations, for the tests of
-    what the chats and ``gpt-sft serve`` send it (its answers are an untrained model's). Read-only."""
-    from gpt_sft.cli.train import train
-
-    def build(folder: Path) -> None:
-        chats = []
-        for i in range(24):
-            messages = [{"role": "system", "content": "Answer in one word."}] if i % 3 == 0 else []
-            for t in range(1 + i % 3):
-                messages += [{"role": "user", "content": f"Say {i}{t}."},
-                             {"role": "assistant", "content": f"{i}.{t}"}]
-            chats.append({"messages": messages})
-        (folder / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
-        train(tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=3, eval_every=0, batch_size=4,
-                                context_length=128, prompt_style="chatml", mask_prompt=False))  # --train-on's
-
-    for folder in built_once(tmp_path_factory, "chat-conversations", build):
-        yield folder / "run"
-
-
 LAMP_STATES = {"on": "yes", "off": "no"}  # what the lamp is -> the answer to "Is the lamp on?"
 
 
@@ -372,6 +350,69 @@ def recall_run(tmp_path_factory):
         checkpoint = folder / "recall"
         test = [row["messages"] for row in Recipe.read(checkpoint).splits()["test"]]
         yield checkpoint, [messages for messages in test if is_recall(messages)]
+
+
+def last_answers(model, conversations: list[list[dict]], style: str) -> list[str]:
+    """Greedy answers to the last question of each conversation (its final answer left out), prompted with the
+    conversation's training text up to that answer: the in-process reference every route is compared with."""
+    from gpt_sft.data.conversation_format import conversation_layout, render_conversation
+    from gpt_sft.generate.responses import generate_responses
+    from gpt_sft.model.tokenizer import get_tokenizer
+
+    tail = conversation_layout(style).assistant_tail
+    prompts = [render_conversation(messages[:-1], style) for messages in conversations]
+    answers = generate_responses(model, get_tokenizer(), prompts, style="raw", max_new_tokens=4, progress=False)
+    return [answer.removesuffix(tail).strip() for answer in answers]
+
+
+RECALL_CHATS = 4  # the held-out conversations a chat (terminal, web page) holds turn by turn, each a different word
+
+
+@dataclass(frozen=True)
+class RecallReference:
+    """What the recall model answers in this process, that every route of issue 25's item 8 must answer too.
+
+    ``conversations``: the held-out recall conversations, whole; ``answers``: the model's greedy answer to the last
+    question of each, asked with its history (:func:`last_answers`). ``chats``: ``RECALL_CHATS`` of them, the first
+    held-out one of each of the first words, which the chats hold turn by turn; ``chat_answers``: the model's answer
+    to every turn of each, asked with the turns before it."""
+
+    folder: Path
+    style: str
+    conversations: list[list[dict]]
+    answers: list[str]
+    chats: list[list[dict]]
+    chat_answers: list[list[str]]
+
+    @property
+    def words(self) -> list[str]:
+        """The right last answers: the word each conversation's first turn gave."""
+        return [messages[-1]["content"] for messages in self.conversations]
+
+    def exact_match(self, answers: list[str]) -> float:
+        """The share of ``answers`` (one per held-out conversation) that are the word."""
+        return sum(a == w for a, w in zip(answers, self.words, strict=True)) / len(self.words)
+
+
+@pytest.fixture(scope="session")
+def recall_reference(recall_run) -> RecallReference:
+    import torch
+
+    from gpt_sft.model.loading import load_model
+
+    folder, held_out = recall_run
+    style = RECALL_TRAIN["prompt_style"]
+    chats: list[list[dict]] = []
+    for messages in held_out:
+        if len(chats) < RECALL_CHATS and all(messages[-1] != chat[-1] for chat in chats):
+            chats.append(messages)
+    model = load_model(folder, device="cpu", dtype="float32").eval()
+    with torch.no_grad():
+        answers = last_answers(model, held_out, style)
+        turns = [messages[:i + 1] for messages in chats for i, m in enumerate(messages) if m["role"] == "assistant"]
+        turn_answers = iter(last_answers(model, turns, style))
+    chat_answers = [[next(turn_answers) for m in messages if m["role"] == "assistant"] for messages in chats]
+    return RecallReference(folder, style, held_out, answers, chats, chat_answers)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ for the status to say ``done`` and reads the answer off the page: it must be wha
 --prompt`` prints. The screenshot is kept in ``test-artifacts/chat-web.png``. The same page then asks
 ``gpt-sft serve`` (llama.cpp, the demo exported to an f32 GGUF) through its endpoint field. Without the
 browser or Playwright the tests skip, saying which is missing; in CI (``GPT_SFT_LANE`` set, and
-``.ci/run`` installs Chromium) they fail instead.
+``.ci/run`` installs Chromium) they fail instead. A checkpoint trained on conversations (``conftest.recall_run``)
+gets the conversation page, served from a thread of the test's process, and holds held-out conversations there, each
+answer the model's own in this process, the word of the first turn last (issue 25, item 8).
 
 What the page exposes is tested as the attacks are made: requests to the running server (Gradio's HTTP
 API, as any client can send them) that name a listener of ours as the endpoint, or another ``Host``; the
@@ -25,15 +27,18 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, on_every_core, stop_process
-from test_chat import conversation_model, rambler  # noqa: F401 - the fixtures, used by name
+from conftest import RECALL_TRAIN, REPO_ROOT, free_port, generate_cli, gpt_sft_server, on_every_core, stop_process
+from test_chat import rambler, recall_model  # noqa: F401 - the fixtures, used by name
+from test_chat import tokens
 
 from gpt_sft.cli.chat import ChatConfig, answerer
+from gpt_sft.cli.chat import main as chat_main
 from gpt_sft.cli.chat_web import PAGE_ENDPOINT_REFUSED, WebChat
 from gpt_sft.common.options import parse_config
 from gpt_sft.data.conversation_format import render_conversation
@@ -307,15 +312,37 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
     assert (ARTIFACTS / "chat-web.png").stat().st_size > 10_000
 
 
-@pytest.fixture(scope="module")
-def conversation_page(chat_conversation_run, tmp_path_factory):
-    """``gpt-sft chat --web --max-new-tokens 5`` on the checkpoint trained on conversations; yields its URL."""
-    proc, url = _web_chat(chat_conversation_run, tmp_path_factory.mktemp("chat-web-conversation") / "chat.log",
-                          "--max-new-tokens", "5")
+@contextlib.contextmanager
+def web_chat_in_a_thread(*argv: str) -> Iterator[str]:
+    """``gpt-sft chat --web ARGV`` (its main, as the command runs it) in a thread of this process on a free port;
+    yields its URL once the page answers; every Gradio server of this process is closed at the end. In a thread, not
+    a process of its own: a second web chat process per session cost half a minute of start-up on 2 loaded cores."""
+    import gradio
+
+    port = free_port()
+    ended: list[object] = []
+
+    def serve() -> None:
+        try:
+            ended.append(chat_main([*argv, "--web", "--port", str(port)]))
+        except BaseException as error:  # noqa: BLE001 - the test reports what stopped the server
+            ended.append(error)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/"
     try:
+        while True:
+            assert not ended, f"the web chat stopped at launch: {ended[0]!r}"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=60) as page:
+                    if page.status == 200:
+                        break
+            time.sleep(0.2)
         yield url
     finally:
-        stop_process(proc)
+        gradio.close_all(verbose=False)
+        thread.join(60)
 
 
 def _converse(page, turn: int, message: str) -> list[str]:
@@ -333,50 +360,69 @@ def _shown(page, role: str) -> list[str]:
     return [" ".join(text.split()) for text in page.locator(f"#conversation [data-testid={role}]").all_inner_texts()]
 
 
+# Gradio's queue, in this process here, uses a pandas option that pandas 3 deprecates: its warnings, not ours
+@pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 def test_the_web_chat_holds_a_conversation_with_a_checkpoint_trained_on_conversations(
-        browser, conversation_page, conversation_model):  # noqa: F811 - the fixture
-    """The view holds the tab's conversation; each message is sent with its history in the training layout (the
-    prompt panel shows it, and each answer is our model's to exactly that prompt); with the context too small the
-    oldest turns are left out and the view says so, the system message kept; Reset forgets the conversation."""
-    page = _open(browser, conversation_page, ready="#message textarea")
+        browser, recall_reference, recall_model):  # noqa: F811 - the fixture
+    """The recall model's page, held-out conversations typed turn by turn: the view holds the tab's conversation; each
+    message is sent with its history in the training layout (the prompt panel shows it) and answered as in this
+    process: ``OK.``, the count, then the word of the first turn. Reset forgets the conversation; with a system
+    message and the context too small, the oldest turns are left out, the view says so, the system message is kept."""
+    reference = recall_reference
 
     def spaced(text: str) -> str:
         return " ".join(text.split())
 
-    try:
-        assert "each message is sent with the history of this chat" in page.content()
-        assert not page.locator("#instruction").count() and not page.locator("#input").count()
-        asked = []
-        for turn, message in enumerate(["Say 11.", "Say 22."], 1):
-            asked.append({"role": "user", "content": message})
-            prompt = render_conversation(asked, "chatml")
-            answer = conversation_model(prompt, 5)
-            assert _converse(page, turn, message) == [spaced(m["content"]) for m in asked[1::2]] + [spaced(answer)]
-            assert _shown_prompt(page) == prompt
-            asked.append({"role": "assistant", "content": answer})
-        assert _shown(page, "user") == ["Say 11.", "Say 22."] and page.locator("#history-note").inner_text() == ""
+    with web_chat_in_a_thread("--model", str(reference.folder), "--max-new-tokens", "4") as url:
+        page = _open(browser, url, ready="#message textarea")
+        try:
+            assert "each message is sent with the history of this chat" in page.content()
+            assert not page.locator("#instruction").count() and not page.locator("#input").count()
+            turns = itertools.count(1)
+            for messages, expected in zip(reference.chats, reference.chat_answers, strict=True):
+                asked = []
+                for message, answer in zip(messages[0::2], expected, strict=True):
+                    asked.append(message)
+                    shown = _converse(page, next(turns), message["content"])
+                    assert shown == [spaced(m["content"]) for m in asked[1::2]] + [answer]
+                    assert _shown_prompt(page) == render_conversation(asked, reference.style)
+                    asked.append({"role": "assistant", "content": answer})
+                assert asked == messages, "every turn answered right, the word last"
+                assert _shown(page, "user") == [spaced(m["content"]) for m in messages[0::2]]
+                assert page.locator("#history-note").inner_text() == ""
+                _reset(page)
 
-        page.locator("#system textarea").fill("Be brief.")
-        _set_number(page, "max-new-tokens", "60")  # the context of 128 less 60 no longer holds the two turns
-        system = {"role": "system", "content": "Be brief."}
-        prompt = render_conversation([system, {"role": "user", "content": "Say 33."}], "chatml")
-        assert _converse(page, 3, "Say 33.")[-1] == spaced(conversation_model(prompt, 60))
-        assert _shown_prompt(page) == prompt
-        assert page.locator("#history-note").inner_text() == (
-            "history: the oldest 2 turns of the conversation left out, so that the prompt fits the context less the "
-            "new tokens allowed (68 tokens)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "chat-web-conversation.png"), full_page=True)
+            system = {"role": "system", "content": "Be brief."}
+            page.locator("#system textarea").fill(system["content"])
+            *history, question = reference.chats[0][:-1]
+            for message in history[0::2]:
+                _converse(page, next(turns), message["content"])
+            short = render_conversation([system, question], reference.style)
+            max_new_tokens = RECALL_TRAIN["context_length"] - tokens(short)  # no earlier turn fits with the question
+            _set_number(page, "max-new-tokens", str(max_new_tokens))
+            assert _converse(page, next(turns), question["content"])[-1] == spaced(recall_model(short, max_new_tokens))
+            assert _shown_prompt(page) == short
+            assert page.locator("#history-note").inner_text() == (
+                "history: the oldest 2 turns of the conversation left out, so that the prompt fits the context less "
+                f"the new tokens allowed ({tokens(short)} tokens)")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "chat-web-conversation.png"), full_page=True)
 
-        page.locator("#reset").click()
-        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('conversation "
-                               "forgotten')", timeout=60_000)
-        assert _shown(page, "user") == [] and page.locator("#history-note").inner_text() == ""
-        _set_number(page, "max-new-tokens", "5")
-        _converse(page, 4, "Say 44.")
-        assert _shown_prompt(page) == render_conversation([system, {"role": "user", "content": "Say 44."}], "chatml")
-    finally:
-        page.close()
+            _reset(page)
+            _set_number(page, "max-new-tokens", "4")
+            _converse(page, next(turns), "Hello.")
+            assert _shown_prompt(page) == render_conversation([system, {"role": "user", "content": "Hello."}],
+                                                              reference.style)
+        finally:
+            page.close()
+
+
+def _reset(page) -> None:
+    """Click Reset; the conversation is forgotten, in the view too."""
+    page.locator("#reset").click()
+    page.wait_for_function("() => document.querySelector('#status input').value.startsWith('conversation "
+                           "forgotten')", timeout=60_000)
+    assert _shown(page, "user") == [] and page.locator("#history-note").inner_text() == ""
 
 
 @pytest.mark.slow
