@@ -211,39 +211,6 @@ def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
         yield folder / "sft"
 
 
-LAMP_STATES = {"on": "yes", "off": "no"}  # what the lamp is -> the answer to "Is the lamp on?"
-
-
-def lamp_conversation(state: str, history: bool = True, answered: bool = True) -> list[dict]:
-    """A conversation whose last answer depends on its first turn, not on its last question: the user says the lamp is
-    on or off, then asks whether it is on. ``history=False``: the question alone; ``answered=False``: without the
-    answer (a question to answer)."""
-    messages = [{"role": "user", "content": f"The lamp is {state}."}, {"role": "assistant", "content": "OK."}]
-    messages = (messages if history else []) + [{"role": "user", "content": "Is the lamp on?"}]
-    return messages + ([{"role": "assistant", "content": LAMP_STATES[state]}] if answered else [])
-
-
-@pytest.fixture(scope="session")
-def lamp_run(tmp_path_factory) -> Path:
-    """A tiny model that learned to answer the last question of a conversation from its first turn
-    (:func:`lamp_conversation`): 40 ``messages`` conversations, on and off in turn, the ``phi3`` style, the loss on the
-    last answer; width 64 and 70 steps at learning rate 3e-3 are what it takes to answer every one right (a random or
-    briefly trained model answers all of them alike). Its test split: 4 conversations. Its ``test-responses.json`` is
-    written by training (``max_new_tokens`` 8). Shared read-only by the session."""
-    from gpt_sft.cli.train import train
-
-    def build(folder: Path) -> None:
-        data = folder / "lamps.jsonl"
-        data.write_text("".join(json.dumps({"messages": lamp_conversation(("on", "off")[i % 2])}) + "\n"
-                                for i in range(40)))
-        train(tiny_train_config(data, folder / "run", prompt_style="phi3", emb_dim=64, n_heads=4, learning_rate=3e-3,
-                                weight_decay=0.0, train_on="last", mask_prompt=False, max_steps=70, epochs=100, eval_every=0,
-                                generate=True, max_new_tokens=8, cpu_threads=1))  # a second thread only waits
-
-    for folder in built_once(tmp_path_factory, "lamp-conversations", build):
-        yield folder / "run"
-
-
 @pytest.fixture(scope="session")
 def conversation_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """For each built-in style, a saved checkpoint of a model trained on conversations (a random tiny GPT: what is
@@ -313,11 +280,12 @@ RECALL_DATA = dict(recall_share=1.0, system_share=0.0, max_between=1, max_words=
 # copy from turn 1 stayed at chance for 600 steps. The loss covers the last answer only (a third of the cost of
 # every answer: the output layer over GPT-2's 50257 tokens and its softmax are two thirds of a step), and a quarter of
 # the conversations end after an earlier answer, so that every turn is learned (a chat generates them). It learns the
-# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step).
+# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step). Training answers the 40 held-out
+# conversations at the end (test-responses.json, a few seconds: each answer is a word and its end-of-text).
 RECALL_TRAIN = dict(model="scratch", n_layers=2, emb_dim=64, n_heads=4, context_length=128, tie_word_embeddings=False,
                     prompt_style="phi3", train_on="last", batch_size=16, learning_rate=3e-3, weight_decay=0.0,
-                    epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=False, sample_every_epoch=False,
-                    cpu_threads=1)
+                    epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=True, max_new_tokens=4,
+                    sample_every_epoch=False, cpu_threads=1)
 
 
 def build_recall(folder: Path) -> None:
@@ -341,8 +309,8 @@ def recall_run(tmp_path_factory):
     With the history it answers every turn of its held-out conversations right; with only the last question it can
     only guess (``tests/test_conversation_demo.py`` shows both): a route that loses the history fails here, where a
     random model would hide it. Returns ``(checkpoint folder, held-out conversations)``: the whole three-turn
-    conversations of the run's own test split (``messages`` lists, ending on the word). Shared read-only by the whole
-    session."""
+    conversations of the run's own test split (``messages`` lists, ending on the word); training answered the whole
+    test split into the folder's ``test-responses.json``. Shared read-only by the whole session."""
     from gpt_sft.data.recipe import Recipe
     from gpt_sft.data.synthetic import is_recall
 

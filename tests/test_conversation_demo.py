@@ -3,10 +3,10 @@ synthetic conversations are valid data whose recall answers depend on the first 
 conversational pairs, the demo recipe reads them, and a tiny model trained on them recalls the word with the history
 and cannot without it.
 
-Two of item 8's routes are here, each checked against the model's own answers in this process
-(``conftest.recall_reference``): ``gpt-sft generate`` on the run's held-out conversations and transformers'
-``pipeline("text-generation")`` given the message lists. The others: the terminal chat and ``gpt-sft serve``
-(test_chat), the web chat in the browser (test_chat_web), the stock GPT-2 export (test_export).
+One of item 8's routes is here, checked against the model's own answers in this process
+(``conftest.recall_reference``): transformers' ``pipeline("text-generation")`` given the message lists. The others:
+``gpt-sft generate`` (test_conversations), the terminal chat and ``gpt-sft serve`` (test_chat), the web chat in the
+browser (test_chat_web), the stock GPT-2 export (test_export).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from collections import Counter
 
 import torch
-from conftest import DEMO_CONVERSATIONS_RECIPE, RECALL_TRAIN, last_answers, run_generate
+from conftest import DEMO_CONVERSATIONS_RECIPE, RECALL_TRAIN, last_answers
 
 from gpt_sft.common.options import load_yaml_config
 from gpt_sft.data.conversation_format import render_conversation
@@ -82,21 +82,6 @@ def test_the_recall_model_answers_every_turn_with_the_history_and_only_guesses_t
     chance = max(Counter(truth).values()) / len(truth)
     guessed = sum(w == t for w, t in zip(without_history, truth)) / len(truth)
     assert guessed <= chance < 0.3 and recalled > 3 * chance, (guessed, chance, recalled)
-
-
-def test_gpt_sft_generate_answers_the_held_out_recall_conversations_as_the_model_does(recall_reference, tmp_path):
-    """``gpt-sft generate --split test`` on the recall run: each held-out conversation is asked its last question with
-    its whole history, and the answers are the words, identical to the model's in this process."""
-    reference = recall_reference
-    out = tmp_path / "answers.json"
-    result = run_generate("--model", reference.folder, "--split", "test", "--output", out, "--max-new-tokens", "4",
-                          "--no-progress")
-    assert result.returncode == 0, result.stderr[-2000:]
-    written = [entry for entry in json.loads(out.read_text()) if is_recall(entry["messages"])]
-    assert [entry["messages"] for entry in written] == reference.conversations
-    answers = [entry["model_response"] for entry in written]
-    assert answers == reference.answers
-    assert reference.exact_match(answers) >= 0.9, list(zip(answers, reference.words))
 
 
 def test_a_pipeline_given_the_message_list_answers_the_recall_conversations_as_the_model_does(recall_reference):
