@@ -399,14 +399,17 @@ def gpu_check_dry_run(tmp_path_factory) -> Path:
     yield from built_once(tmp_path_factory, "gpu-check-dry-run", build)
 
 
-# Shared folders trained in a background process from the session's start when a collected test needs them, so
-# that no worker waits idle for the demo's minutes of training; their tests run last (pytest_collection_modifyitems).
-BACKGROUND_BUILDS = {"demo_run": ("demo", "build_demo"), "recall_run": ("recall", "build_recall")}
+# Shared folders trained in the background from the session's start when a collected test needs them, each in a process
+# of its own, so that no worker waits idle for their minutes of training and a quick build is not queued behind a long
+# one; their tests run last, in this order (pytest_collection_modifyitems): the recall model's (about 100 s of a core)
+# before the demo's (about 4 minutes), so that a worker is not held at a test of the demo while the recall model's
+# are ready.
+BACKGROUND_BUILDS = {"recall_run": ("recall", "build_recall"), "demo_run": ("demo", "build_demo")}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def background_builds(request, tmp_path_factory):
-    """Starts ``BACKGROUND_BUILDS`` that this session's tests need, in one process on every core (started by the
+    """Starts ``BACKGROUND_BUILDS`` that this session's tests need, each in one process on every core (started by the
     first worker only); stopped at the session's end if still running (a ``-x`` run that ended early)."""
     needed = [BACKGROUND_BUILDS[name] for name in BACKGROUND_BUILDS
               if any(name in getattr(item, "fixturenames", ()) for item in request.session.items)]
@@ -414,18 +417,20 @@ def background_builds(request, tmp_path_factory):
         yield
         return
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import conftest; from pathlib import Path\n"
-            "for name, build in zip(sys.argv[3::2], sys.argv[4::2]):\n"
-            "    conftest.build_shared(Path(sys.argv[2]), name, getattr(conftest, build))")
-    args = [str(Path(__file__).parent), str(shared_root(tmp_path_factory))] + [x for pair in needed for x in pair]
-    log = shared_root(tmp_path_factory) / "background-builds.log"
-    with open(log, "wb") as fh, on_every_core():
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}  # not a worker: every core
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+            "conftest.build_shared(Path(sys.argv[2]), sys.argv[3], getattr(conftest, sys.argv[4]))")
+    root = shared_root(tmp_path_factory)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}  # not a worker: every core
+    procs = []
+    for name, build in needed:
+        with open(root / f"background-{name}.log", "wb") as fh, on_every_core():
+            procs.append(subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(root), name,
+                                           build], stdout=fh, stderr=subprocess.STDOUT, env=env))
     try:
         yield
     finally:
-        if proc.poll() is None:
-            stop_process(proc)
+        for proc in procs:
+            if proc.poll() is None:
+                stop_process(proc)
 
 
 def run_generate(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -719,8 +724,11 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid} uses servers of two xdist groups ({groups}): merge the groups")
         for group in groups:
             item.add_marker(pytest.mark.xdist_group(group))
-    # The tests of a background-built folder last (the order within each part kept): it is built by then
-    items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND_BUILDS))
+    # The tests of a background-built folder last, after those of the folders built sooner (BACKGROUND_BUILDS' order;
+    # the order within each part kept): it is built by then
+    builds = list(BACKGROUND_BUILDS)
+    items.sort(key=lambda item: max((builds.index(name) + 1 for name in getattr(item, "fixturenames", ())
+                                     if name in BACKGROUND_BUILDS), default=0))
 
 
 # ---------------------------------------------------------------- training stages (test_stages, test_preference_stages)
