@@ -316,7 +316,8 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
 def web_chat_in_a_thread(*argv: str) -> Iterator[str]:
     """``gpt-sft chat --web ARGV`` (its main, as the command runs it) in a thread of this process on a free port;
     yields its URL once the page answers; every Gradio server of this process is closed at the end. In a thread, not
-    a process of its own: a second web chat process per session cost half a minute of start-up on 2 loaded cores."""
+    a process of its own: the fixture that started a second web chat process took 18 to 36 s (the browser's launch
+    included) on 2 loaded cores."""
     import gradio
 
     port = free_port()
