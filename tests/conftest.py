@@ -364,6 +364,7 @@ class RecallReference:
 
 @pytest.fixture(scope="session")
 def recall_reference(recall_run) -> RecallReference:
+    """The recall model's own answers (:class:`RecallReference`), once per worker: a few seconds of one core."""
     import torch
 
     from gpt_sft.model.loading import load_model
