@@ -86,6 +86,44 @@ def _web_chat(folder: Path, log: Path, *flags: str):
     return gpt_sft_server(["chat", "--model", str(folder), "--web", "--port", str(port), *flags], log, url), url
 
 
+@contextlib.contextmanager
+def web_chat_here(folder: Path, *flags: str):
+    """``gpt-sft chat --model FOLDER --web`` run by its ``main`` in a thread of this process, on a free port, until
+    the block ends; yields its URL. For the pages whose point is the page: ``demo_page`` is the one started as the
+    command (its process, its start-up), and a second process would only import torch, transformers and Gradio
+    again (~15 CPU-s)."""
+    import gradio
+
+    from gpt_sft.cli import chat
+
+    port = free_port()
+    ended: list[object] = []
+
+    def serve() -> None:
+        try:
+            ended.append(chat.main(["--model", str(folder), "--web", "--port", str(port), *flags]))
+        except BaseException as error:  # noqa: BLE001 - the test reports what stopped the server
+            ended.append(error)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180  # a bound for a page that never comes up, not a speed
+        while True:
+            assert not ended, f"the web chat stopped at launch: {ended[0]!r}"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=60) as page:
+                    if page.status == 200:
+                        break
+            assert time.monotonic() < deadline, f"no page at {url}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        gradio.close_all(verbose=False)
+        thread.join(60)
+
+
 @pytest.fixture(scope="module")
 def demo_page(demo_run, tmp_path_factory):
     """``gpt-sft chat --web`` on the trained demo, with ``$OPENAI_API_KEY`` set as a user's may be; yields its URL."""
@@ -427,38 +465,42 @@ def _reset(page) -> None:
 
 
 @pytest.mark.slow
-def test_the_page_streams_and_its_stop_button_stops(browser, rambler, tmp_path):  # noqa: F811 - the fixture
+def test_the_page_streams_and_its_stop_button_stops(browser, rambler):  # noqa: F811 - the fixture
     """On a random model whose answers run on: the answer grows in the page, Stop ends it."""
-    proc, url = _web_chat(rambler, tmp_path / "chat.log", "--max-new-tokens", "3000")
-    page = _open(browser, url)
-    try:
-        page.locator("#instruction textarea").fill("Tell me everything.")
-        page.locator("#send").click()
-        seen: list[str] = []
-        deadline = time.monotonic() + 180  # a loaded 2-core machine is slow to the first tokens
-        while len({s for s in seen if s}) < 3:
-            assert time.monotonic() < deadline and not _status(page).startswith("done"), (seen[-1:], _status(page))
-            seen.append(page.locator("#answer textarea").input_value())
-            time.sleep(0.2)
-        assert _status(page).startswith("generating")
-        grown = [s for s in seen if s]
-        assert all(b.startswith(a) for a, b in itertools.pairwise(grown)), "the answer only grows"
-        page.locator("#stop").click()
-        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('stopped (turn 1)')",
-                               timeout=60_000)
-        stopped = page.locator("#answer textarea").input_value()
-        assert stopped.startswith(grown[-1])
-        time.sleep(1)
-        assert page.locator("#answer textarea").input_value() == stopped, "nothing arrives after Stop"
-    finally:
-        page.close()
-        stop_process(proc)
+    with web_chat_here(rambler, "--max-new-tokens", "3000") as url:
+        page = _open(browser, url)
+        try:
+            stream_and_stop(page)
+        finally:
+            page.close()
+
+
+def stream_and_stop(page) -> None:
+    """Ask for an answer that runs on; see it grow, press Stop, see it end."""
+    page.locator("#instruction textarea").fill("Tell me everything.")
+    page.locator("#send").click()
+    seen: list[str] = []
+    deadline = time.monotonic() + 180  # a loaded 2-core machine is slow to the first tokens
+    while len({s for s in seen if s}) < 3:
+        assert time.monotonic() < deadline and not _status(page).startswith("done"), (seen[-1:], _status(page))
+        seen.append(page.locator("#answer textarea").input_value())
+        time.sleep(0.2)
+    assert _status(page).startswith("generating")
+    grown = [s for s in seen if s]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(grown)), "the answer only grows"
+    page.locator("#stop").click()
+    page.wait_for_function("() => document.querySelector('#status input').value.startsWith('stopped (turn 1)')",
+                           timeout=60_000)
+    stopped = page.locator("#answer textarea").input_value()
+    assert stopped.startswith(grown[-1])
+    time.sleep(1)
+    assert page.locator("#answer textarea").input_value() == stopped, "nothing arrives after Stop"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (the dev extra installs it)")
-def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server, tmp_path):
+def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server):
     """The demo exported to an f32 GGUF and served by llama.cpp: asked through the page's endpoint field
     (``--allow-page-endpoint``) and through RemoteModel directly, it answers what ``gpt-sft generate --prompt``
     prints."""
@@ -473,20 +515,19 @@ def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server, tm
         assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
     entry = next(e for e in reversed(entries) if "\n" in e["input"])
     expected = generate_cli(folder, entry["instruction"], entry["input"])
-    proc, page_url = _web_chat(folder, tmp_path / "chat.log", "--allow-page-endpoint")
-    page = _open(browser, page_url)
-    try:
-        page.locator("#endpoint textarea").fill(url)
-        assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
-        assert _shown_prompt(page) == format_prompt(entry, ALPACA)
-        page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{free_port()}")
-        page.locator("#send").click()
-        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('error (turn 2)')",
-                               timeout=60_000)
-        assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
-    finally:
-        page.close()
-        stop_process(proc)
+    with web_chat_here(folder, "--allow-page-endpoint") as page_url:
+        page = _open(browser, page_url)
+        try:
+            page.locator("#endpoint textarea").fill(url)
+            assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
+            assert _shown_prompt(page) == format_prompt(entry, ALPACA)
+            page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{free_port()}")
+            page.locator("#send").click()
+            page.wait_for_function("() => document.querySelector('#status input').value.startsWith('error (turn 2)')",
+                                   timeout=60_000)
+            assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
+        finally:
+            page.close()
 
 
 def test_the_readme_shows_both_chats_and_a_small_screenshot():
