@@ -86,44 +86,6 @@ def _web_chat(folder: Path, log: Path, *flags: str):
     return gpt_sft_server(["chat", "--model", str(folder), "--web", "--port", str(port), *flags], log, url), url
 
 
-@contextlib.contextmanager
-def web_chat_here(folder: Path, *flags: str):
-    """``gpt-sft chat --model FOLDER --web`` run by its ``main`` in a thread of this process, on a free port, until
-    the block ends; yields its URL. For the pages whose point is the page: ``demo_page`` is the one started as the
-    command (its process, its start-up), and a second process would only import torch, transformers and Gradio
-    again (~15 CPU-s)."""
-    import gradio
-
-    from gpt_sft.cli import chat
-
-    port = free_port()
-    ended: list[object] = []
-
-    def serve() -> None:
-        try:
-            ended.append(chat.main(["--model", str(folder), "--web", "--port", str(port), *flags]))
-        except BaseException as error:  # noqa: BLE001 - the test reports what stopped the server
-            ended.append(error)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180  # a bound for a page that never comes up, not a speed
-        while True:
-            assert not ended, f"the web chat stopped at launch: {ended[0]!r}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=60) as page:
-                    if page.status == 200:
-                        break
-            assert time.monotonic() < deadline, f"no page at {url}"
-            time.sleep(0.2)
-        yield url
-    finally:
-        gradio.close_all(verbose=False)
-        thread.join(60)
-
-
 @pytest.fixture(scope="module")
 def demo_page(demo_run, tmp_path_factory):
     """``gpt-sft chat --web`` on the trained demo, with ``$OPENAI_API_KEY`` set as a user's may be; yields its URL."""
@@ -353,9 +315,10 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
 @contextlib.contextmanager
 def web_chat_in_a_thread(*argv: str) -> Iterator[str]:
     """``gpt-sft chat --web ARGV`` (its main, as the command runs it) in a thread of this process on a free port;
-    yields its URL once the page answers; every Gradio server of this process is closed at the end. In a thread, not
-    a process of its own: the fixture that started a second web chat process took 18 to 36 s (the browser's launch
-    included) on 2 loaded cores."""
+    yields its URL once the page answers; every Gradio server of this process is closed at the end. For the pages
+    whose point is the page: ``demo_page`` is the one started as the command (its process, its start-up); a second
+    process only imports torch, transformers and Gradio again (~15 CPU-s; the fixture that started one took 18 to
+    36 s, the browser's launch included, on 2 loaded cores)."""
     import gradio
 
     port = free_port()
@@ -371,12 +334,14 @@ def web_chat_in_a_thread(*argv: str) -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{port}/"
     try:
+        deadline = time.monotonic() + 180  # a bound for a page that never comes up, not a speed
         while True:
             assert not ended, f"the web chat stopped at launch: {ended[0]!r}"
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(url, timeout=60) as page:
                     if page.status == 200:
                         break
+            assert time.monotonic() < deadline, f"no page at {url}"
             time.sleep(0.2)
         yield url
     finally:
@@ -467,7 +432,7 @@ def _reset(page) -> None:
 @pytest.mark.slow
 def test_the_page_streams_and_its_stop_button_stops(browser, rambler):  # noqa: F811 - the fixture
     """On a random model whose answers run on: the answer grows in the page, Stop ends it."""
-    with web_chat_here(rambler, "--max-new-tokens", "3000") as url:
+    with web_chat_in_a_thread("--model", str(rambler), "--max-new-tokens", "3000") as url:
         page = _open(browser, url)
         try:
             stream_and_stop(page)
@@ -515,7 +480,7 @@ def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server):
         assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
     entry = next(e for e in reversed(entries) if "\n" in e["input"])
     expected = generate_cli(folder, entry["instruction"], entry["input"])
-    with web_chat_here(folder, "--allow-page-endpoint") as page_url:
+    with web_chat_in_a_thread("--model", str(folder), "--allow-page-endpoint") as page_url:
         page = _open(browser, page_url)
         try:
             page.locator("#endpoint textarea").fill(url)
