@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, generate_cli
+from conftest import built_once, free_port, generate_cli
 
 from gpt_sft.cli.export import main as export_main
 from gpt_sft.data.conversation_format import render_conversation
@@ -127,35 +127,46 @@ def stock_exports(untied_checkpoint, demo_run, recall_reference, tmp_path_factor
     ``gpt-sft export``), ``demo`` (the trained demo, the same way; its pipeline asked held-out instructions),
     ``recall`` (the model trained on conversations, the same way; its pipeline asked held-out conversations,
     ``conftest.recall_reference``'s chats) and ``trained`` (a tiny run that wrote its exports itself: ``train
-    --export hf-gpt2 gguf``)."""
-    from gpt_sft.cli.train import train
-    from gpt_sft.data.synthetic import make_synthetic_instructions
-    from gpt_sft.train.config import TrainConfig
+    --export hf-gpt2 gguf``). Made once per session and shared read-only by the pytest-xdist workers (both run this
+    module's tests; ``untied_checkpoint`` is the same seeded model in each)."""
+    names = ("untied", "demo", "recall", "trained")
 
-    root = tmp_path_factory.mktemp("stock")
-    untied = root / "untied" / "stock"
-    assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(untied)]) == 0
-    demo_folder, entries = demo_run
-    demo = root / "demo" / "demo-gpt2"
-    assert export_main(["--model", str(demo_folder), "--format", "hf-gpt2", "--output", str(demo)]) == 0
-    recall = root / "recall" / "recall-gpt2"
-    assert export_main(["--model", str(recall_reference.folder), "--format", "hf-gpt2", "--output", str(recall)]) == 0
-    recall_chats = [messages[:-1] for messages in recall_reference.chats]
-    data = root / "tasks.json"
-    data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
-    run = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=1,
-                            generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
-                            output_dir=str(root / "trained" / "run"), export=["hf-gpt2", "gguf"]))
-    trained = run / "export" / "hf-gpt2"
-    ids = {"untied": get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.", "input": ""})),
-           "demo": get_tokenizer().encode(format_prompt(entries[-3])),
-           "recall": get_tokenizer().encode(render_conversation(recall_chats[0], recall_reference.style),
-                                            allowed_special={"<|endoftext|>"}),
-           "trained": get_tokenizer().encode("Count the words in the list.")}
-    folders = {"untied": untied, "demo": demo, "recall": recall, "trained": trained}
-    seen = _in_fresh_process([(untied, ids["untied"], []), (demo, ids["demo"], _demo_chats(entries[-3:])),
-                              (recall, ids["recall"], recall_chats), (trained, ids["trained"], [])])
-    return {name: (folder, ids[name], seen[folder]) for name, folder in folders.items()}
+    def build(root: Path) -> None:
+        from gpt_sft.cli.train import train
+        from gpt_sft.data.synthetic import make_synthetic_instructions
+        from gpt_sft.train.config import TrainConfig
+
+        untied = root / "untied" / "stock"
+        assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(untied)]) == 0
+        demo_folder, entries = demo_run
+        demo = root / "demo" / "demo-gpt2"
+        assert export_main(["--model", str(demo_folder), "--format", "hf-gpt2", "--output", str(demo)]) == 0
+        recall = root / "recall" / "recall-gpt2"
+        assert export_main(["--model", str(recall_reference.folder), "--format", "hf-gpt2", "--output",
+                            str(recall)]) == 0
+        recall_chats = [messages[:-1] for messages in recall_reference.chats]
+        data = root / "tasks.json"
+        data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
+        run = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64,
+                                eval_batches=1, generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
+                                output_dir=str(root / "trained" / "run"), export=["hf-gpt2", "gguf"]))
+        ids = {"untied": get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.",
+                                                               "input": ""})),
+               "demo": get_tokenizer().encode(format_prompt(entries[-3])),
+               "recall": get_tokenizer().encode(render_conversation(recall_chats[0], recall_reference.style),
+                                                allowed_special={"<|endoftext|>"}),
+               "trained": get_tokenizer().encode("Count the words in the list.")}
+        folders = dict(zip(names, (untied, demo, recall, run / "export" / "hf-gpt2")))
+        seen = _in_fresh_process([(folders["untied"], ids["untied"], []),
+                                  (folders["demo"], ids["demo"], _demo_chats(entries[-3:])),
+                                  (folders["recall"], ids["recall"], recall_chats),
+                                  (folders["trained"], ids["trained"], [])])
+        (root / "stock-exports.json").write_text(json.dumps(
+            {name: (str(folders[name].relative_to(root)), ids[name], seen[folders[name]]) for name in names}))
+
+    for root in built_once(tmp_path_factory, "stock-exports", build):
+        made = json.loads((root / "stock-exports.json").read_text())
+        yield {name: (root / folder, ids, seen) for name, (folder, ids, seen) in made.items()}
 
 
 def test_hf_gpt2_export_of_an_untied_model_loads_without_gpt_sft(untied_checkpoint, stock_exports):
