@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -211,62 +212,6 @@ def tiny_sft_run(tmp_path_factory, synthetic_data_file) -> Path:
 
 
 @pytest.fixture(scope="session")
-def chat_conversation_run(tmp_path_factory) -> Path:
-    """A tiny run (3 steps, context 128, the ``chatml`` style) on 24 ``messages`` conversations of 1 to 3 turns, a
-    third with a system message: a checkpoint whose recipe says it was trained on conversations, for the tests of
-    what the chats and ``gpt-sft serve`` send it (its answers are an untrained model's). Read-only."""
-    from gpt_sft.cli.train import train
-
-    def build(folder: Path) -> None:
-        chats = []
-        for i in range(24):
-            messages = [{"role": "system", "content": "Answer in one word."}] if i % 3 == 0 else []
-            for t in range(1 + i % 3):
-                messages += [{"role": "user", "content": f"Say {i}{t}."},
-                             {"role": "assistant", "content": f"{i}.{t}"}]
-            chats.append({"messages": messages})
-        (folder / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
-        train(tiny_train_config(folder / "chats.jsonl", folder / "run", max_steps=3, eval_every=0, batch_size=4,
-                                context_length=128, prompt_style="chatml", mask_prompt=False))  # --train-on's
-
-    for folder in built_once(tmp_path_factory, "chat-conversations", build):
-        yield folder / "run"
-
-
-LAMP_STATES = {"on": "yes", "off": "no"}  # what the lamp is -> the answer to "Is the lamp on?"
-
-
-def lamp_conversation(state: str, history: bool = True, answered: bool = True) -> list[dict]:
-    """A conversation whose last answer depends on its first turn, not on its last question: the user says the lamp is
-    on or off, then asks whether it is on. ``history=False``: the question alone; ``answered=False``: without the
-    answer (a question to answer)."""
-    messages = [{"role": "user", "content": f"The lamp is {state}."}, {"role": "assistant", "content": "OK."}]
-    messages = (messages if history else []) + [{"role": "user", "content": "Is the lamp on?"}]
-    return messages + ([{"role": "assistant", "content": LAMP_STATES[state]}] if answered else [])
-
-
-@pytest.fixture(scope="session")
-def lamp_run(tmp_path_factory) -> Path:
-    """A tiny model that learned to answer the last question of a conversation from its first turn
-    (:func:`lamp_conversation`): 40 ``messages`` conversations, on and off in turn, the ``phi3`` style, the loss on the
-    last answer; width 64 and 70 steps at learning rate 3e-3 are what it takes to answer every one right (a random or
-    briefly trained model answers all of them alike). Its test split: 4 conversations. Its ``test-responses.json`` is
-    written by training (``max_new_tokens`` 8). Shared read-only by the session."""
-    from gpt_sft.cli.train import train
-
-    def build(folder: Path) -> None:
-        data = folder / "lamps.jsonl"
-        data.write_text("".join(json.dumps({"messages": lamp_conversation(("on", "off")[i % 2])}) + "\n"
-                                for i in range(40)))
-        train(tiny_train_config(data, folder / "run", prompt_style="phi3", emb_dim=64, n_heads=4, learning_rate=3e-3,
-                                weight_decay=0.0, train_on="last", mask_prompt=False, max_steps=70, epochs=100, eval_every=0,
-                                generate=True, max_new_tokens=8, cpu_threads=1))  # a second thread only waits
-
-    for folder in built_once(tmp_path_factory, "lamp-conversations", build):
-        yield folder / "run"
-
-
-@pytest.fixture(scope="session")
 def conversation_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """For each built-in style, a saved checkpoint of a model trained on conversations (a random tiny GPT: what is
     tested is its format, not its answers), as training saves one: its tokenizer's multi-turn chat template and a
@@ -335,11 +280,12 @@ RECALL_DATA = dict(recall_share=1.0, system_share=0.0, max_between=1, max_words=
 # copy from turn 1 stayed at chance for 600 steps. The loss covers the last answer only (a third of the cost of
 # every answer: the output layer over GPT-2's 50257 tokens and its softmax are two thirds of a step), and a quarter of
 # the conversations end after an earlier answer, so that every turn is learned (a chat generates them). It learns the
-# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step).
+# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step). Training answers the 40 held-out
+# conversations at the end (test-responses.json, a few seconds: each answer is a word and its end-of-text).
 RECALL_TRAIN = dict(model="scratch", n_layers=2, emb_dim=64, n_heads=4, context_length=128, tie_word_embeddings=False,
                     prompt_style="phi3", train_on="last", batch_size=16, learning_rate=3e-3, weight_decay=0.0,
-                    epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=False, sample_every_epoch=False,
-                    cpu_threads=1)
+                    epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=True, max_new_tokens=4,
+                    sample_every_epoch=False, cpu_threads=1)
 
 
 def build_recall(folder: Path) -> None:
@@ -363,8 +309,8 @@ def recall_run(tmp_path_factory):
     With the history it answers every turn of its held-out conversations right; with only the last question it can
     only guess (``tests/test_conversation_demo.py`` shows both): a route that loses the history fails here, where a
     random model would hide it. Returns ``(checkpoint folder, held-out conversations)``: the whole three-turn
-    conversations of the run's own test split (``messages`` lists, ending on the word). Shared read-only by the whole
-    session."""
+    conversations of the run's own test split (``messages`` lists, ending on the word); training answered the whole
+    test split into the folder's ``test-responses.json``. Shared read-only by the whole session."""
     from gpt_sft.data.recipe import Recipe
     from gpt_sft.data.synthetic import is_recall
 
@@ -372,6 +318,70 @@ def recall_run(tmp_path_factory):
         checkpoint = folder / "recall"
         test = [row["messages"] for row in Recipe.read(checkpoint).splits()["test"]]
         yield checkpoint, [messages for messages in test if is_recall(messages)]
+
+
+def last_answers(model, conversations: list[list[dict]], style: str) -> list[str]:
+    """Greedy answers to the last question of each conversation (its final answer left out), prompted with the
+    conversation's training text up to that answer: the in-process reference every route is compared with."""
+    from gpt_sft.data.conversation_format import conversation_layout, render_conversation
+    from gpt_sft.generate.responses import generate_responses
+    from gpt_sft.model.tokenizer import get_tokenizer
+
+    tail = conversation_layout(style).assistant_tail
+    prompts = [render_conversation(messages[:-1], style) for messages in conversations]
+    answers = generate_responses(model, get_tokenizer(), prompts, style="raw", max_new_tokens=4, progress=False)
+    return [answer.removesuffix(tail).strip() for answer in answers]
+
+
+RECALL_CHATS = 4  # the held-out conversations a chat (terminal, web page) holds turn by turn, each a different word
+
+
+@dataclass(frozen=True)
+class RecallReference:
+    """What the recall model answers in this process, that every route of issue 25's item 8 must answer too.
+
+    ``conversations``: the held-out recall conversations, whole; ``answers``: the model's greedy answer to the last
+    question of each, asked with its history (:func:`last_answers`). ``chats``: ``RECALL_CHATS`` of them, the first
+    held-out one of each of the first words, which the chats hold turn by turn; ``chat_answers``: the model's answer
+    to every turn of each, asked with the turns before it."""
+
+    folder: Path
+    style: str
+    conversations: list[list[dict]]
+    answers: list[str]
+    chats: list[list[dict]]
+    chat_answers: list[list[str]]
+
+    @property
+    def words(self) -> list[str]:
+        """The right last answers: the word each conversation's first turn gave."""
+        return [messages[-1]["content"] for messages in self.conversations]
+
+    def exact_match(self, answers: list[str]) -> float:
+        """The share of ``answers`` (one per held-out conversation) that are the word."""
+        return sum(a == w for a, w in zip(answers, self.words, strict=True)) / len(self.words)
+
+
+@pytest.fixture(scope="session")
+def recall_reference(recall_run) -> RecallReference:
+    """The recall model's own answers (:class:`RecallReference`), once per worker: a few seconds of one core."""
+    import torch
+
+    from gpt_sft.model.loading import load_model
+
+    folder, held_out = recall_run
+    style = RECALL_TRAIN["prompt_style"]
+    chats: list[list[dict]] = []
+    for messages in held_out:
+        if len(chats) < RECALL_CHATS and all(messages[-1] != chat[-1] for chat in chats):
+            chats.append(messages)
+    model = load_model(folder, device="cpu", dtype="float32").eval()
+    with torch.no_grad():
+        answers = last_answers(model, held_out, style)
+        turns = [messages[:i + 1] for messages in chats for i, m in enumerate(messages) if m["role"] == "assistant"]
+        turn_answers = iter(last_answers(model, turns, style))
+    chat_answers = [[next(turn_answers) for m in messages if m["role"] == "assistant"] for messages in chats]
+    return RecallReference(folder, style, held_out, answers, chats, chat_answers)
 
 
 @pytest.fixture(scope="session")
@@ -390,14 +400,17 @@ def gpu_check_dry_run(tmp_path_factory) -> Path:
     yield from built_once(tmp_path_factory, "gpu-check-dry-run", build)
 
 
-# Shared folders trained in a background process from the session's start when a collected test needs them, so
-# that no worker waits idle for the demo's minutes of training; their tests run last (pytest_collection_modifyitems).
-BACKGROUND_BUILDS = {"demo_run": ("demo", "build_demo"), "recall_run": ("recall", "build_recall")}
+# Shared folders trained in the background from the session's start when a collected test needs them, each in a process
+# of its own, so that no worker waits idle for their minutes of training and a quick build is not queued behind a long
+# one; their tests run last, in this order (pytest_collection_modifyitems): the recall model's (about 100 s of a core)
+# before the demo's (about 4 minutes), so that a worker is not held at a test of the demo while the recall model's
+# are ready.
+BACKGROUND_BUILDS = {"recall_run": ("recall", "build_recall"), "demo_run": ("demo", "build_demo")}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def background_builds(request, tmp_path_factory):
-    """Starts ``BACKGROUND_BUILDS`` that this session's tests need, in one process on every core (started by the
+    """Starts ``BACKGROUND_BUILDS`` that this session's tests need, each in one process on every core (started by the
     first worker only); stopped at the session's end if still running (a ``-x`` run that ended early)."""
     needed = [BACKGROUND_BUILDS[name] for name in BACKGROUND_BUILDS
               if any(name in getattr(item, "fixturenames", ()) for item in request.session.items)]
@@ -405,18 +418,20 @@ def background_builds(request, tmp_path_factory):
         yield
         return
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import conftest; from pathlib import Path\n"
-            "for name, build in zip(sys.argv[3::2], sys.argv[4::2]):\n"
-            "    conftest.build_shared(Path(sys.argv[2]), name, getattr(conftest, build))")
-    args = [str(Path(__file__).parent), str(shared_root(tmp_path_factory))] + [x for pair in needed for x in pair]
-    log = shared_root(tmp_path_factory) / "background-builds.log"
-    with open(log, "wb") as fh, on_every_core():
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}  # not a worker: every core
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+            "conftest.build_shared(Path(sys.argv[2]), sys.argv[3], getattr(conftest, sys.argv[4]))")
+    root = shared_root(tmp_path_factory)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}  # not a worker: every core
+    procs = []
+    for name, build in needed:
+        with open(root / f"background-{name}.log", "wb") as fh, on_every_core():
+            procs.append(subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(root), name,
+                                           build], stdout=fh, stderr=subprocess.STDOUT, env=env))
     try:
         yield
     finally:
-        if proc.poll() is None:
-            stop_process(proc)
+        for proc in procs:
+            if proc.poll() is None:
+                stop_process(proc)
 
 
 def run_generate(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -710,8 +725,11 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid} uses servers of two xdist groups ({groups}): merge the groups")
         for group in groups:
             item.add_marker(pytest.mark.xdist_group(group))
-    # The tests of a background-built folder last (the order within each part kept): it is built by then
-    items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND_BUILDS))
+    # The tests of a background-built folder last, after those of the folders built sooner (BACKGROUND_BUILDS' order;
+    # the order within each part kept): it is built by then
+    builds = list(BACKGROUND_BUILDS)
+    items.sort(key=lambda item: max((builds.index(name) + 1 for name in getattr(item, "fixturenames", ())
+                                     if name in BACKGROUND_BUILDS), default=0))
 
 
 # ---------------------------------------------------------------- training stages (test_stages, test_preference_stages)

@@ -4,10 +4,16 @@ The session's commands and the streaming reader are tested as plain Python; the 
 driven through a real pseudo-terminal (pexpect) on the trained offline demo, and compared with a
 ``gpt-sft generate --prompt`` process. Ctrl-C is sent as the terminal sends it (the ^C character, which
 the kernel turns into SIGINT), to a random model that writes long answers.
+
+A checkpoint trained on conversations (``conftest.recall_run``: it answers the last question with the word the first
+turn gave, and cannot without the history) holds held-out conversations in the terminal, and is asked them whole
+through ``gpt-sft serve``'s ``/v1/chat/completions``; every answer is the model's own in this process
+(``conftest.recall_reference``), the word last (issue 25, item 8).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import itertools
@@ -15,15 +21,19 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import free_port, generate_cli, gpt_sft_server, stop_process
+from conftest import RECALL_TRAIN, free_port, generate_cli
 
 from gpt_sft.cli.chat import main as chat_main
 from gpt_sft.cli.chat import show_answer, terminal_safe
+from gpt_sft.common.options import parse_config
 from gpt_sft.data.conversation_format import conversation_layout, render_conversation
 from gpt_sft.data.prompts import PromptStyle, format_prompt, get_prompt_style
 from gpt_sft.export.checkpoint import save_checkpoint
@@ -398,11 +408,13 @@ def test_ctrl_c_stops_the_answer_not_the_chat(pexpect, rambler):
 
 
 @pytest.fixture(scope="module")
-def conversation_model(chat_conversation_run):
-    """The checkpoint trained on conversations, loaded here: what it answers a prompt, greedily."""
-    model, tokenizer = load_model(chat_conversation_run, device="cpu", dtype="float32"), load_tokenizer(chat_conversation_run)
+def recall_model(recall_reference):
+    """The recall model (``conftest.recall_run``), loaded here: what it answers a prompt, greedily, as a chat asks it
+    (``stream_answer``; ``style`` "raw": the continuation as it is)."""
+    folder = recall_reference.folder
+    model, tokenizer = load_model(folder, device="cpu", dtype="float32"), load_tokenizer(folder)
 
-    def answer(prompt: str, max_new_tokens: int, style: PromptStyle | str = CHATML) -> str:
+    def answer(prompt: str, max_new_tokens: int, style: PromptStyle | str = recall_reference.style) -> str:
         settings = GenerationSettings(max_new_tokens=max_new_tokens, style=style, progress=False)
         return list(stream_answer(model, tokenizer, prompt, settings))[-1].text
 
@@ -418,39 +430,50 @@ def _turn(child, line: str) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_terminal_chat_keeps_the_conversation_of_a_checkpoint_trained_on_conversations(
-        pexpect, chat_conversation_run, conversation_model):
-    """The history goes with every message, in the training layout: the prompt shown by /prompt is the training
-    text up to the next answer, and the answers printed are the model's to exactly that prompt. /history, /reset
-    and /system; with a context too small for the history, the oldest turns are left out and a line says so."""
-    child = _spawn(pexpect, "--model", str(chat_conversation_run), "--max-new-tokens", "5")
+        pexpect, recall_reference, recall_model):
+    """The recall model in a real terminal, held-out conversations typed turn by turn: every message goes with the
+    history in the training layout (the prompt shown by /prompt is the training text up to the next answer), and the
+    answers printed are the model's in this process: ``OK.``, the count, then the word of the first turn. /history
+    and /reset between conversations; /system; with a context too small for the history, the oldest turns are left
+    out and a line says so."""
+    reference = recall_reference
+    child = _spawn(pexpect, "--model", str(reference.folder), "--max-new-tokens", "4")
     try:
         assert CONVERSATION_NOTE in child.before and SINGLE_TURN_NOTE not in child.before
-        asked = []
-        for message in ("Say 11.", "Say 22."):
-            asked.append({"role": "user", "content": message})
-            prompt = render_conversation(asked, "chatml")
-            before, answer = _turn(child, message)
-            assert before == "" and answer == terminal_safe(conversation_model(prompt, 5)) and answer.strip()
-            shown = _answer(child, "/prompt").split("\n")
-            assert shown[0].startswith("--- the prompt last sent") and "\n".join(shown[1:-1]) == prompt
-            asked.append({"role": "assistant", "content": conversation_model(prompt, 5)})
-        assert _answer(child, "/history").split("\n")[1:-1] == [line for m in asked
-                                                               for line in (f"[{m['role']}]", m["content"])]
-        _answer(child, "/system Be brief.")
-        _answer(child, "/max-new-tokens 60")  # the context of 128 less 60 no longer holds the two turns
-        before, answer = _turn(child, "Say 33.")
+        for messages, expected in zip(reference.chats, reference.chat_answers, strict=True):
+            asked = []
+            for message, answer_expected in zip(messages[0::2], expected, strict=True):
+                asked.append(message)
+                before, answer = _turn(child, message["content"])
+                assert before == "" and answer == answer_expected
+                shown = _answer(child, "/prompt").split("\n")
+                assert shown[0].startswith("--- the prompt last sent")
+                assert "\n".join(shown[1:-1]) == render_conversation(asked, reference.style)
+                asked.append({"role": "assistant", "content": answer})
+            assert asked == messages, "every turn answered right, the word last"
+            assert _answer(child, "/history").split("\n")[1:-1] == [line for m in asked
+                                                                   for line in (f"[{m['role']}]", m["content"])]
+            assert _answer(child, "/reset").startswith("conversation forgotten (3 turns)")
+
         system = {"role": "system", "content": "Be brief."}
-        prompt = render_conversation([system, {"role": "user", "content": "Say 33."}], "chatml")
+        _answer(child, f"/system {system['content']}")
+        *history, question = reference.chats[0][:-1]
+        for message in history[0::2]:
+            _turn(child, message["content"])
+        short = render_conversation([system, question], reference.style)
+        context = RECALL_TRAIN["context_length"]
+        max_new_tokens = context - tokens(short)  # the system message and the question fit, no earlier turn
+        _answer(child, f"/max-new-tokens {max_new_tokens}")
+        before, answer = _turn(child, question["content"])
         assert before == "[history: the oldest 2 turns of the conversation left out, so that the prompt fits the " \
-                         "context less the new tokens allowed (68 tokens)"
-        assert tokens(render_conversation([system, *asked[2:], {"role": "user", "content": "Say 33."}], "chatml")) > 68
-        assert answer == terminal_safe(conversation_model(prompt, 60))
-        assert "\n".join(_answer(child, "/prompt").split("\n")[1:-1]) == prompt
+                         f"context less the new tokens allowed ({tokens(short)} tokens)"
+        assert answer == terminal_safe(recall_model(short, max_new_tokens))
+        assert "\n".join(_answer(child, "/prompt").split("\n")[1:-1]) == short
         assert _answer(child, "/reset").startswith("conversation forgotten (3 turns)")
-        assert _answer(child, "/max-new-tokens 5").endswith("max new tokens 5, seed 123")
-        _turn(child, "Say 44.")
+        assert _answer(child, "/max-new-tokens 4").endswith("max new tokens 4, seed 123")
+        _turn(child, "Hello.")
         assert "\n".join(_answer(child, "/prompt").split("\n")[1:-1]) == render_conversation(
-            [system, {"role": "user", "content": "Say 44."}], "chatml")
+            [system, {"role": "user", "content": "Hello."}], reference.style)
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:
@@ -462,45 +485,76 @@ needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is No
                                      reason="llama-cpp-python is not installed (the dev extra installs it)")
 
 
-@needs_llama_cpp
-@pytest.mark.slow
-def test_serve_chat_completions_send_the_whole_history_in_the_training_layout(
-        chat_conversation_run, conversation_model, tmp_path):
-    """``gpt-sft serve`` on the checkpoint trained on conversations: a 3-turn history with a system message is sent
-    whole, in the training layout (the reply says which prompt, and the answer is our model's to it); with a
-    context too small, the oldest turns are left out and the reply counts them; a stream says the same; a message
-    list that is not a conversation is refused in one line naming the turn."""
-    requests = pytest.importorskip("requests")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    proc = gpt_sft_server(["serve", "--model", str(chat_conversation_run), "--port", str(port), "--gguf-type", "f32",
-                           "--threads", "1", "--gguf-cache", str(tmp_path / "cache")], tmp_path / "serve.log",
-                          f"{url}/models")
-    messages = []
-    for k in (1, 2):
-        messages += [{"role": "user", "content": f"Say {k}{k}."}, {"role": "assistant", "content": f"{k}{k}"}]
-    messages.append({"role": "user", "content": "Say 33."})
+@contextlib.contextmanager
+def served_in_a_thread(app, host: str, port: int) -> Iterator[str]:
+    """``app`` served over HTTP by uvicorn (as ``uvicorn.run`` serves it) in a thread of this process; yields its
+    ``/v1`` URL; stopped at the end."""
+    import uvicorn
 
-    def chat(max_tokens: int, **extra):
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server stopped before it started"
+            time.sleep(0.05)
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@needs_llama_cpp
+def test_serve_chat_completions_send_the_whole_history_in_the_training_layout(recall_reference, recall_model,
+                                                                              tmp_path):
+    """``gpt-sft serve`` on the recall model: its GGUF export and the server command it writes for a checkpoint
+    trained on conversations, that command's app (llama.cpp's server, its chat route ours) served over HTTP. Each
+    held-out conversation sent whole, in the training layout (the reply says which prompt), is answered with the word,
+    as in this process; the last question alone is not (one answer for all, as test_conversation_demo's control).
+    With a context too small, the oldest turns are left out, the system message kept, and the reply counts them; a
+    stream says the same; a message list that is not a conversation is refused in one line naming the turn.
+
+    The app runs in a thread here, not in the process ``gpt-sft serve`` starts (started so, this test took 40 s on 2
+    loaded cores, now 6 to 9): the requests go through the same app, built from the same command line."""
+    requests = pytest.importorskip("requests")
+    from gpt_sft.cli.serve import ServeConfig, gguf_for, served_layout, server_command
+    from gpt_sft.cli.serve_conversations import server_app
+
+    reference = recall_reference
+    cfg = parse_config(ServeConfig, ["--model", str(reference.folder), "--port", str(free_port()), "--gguf-type", "f32",
+                                     "--threads", "1", "--gguf-cache", str(tmp_path / "cache")], prog="gpt-sft serve")
+    gguf, name, context = gguf_for(cfg)
+    command = server_command(gguf, name, cfg, context, served_layout(cfg))
+    assert command[1:3] == ["-m", "gpt_sft.cli.serve_conversations"], "a conversation checkpoint's own server"
+    app, server = server_app(command[3:])
+
+    def chat(messages: list[dict], max_tokens: int, **extra):
         return requests.post(f"{url}/chat/completions", timeout=120, json={
             "messages": messages, "temperature": 0, "repeat_penalty": 1.0, "max_tokens": max_tokens, **extra})
 
-    try:
-        reply = chat(5).json()
-        prompt = render_conversation(messages, "chatml")
-        assert reply["gpt_sft"] == {"dropped_turns": 0, "prompt": prompt, "prompt_tokens": tokens(prompt)}
-        assert reply["usage"]["prompt_tokens"] == tokens(prompt), "the server counts the prompt as we do"
-        assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
-        content = reply["choices"][0]["message"]["content"]
-        assert content.strip() == conversation_model(prompt, 5, "raw").strip() and content.strip()
+    with served_in_a_thread(app, server.host, server.port) as url:
+        answers, without_history = [], []
+        for messages in reference.conversations:
+            reply = chat(messages[:-1], 4).json()
+            prompt = render_conversation(messages[:-1], reference.style)
+            assert reply["gpt_sft"] == {"dropped_turns": 0, "prompt": prompt, "prompt_tokens": tokens(prompt)}
+            assert reply["usage"]["prompt_tokens"] == tokens(prompt), "the server counts the prompt as we do"
+            assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+            answers.append(reply["choices"][0]["message"]["content"])
+            without_history.append(chat(messages[-2:-1], 4).json()["choices"][0]["message"]["content"])
+        assert answers == reference.answers
+        assert reference.exact_match(answers) >= 0.9, list(zip(answers, reference.words))
+        assert len(set(without_history)) == 1 and reference.exact_match(without_history) < 0.3
 
-        messages.insert(0, {"role": "system", "content": "Be brief."})
-        reply = chat(60).json()  # 128 - 60 tokens: room for the system message and the question only
-        prompt = render_conversation([messages[0], messages[-1]], "chatml")
-        assert tokens(render_conversation([messages[0], *messages[3:]], "chatml")) > 128 - 60
-        assert reply["gpt_sft"]["dropped_turns"] == 2 and reply["gpt_sft"]["prompt"] == prompt
-        assert reply["usage"]["prompt_tokens"] == tokens(prompt)
-        with chat(60, stream=True) as streamed:
+        system = {"role": "system", "content": "Be brief."}
+        messages = [system, *reference.chats[0][:-1]]
+        short = render_conversation([system, messages[-1]], reference.style)
+        max_tokens = context - tokens(short)  # room for the system message and the question only
+        reply = chat(messages, max_tokens).json()
+        assert reply["gpt_sft"] == {"dropped_turns": 2, "prompt": short, "prompt_tokens": tokens(short)}
+        assert reply["usage"]["prompt_tokens"] == tokens(short)
+        assert reply["choices"][0]["message"]["content"] == recall_model(short, max_tokens, "raw")
+        with chat(messages, max_tokens, stream=True) as streamed:
             events = [json.loads(line[len(b"data: "):]) for line in streamed.iter_lines()
                       if line.startswith(b"data: {")]
         assert events[0]["gpt_sft"] == reply["gpt_sft"] and events[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -508,13 +562,10 @@ def test_serve_chat_completions_send_the_whole_history_in_the_training_layout(
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == \
             reply["choices"][0]["message"]["content"]
 
-        messages.append({"role": "user", "content": "And 44?"})
-        refused = chat(5)
+        refused = chat([*messages, {"role": "user", "content": "And the word?"}], 4)
         assert refused.status_code == 400
         assert refused.json()["error"]["message"] == "gpt-sft serve: messages: turn 6: two user turns in a row " \
                                                      "(turns 5 and 6)"
-    finally:
-        stop_process(proc)
 
 
 @needs_llama_cpp

@@ -5,7 +5,9 @@ for the status to say ``done`` and reads the answer off the page: it must be wha
 --prompt`` prints. The screenshot is kept in ``test-artifacts/chat-web.png``. The same page then asks
 ``gpt-sft serve`` (llama.cpp, the demo exported to an f32 GGUF) through its endpoint field. Without the
 browser or Playwright the tests skip, saying which is missing; in CI (``GPT_SFT_LANE`` set, and
-``.ci/run`` installs Chromium) they fail instead.
+``.ci/run`` installs Chromium) they fail instead. A checkpoint trained on conversations (``conftest.recall_run``)
+gets the conversation page, served from a thread of the test's process, and holds held-out conversations there, each
+answer the model's own in this process, the word of the first turn last (issue 25, item 8).
 
 What the page exposes is tested as the attacks are made: requests to the running server (Gradio's HTTP
 API, as any client can send them) that name a listener of ours as the endpoint, or another ``Host``; the
@@ -25,15 +27,18 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO_ROOT, free_port, generate_cli, gpt_sft_server, on_every_core, stop_process
-from test_chat import conversation_model, rambler  # noqa: F401 - the fixtures, used by name
+from conftest import RECALL_TRAIN, REPO_ROOT, free_port, generate_cli, gpt_sft_server, on_every_core, stop_process
+from test_chat import rambler, recall_model  # noqa: F401 - the fixtures, used by name
+from test_chat import tokens
 
 from gpt_sft.cli.chat import ChatConfig, answerer
+from gpt_sft.cli.chat import main as chat_main
 from gpt_sft.cli.chat_web import PAGE_ENDPOINT_REFUSED, WebChat
 from gpt_sft.common.options import parse_config
 from gpt_sft.data.conversation_format import render_conversation
@@ -307,15 +312,41 @@ def test_the_web_chat_answers_in_the_browser_as_generate_does(browser, demo_page
     assert (ARTIFACTS / "chat-web.png").stat().st_size > 10_000
 
 
-@pytest.fixture(scope="module")
-def conversation_page(chat_conversation_run, tmp_path_factory):
-    """``gpt-sft chat --web --max-new-tokens 5`` on the checkpoint trained on conversations; yields its URL."""
-    proc, url = _web_chat(chat_conversation_run, tmp_path_factory.mktemp("chat-web-conversation") / "chat.log",
-                          "--max-new-tokens", "5")
+@contextlib.contextmanager
+def web_chat_in_a_thread(*argv: str) -> Iterator[str]:
+    """``gpt-sft chat --web ARGV`` (its main, as the command runs it) in a thread of this process on a free port;
+    yields its URL once the page answers; every Gradio server of this process is closed at the end. For the pages
+    whose point is the page: ``demo_page`` is the one started as the command (its process, its start-up); a second
+    process only imports torch, transformers and Gradio again (~15 CPU-s; the fixture that started one took 18 to
+    36 s, the browser's launch included, on 2 loaded cores)."""
+    import gradio
+
+    port = free_port()
+    ended: list[object] = []
+
+    def serve() -> None:
+        try:
+            ended.append(chat_main([*argv, "--web", "--port", str(port)]))
+        except BaseException as error:  # noqa: BLE001 - the test reports what stopped the server
+            ended.append(error)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/"
     try:
+        deadline = time.monotonic() + 180  # a bound for a page that never comes up, not a speed
+        while True:
+            assert not ended, f"the web chat stopped at launch: {ended[0]!r}"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=60) as page:
+                    if page.status == 200:
+                        break
+            assert time.monotonic() < deadline, f"no page at {url}"
+            time.sleep(0.2)
         yield url
     finally:
-        stop_process(proc)
+        gradio.close_all(verbose=False)
+        thread.join(60)
 
 
 def _converse(page, turn: int, message: str) -> list[str]:
@@ -333,85 +364,108 @@ def _shown(page, role: str) -> list[str]:
     return [" ".join(text.split()) for text in page.locator(f"#conversation [data-testid={role}]").all_inner_texts()]
 
 
+# Gradio's queue, in this process here, uses a pandas option that pandas 3 deprecates: its warnings, not ours
+@pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 def test_the_web_chat_holds_a_conversation_with_a_checkpoint_trained_on_conversations(
-        browser, conversation_page, conversation_model):  # noqa: F811 - the fixture
-    """The view holds the tab's conversation; each message is sent with its history in the training layout (the
-    prompt panel shows it, and each answer is our model's to exactly that prompt); with the context too small the
-    oldest turns are left out and the view says so, the system message kept; Reset forgets the conversation."""
-    page = _open(browser, conversation_page, ready="#message textarea")
+        browser, recall_reference, recall_model):  # noqa: F811 - the fixture
+    """The recall model's page, held-out conversations typed turn by turn: the view holds the tab's conversation; each
+    message is sent with its history in the training layout (the prompt panel shows it) and answered as in this
+    process: ``OK.``, the count, then the word of the first turn. Reset forgets the conversation; with a system
+    message and the context too small, the oldest turns are left out, the view says so, the system message is kept."""
+    reference = recall_reference
 
     def spaced(text: str) -> str:
         return " ".join(text.split())
 
-    try:
-        assert "each message is sent with the history of this chat" in page.content()
-        assert not page.locator("#instruction").count() and not page.locator("#input").count()
-        asked = []
-        for turn, message in enumerate(["Say 11.", "Say 22."], 1):
-            asked.append({"role": "user", "content": message})
-            prompt = render_conversation(asked, "chatml")
-            answer = conversation_model(prompt, 5)
-            assert _converse(page, turn, message) == [spaced(m["content"]) for m in asked[1::2]] + [spaced(answer)]
-            assert _shown_prompt(page) == prompt
-            asked.append({"role": "assistant", "content": answer})
-        assert _shown(page, "user") == ["Say 11.", "Say 22."] and page.locator("#history-note").inner_text() == ""
+    with web_chat_in_a_thread("--model", str(reference.folder), "--max-new-tokens", "4") as url:
+        page = _open(browser, url, ready="#message textarea")
+        try:
+            assert "each message is sent with the history of this chat" in page.content()
+            assert not page.locator("#instruction").count() and not page.locator("#input").count()
+            turns = itertools.count(1)
+            for messages, expected in zip(reference.chats, reference.chat_answers, strict=True):
+                asked = []
+                for message, answer in zip(messages[0::2], expected, strict=True):
+                    asked.append(message)
+                    shown = _converse(page, next(turns), message["content"])
+                    assert shown == [spaced(m["content"]) for m in asked[1::2]] + [answer]
+                    assert _shown_prompt(page) == render_conversation(asked, reference.style)
+                    asked.append({"role": "assistant", "content": answer})
+                assert asked == messages, "every turn answered right, the word last"
+                assert _shown(page, "user") == [spaced(m["content"]) for m in messages[0::2]]
+                assert page.locator("#history-note").inner_text() == ""
+                _reset(page)
 
-        page.locator("#system textarea").fill("Be brief.")
-        _set_number(page, "max-new-tokens", "60")  # the context of 128 less 60 no longer holds the two turns
-        system = {"role": "system", "content": "Be brief."}
-        prompt = render_conversation([system, {"role": "user", "content": "Say 33."}], "chatml")
-        assert _converse(page, 3, "Say 33.")[-1] == spaced(conversation_model(prompt, 60))
-        assert _shown_prompt(page) == prompt
-        assert page.locator("#history-note").inner_text() == (
-            "history: the oldest 2 turns of the conversation left out, so that the prompt fits the context less the "
-            "new tokens allowed (68 tokens)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "chat-web-conversation.png"), full_page=True)
+            system = {"role": "system", "content": "Be brief."}
+            page.locator("#system textarea").fill(system["content"])
+            *history, question = reference.chats[0][:-1]
+            for message in history[0::2]:
+                _converse(page, next(turns), message["content"])
+            short = render_conversation([system, question], reference.style)
+            max_new_tokens = RECALL_TRAIN["context_length"] - tokens(short)  # no earlier turn fits with the question
+            _set_number(page, "max-new-tokens", str(max_new_tokens))
+            assert _converse(page, next(turns), question["content"])[-1] == spaced(recall_model(short, max_new_tokens))
+            assert _shown_prompt(page) == short
+            assert page.locator("#history-note").inner_text() == (
+                "history: the oldest 2 turns of the conversation left out, so that the prompt fits the context less "
+                f"the new tokens allowed ({tokens(short)} tokens)")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "chat-web-conversation.png"), full_page=True)
 
-        page.locator("#reset").click()
-        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('conversation "
-                               "forgotten')", timeout=60_000)
-        assert _shown(page, "user") == [] and page.locator("#history-note").inner_text() == ""
-        _set_number(page, "max-new-tokens", "5")
-        _converse(page, 4, "Say 44.")
-        assert _shown_prompt(page) == render_conversation([system, {"role": "user", "content": "Say 44."}], "chatml")
-    finally:
-        page.close()
+            _reset(page)
+            _set_number(page, "max-new-tokens", "4")
+            _converse(page, next(turns), "Hello.")
+            assert _shown_prompt(page) == render_conversation([system, {"role": "user", "content": "Hello."}],
+                                                              reference.style)
+        finally:
+            page.close()
+
+
+def _reset(page) -> None:
+    """Click Reset; the conversation is forgotten, in the view too."""
+    page.locator("#reset").click()
+    page.wait_for_function("() => document.querySelector('#status input').value.startsWith('conversation "
+                           "forgotten')", timeout=60_000)
+    assert _shown(page, "user") == [] and page.locator("#history-note").inner_text() == ""
 
 
 @pytest.mark.slow
-def test_the_page_streams_and_its_stop_button_stops(browser, rambler, tmp_path):  # noqa: F811 - the fixture
+def test_the_page_streams_and_its_stop_button_stops(browser, rambler):  # noqa: F811 - the fixture
     """On a random model whose answers run on: the answer grows in the page, Stop ends it."""
-    proc, url = _web_chat(rambler, tmp_path / "chat.log", "--max-new-tokens", "3000")
-    page = _open(browser, url)
-    try:
-        page.locator("#instruction textarea").fill("Tell me everything.")
-        page.locator("#send").click()
-        seen: list[str] = []
-        deadline = time.monotonic() + 180  # a loaded 2-core machine is slow to the first tokens
-        while len({s for s in seen if s}) < 3:
-            assert time.monotonic() < deadline and not _status(page).startswith("done"), (seen[-1:], _status(page))
-            seen.append(page.locator("#answer textarea").input_value())
-            time.sleep(0.2)
-        assert _status(page).startswith("generating")
-        grown = [s for s in seen if s]
-        assert all(b.startswith(a) for a, b in itertools.pairwise(grown)), "the answer only grows"
-        page.locator("#stop").click()
-        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('stopped (turn 1)')",
-                               timeout=60_000)
-        stopped = page.locator("#answer textarea").input_value()
-        assert stopped.startswith(grown[-1])
-        time.sleep(1)
-        assert page.locator("#answer textarea").input_value() == stopped, "nothing arrives after Stop"
-    finally:
-        page.close()
-        stop_process(proc)
+    with web_chat_in_a_thread("--model", str(rambler), "--max-new-tokens", "3000") as url:
+        page = _open(browser, url)
+        try:
+            stream_and_stop(page)
+        finally:
+            page.close()
+
+
+def stream_and_stop(page) -> None:
+    """Ask for an answer that runs on; see it grow, press Stop, see it end."""
+    page.locator("#instruction textarea").fill("Tell me everything.")
+    page.locator("#send").click()
+    seen: list[str] = []
+    deadline = time.monotonic() + 180  # a loaded 2-core machine is slow to the first tokens
+    while len({s for s in seen if s}) < 3:
+        assert time.monotonic() < deadline and not _status(page).startswith("done"), (seen[-1:], _status(page))
+        seen.append(page.locator("#answer textarea").input_value())
+        time.sleep(0.2)
+    assert _status(page).startswith("generating")
+    grown = [s for s in seen if s]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(grown)), "the answer only grows"
+    page.locator("#stop").click()
+    page.wait_for_function("() => document.querySelector('#status input').value.startsWith('stopped (turn 1)')",
+                           timeout=60_000)
+    stopped = page.locator("#answer textarea").input_value()
+    assert stopped.startswith(grown[-1])
+    time.sleep(1)
+    assert page.locator("#answer textarea").input_value() == stopped, "nothing arrives after Stop"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (the dev extra installs it)")
-def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server, tmp_path):
+def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server):
     """The demo exported to an f32 GGUF and served by llama.cpp: asked through the page's endpoint field
     (``--allow-page-endpoint``) and through RemoteModel directly, it answers what ``gpt-sft generate --prompt``
     prints."""
@@ -426,20 +480,19 @@ def test_the_same_page_talks_to_gpt_sft_serve(browser, demo_run, demo_server, tm
         assert all(b.text.startswith(a.text) for a, b in itertools.pairwise(updates))
     entry = next(e for e in reversed(entries) if "\n" in e["input"])
     expected = generate_cli(folder, entry["instruction"], entry["input"])
-    proc, page_url = _web_chat(folder, tmp_path / "chat.log", "--allow-page-endpoint")
-    page = _open(browser, page_url)
-    try:
-        page.locator("#endpoint textarea").fill(url)
-        assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
-        assert _shown_prompt(page) == format_prompt(entry, ALPACA)
-        page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{free_port()}")
-        page.locator("#send").click()
-        page.wait_for_function("() => document.querySelector('#status input').value.startsWith('error (turn 2)')",
-                               timeout=60_000)
-        assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
-    finally:
-        page.close()
-        stop_process(proc)
+    with web_chat_in_a_thread("--model", str(folder), "--allow-page-endpoint") as page_url:
+        page = _open(browser, page_url)
+        try:
+            page.locator("#endpoint textarea").fill(url)
+            assert _ask(page, 1, entry["instruction"], entry["input"]) == expected
+            assert _shown_prompt(page) == format_prompt(entry, ALPACA)
+            page.locator("#endpoint textarea").fill(f"http://127.0.0.1:{free_port()}")
+            page.locator("#send").click()
+            page.wait_for_function("() => document.querySelector('#status input').value.startsWith('error (turn 2)')",
+                                   timeout=60_000)
+            assert "no server answers" in _status(page) and "gpt-sft serve" in _status(page)
+        finally:
+            page.close()
 
 
 def test_the_readme_shows_both_chats_and_a_small_screenshot():

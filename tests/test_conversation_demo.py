@@ -1,7 +1,13 @@
 """The offline demo's conversations (issue 25, item 9) and the trained model of issue 25's route tests (item 8): the
 synthetic conversations are valid data whose recall answers depend on the first turn, their pairs valid
 conversational pairs, the demo recipe reads them, and a tiny model trained on them recalls the word with the history
-and cannot without it."""
+and cannot without it.
+
+One of item 8's routes is here, checked against the model's own answers in this process
+(``conftest.recall_reference``): transformers' ``pipeline("text-generation")`` given the message lists. The others:
+``gpt-sft generate`` (test_conversations), the terminal chat and ``gpt-sft serve`` (test_chat), the web chat in the
+browser (test_chat_web), the stock GPT-2 export (test_export).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,13 @@ import json
 from collections import Counter
 
 import torch
-from conftest import DEMO_CONVERSATIONS_RECIPE, RECALL_TRAIN
+from conftest import DEMO_CONVERSATIONS_RECIPE, RECALL_TRAIN, last_answers
 
 from gpt_sft.common.options import load_yaml_config
-from gpt_sft.data.conversation_format import conversation_layout, render_conversation
+from gpt_sft.data.conversation_format import render_conversation
 from gpt_sft.data.load import load_instruction_data
 from gpt_sft.data.preference import load_preference_data
 from gpt_sft.data.synthetic import NOTED, RECALL, REMEMBER, is_recall, main
-from gpt_sft.generate.responses import generate_responses
 from gpt_sft.model.loading import load_model
 from gpt_sft.model.tokenizer import get_tokenizer
 from gpt_sft.train.config import TrainConfig
@@ -54,16 +59,9 @@ def test_synthetic_conversations_are_valid_data_whose_recall_answer_is_the_first
                                            for m in conversations)
 
 
-def last_answers(model, conversations: list[list[dict]], style: str) -> list[str]:
-    """Greedy answers to the last question of each conversation (its final answer left out), prompted with the
-    conversation's training text up to that answer."""
-    tail = conversation_layout(style).assistant_tail
-    prompts = [render_conversation(messages[:-1], style) for messages in conversations]
-    answers = generate_responses(model, get_tokenizer(), prompts, style="raw", max_new_tokens=4)
-    return [answer.removesuffix(tail).strip() for answer in answers]
-
-
 def test_the_recall_model_answers_every_turn_with_the_history_and_only_guesses_the_word_without_it(recall_run):
+    """The control of item 8's route tests: the same model asked the last question without the history fails the
+    task, so a route that answers with the words (they all answer as this process does) sends the history."""
     folder, held_out = recall_run
     style = RECALL_TRAIN["prompt_style"]
     model = load_model(folder).eval()
@@ -84,3 +82,23 @@ def test_the_recall_model_answers_every_turn_with_the_history_and_only_guesses_t
     chance = max(Counter(truth).values()) / len(truth)
     guessed = sum(w == t for w, t in zip(without_history, truth)) / len(truth)
     assert guessed <= chance < 0.3 and recalled > 3 * chance, (guessed, chance, recalled)
+
+
+def test_a_pipeline_given_the_message_list_answers_the_recall_conversations_as_the_model_does(recall_reference):
+    """transformers' ``pipeline("text-generation")`` on the checkpoint (its remote code), given held-out conversations
+    up to the last question as message lists (the chats': a pipeline answers one at a time): the saved chat template
+    is the training text, and each conversation comes back with the model's answer appended: the word, as in this
+    process."""
+    from transformers import pipeline
+
+    reference = recall_reference
+    generator = pipeline("text-generation", model=str(reference.folder), trust_remote_code=True)
+    answers = []
+    for messages in reference.chats:
+        question = messages[:-1]
+        assert generator.tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True) == \
+            render_conversation(question, reference.style)
+        conversation = generator(question, max_new_tokens=4, do_sample=False)[0]["generated_text"]
+        assert conversation[:-1] == question and conversation[-1]["role"] == "assistant"
+        answers.append(conversation[-1]["content"].strip())
+    assert answers == [turns[-1] for turns in reference.chat_answers] == [m[-1]["content"] for m in reference.chats]

@@ -1,7 +1,7 @@
 """Conversations (issue 25): loading messages and ShareGPT data, validating it, rendering it in every built-in style
 (one turn byte for byte the book's text), masking the loss, the counts and the chat template of a checkpoint trained
-on it, and generation on held-out conversations by a model that learned to read their history. Real GPT-2 tokenizer,
-real ``datasets`` objects, real files."""
+on it, and generation on held-out conversations by a model that learned to read their history (``conftest.recall_run``:
+``gpt-sft generate``, issue 25's first route). Real GPT-2 tokenizer, real ``datasets`` objects, real files."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from gpt_sft.data.conversation_format import (conversation_chat_template, conver
 from gpt_sft.data.load import load_instruction_data
 from gpt_sft.data.prompts import format_text
 from gpt_sft.data.recipe import Recipe, RecipeWarning, entries_of_split
+from gpt_sft.data.synthetic import is_recall
 from gpt_sft.data.tokenize import tokenize_dataset
 from gpt_sft.data.validate import InstructionDataError
 from gpt_sft.model.loading import load_model
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID, get_hf_tokenizer, get_tokenizer
-from conftest import LAMP_STATES, lamp_conversation, run_generate, tiny_train_config
+from conftest import RECALL_TRAIN, run_generate, tiny_train_config
 
 STYLES = ["alpaca", "phi3", "chatml"]
 SYSTEM = {"role": "system", "content": "You answer in one word."}
@@ -302,10 +303,11 @@ def test_the_conversation_template_equals_the_rendering_for_every_style(style):
 
 # --- generation and evaluation of conversations ------------------------------------------------------------------
 
-# The exact prompt that answers a lamp conversation (conftest.lamp_conversation) in the phi3 layout: the first
-# exchange with its answer and end-of-text, then the last question and the answer's header.
-LAMP_PROMPT = ("<|user|>\nThe lamp is {state}.\n<|assistant|>:\nOK.<|endoftext|>"
-               "<|user|>\nIs the lamp on?\n<|assistant|>:\n")
+# The exact prompt that asks a recall conversation (conftest.recall_run) its last question in the phi3 layout: the two
+# earlier exchanges with their answers and end-of-texts, then the question and the answer's header.
+RECALL_PROMPT = ('<|user|>\nRemember the word "{word}".\n<|assistant|>:\nOK.<|endoftext|>'
+                 "<|user|>\n{task}\n<|assistant|>:\n{count}<|endoftext|>"
+                 "<|user|>\nWhat was the word?\n<|assistant|>:\n")
 
 
 def greedy_answer(model, tokenizer, prompt: str) -> str:
@@ -318,53 +320,64 @@ def greedy_answer(model, tokenizer, prompt: str) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def test_generate_answers_the_last_user_turn_of_each_held_out_conversation(lamp_run, tmp_path):
+def test_generate_answers_the_last_user_turn_of_each_held_out_conversation(recall_reference, tmp_path):
+    """``gpt-sft generate --split test`` on the recall run (issue 25's generate route): each held-out conversation is
+    asked at its last user message with every earlier turn, never its reference; the recall ones are answered with
+    the word of the first turn, as the model does in this process and through transformers' own ``generate``;
+    training wrote the same file, and the README's example is one of its entries."""
+    reference = recall_reference
     out = tmp_path / "answers.json"
-    result = run_generate("--model", lamp_run, "--split", "test", "--output", out, "--max-new-tokens", "8",
-                          "--no-progress")
+    result = run_generate("--model", reference.folder, "--split", "test", "--output", out, "--max-new-tokens",
+                          RECALL_TRAIN["max_new_tokens"], "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Wrote 4 conversations with 'model_response'" in result.stderr
-    written = json.loads(out.read_text())
-    recipe = Recipe.read(lamp_run)
+    recipe = Recipe.read(reference.folder)
     held_out = entries_of_split(recipe.splits(), "test")
+    assert f"Wrote {len(held_out)} conversations with 'model_response'" in result.stderr
+    written = json.loads(out.read_text())
     # each conversation is kept whole (its last answer is the reference), the response beside it
     assert [e["messages"] for e in written] == [e["messages"] for e in held_out]
-    assert {e["messages"][0]["content"] for e in written} == {"The lamp is on.", "The lamp is off."}
-    model = load_model(lamp_run, device="cpu", dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(lamp_run, trust_remote_code=True)
-    for entry in written:
-        state = entry["messages"][0]["content"].split()[-1].rstrip(".")
-        prompt = LAMP_PROMPT.format(state=state)
+    recalled = [entry for entry in written if is_recall(entry["messages"])]
+    assert [entry["messages"] for entry in recalled] == reference.conversations
+    answers = [entry["model_response"] for entry in recalled]
+    assert answers == reference.answers
+    assert reference.exact_match(answers) >= 0.9, list(zip(answers, reference.words))
+    model = load_model(reference.folder, device="cpu", dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(reference.folder, trust_remote_code=True)
+    for entry in (entry for entry in recalled if entry["messages"] in reference.chats):
+        messages = entry["messages"]
+        prompt = RECALL_PROMPT.format(word=messages[-1]["content"], task=messages[2]["content"],
+                                      count=messages[3]["content"])
         # the prompt: every earlier turn, then the question -- never the reference
-        assert entry_prompt(entry, "phi3", recipe.layout()) == prompt
-        assert entry["model_response"] == entry["messages"][-1]["content"] == greedy_answer(model, tokenizer, prompt)
+        assert entry_prompt(entry, reference.style, recipe.layout()) == prompt
+        assert entry["model_response"] == messages[-1]["content"] == greedy_answer(model, tokenizer, prompt)
     # training wrote the same responses to the same held-out conversations
-    assert json.loads((lamp_run / "test-responses.json").read_text()) == written
+    assert json.loads((reference.folder / "test-responses.json").read_text()) == written
     # and the README's example of the file is one of them
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     example = readme[readme.index("### Conversations"):].split("```json\n", 1)[1].split("```", 1)[0]
-    assert json.loads(example)[0] in written
+    assert json.loads(example)[0] in recalled
 
 
-def test_generate_answers_questions_without_a_reference_and_needs_the_history(lamp_run, tmp_path):
-    """--data read as questions to answer: a conversation may end on the user's turn. With the first turn the model
-    answers both states right; without it, it gives one answer to both, so it is the history that decides."""
-    questions = write_jsonl(tmp_path / "questions.jsonl", [{"messages": lamp_conversation(state, answered=False)}
-                                                           for state in LAMP_STATES])
-    with pytest.raises(InstructionDataError, match="entry 0 .line 1.: turn 2: training data must end on an assistant"):
-        load_instruction_data(questions)
-    assert len(load_instruction_data(questions, purpose="generation")) == 2
+def test_generate_answers_questions_without_a_reference_and_needs_the_history(recall_reference, tmp_path):
+    """--data read as questions to answer: a conversation may end on the user's turn. With its history the model
+    answers each the word of its first turn; with the question alone, one answer to all, so it is the history that
+    decides."""
+    reference = recall_reference
+    questions = [messages[:-1] for messages in reference.chats]
+    path = write_jsonl(tmp_path / "questions.jsonl", [{"messages": question} for question in questions])
+    with pytest.raises(InstructionDataError, match="entry 0 .line 1.: turn 4: training data must end on an assistant"):
+        load_instruction_data(path)
+    assert len(load_instruction_data(path, purpose="generation")) == len(questions)
     answers = {}
-    for name, history in (("with", True), ("without", False)):
-        data = write_jsonl(tmp_path / f"{name}.jsonl", [{"messages": lamp_conversation(state, history, answered=False)}
-                                                        for state in LAMP_STATES])
+    for name, asked in (("with", questions), ("without", [question[-1:] for question in questions])):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [{"messages": question} for question in asked])
         out = tmp_path / f"{name}-answers.json"
         with pytest.warns(RecipeWarning, match="--data .* differs from the checkpoint's recipe"):
-            result = run_generate("--model", lamp_run, "--data", data, "--split", "all", "--output", out,
-                                  "--max-new-tokens", "8", "--no-progress")
+            result = run_generate("--model", reference.folder, "--data", data, "--split", "all", "--output", out,
+                                  "--max-new-tokens", "4", "--no-progress")
         assert result.returncode == 0, result.stderr[-2000:]
         written = json.loads(out.read_text())
-        assert [e["messages"] for e in written] == [lamp_conversation(s, history, answered=False) for s in LAMP_STATES]
+        assert [e["messages"] for e in written] == asked
         answers[name] = [e["model_response"] for e in written]
-    assert answers["with"] == list(LAMP_STATES.values())
-    assert len(set(answers["without"])) == 1, "the question alone cannot tell on from off"
+    assert answers["with"] == [messages[-1]["content"] for messages in reference.chats]
+    assert len(set(answers["without"])) == 1, "the question alone cannot tell the words apart"

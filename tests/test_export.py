@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, generate_cli
+from conftest import built_once, free_port, generate_cli
 
 from gpt_sft.cli.export import main as export_main
 from gpt_sft.data.conversation_format import render_conversation
@@ -79,27 +79,32 @@ _FRESH_PROCESS = textwrap.dedent("""
     import numpy as np, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
     seen = {}
-    for folder, ids, messages in json.loads(sys.argv[1]):
+    for folder, ids, chats in json.loads(sys.argv[1]):
         model = AutoModelForCausalLM.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         with torch.no_grad():
             np.save(folder + "/../logits.npy", model(torch.tensor([ids])).logits[0].numpy())
-        answers = []
-        if messages:
+        answers, templated, kept = [], [], []
+        if chats:
             generator = pipeline("text-generation", model=folder)
-            for message in messages:
-                out = generator([message], max_new_tokens=24, do_sample=False)
-                answers.append(out[0]["generated_text"][-1]["content"].strip())
+            for chat in chats:
+                templated.append(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+                out = generator(chat, max_new_tokens=24, do_sample=False)[0]["generated_text"]
+                kept.append(out[:-1] == chat and out[-1]["role"] == "assistant")
+                answers.append(out[-1]["content"].strip())
         seen[folder] = {"class": type(model).__name__, "tied": model.lm_head.weight is model.transformer.wte.weight,
                         "eos": model.generation_config.eos_token_id, "pad": model.generation_config.pad_token_id,
-                        "ids": tokenizer("Hello, world. ### Response:")["input_ids"], "answers": answers}
+                        "ids": tokenizer("Hello, world. ### Response:")["input_ids"], "answers": answers,
+                        "templated": templated, "kept": kept}
     print(json.dumps({"seen": seen, "gpt_sft_loaded": any(m.split(".")[0] == "gpt_sft" for m in sys.modules)}))
 """)
 
 
-def _in_fresh_process(jobs: list[tuple[Path, list[int], list[dict]]]) -> dict[Path, dict]:
-    """transformers alone (gpt_sft cannot be imported) loads each ``(folder, ids, chat messages)`` export: what it
-    saw per folder; the logits of ``ids`` are saved beside each folder (``logits.npy``). One process for all."""
+def _in_fresh_process(jobs: list[tuple[Path, list[int], list[list[dict]]]]) -> dict[Path, dict]:
+    """transformers alone (gpt_sft cannot be imported) loads each ``(folder, ids, chats)`` export and answers each chat
+    (a message list) with its ``pipeline``: what it saw per folder (the chat template's text of each chat, whether the
+    conversation came back with one assistant message added, the answers); the logits of ``ids`` are saved beside
+    each folder (``logits.npy``). One process for all."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, json.dumps([(str(f), i, m) for f, i, m in jobs])],
                             capture_output=True, text=True, cwd=jobs[0][0].parent, env=env, timeout=600)
@@ -109,40 +114,59 @@ def _in_fresh_process(jobs: list[tuple[Path, list[int], list[dict]]]) -> dict[Pa
     return {Path(folder): {**seen, "gpt_sft_loaded": False} for folder, seen in out["seen"].items()}
 
 
-def _demo_messages(entries: list[dict]) -> list[dict]:
-    return [{"role": "user", "content": e["instruction"], **({"input": e["input"]} if e["input"] else {})}
+def _demo_chats(entries: list[dict]) -> list[list[dict]]:
+    return [[{"role": "user", "content": e["instruction"], **({"input": e["input"]} if e["input"] else {})}]
             for e in entries]
 
 
 @pytest.fixture(scope="module")
-def stock_exports(untied_checkpoint, demo_run, tmp_path_factory) -> dict[str, tuple[Path, list[int], dict]]:
-    """The module's three stock GPT-2 exports, read in one fresh process without gpt_sft: ``{name: (export folder,
+def stock_exports(untied_checkpoint, demo_run, recall_reference, tmp_path_factory
+                  ) -> dict[str, tuple[Path, list[int], dict]]:
+    """The module's four stock GPT-2 exports, read in one fresh process without gpt_sft: ``{name: (export folder,
     the ids whose logits it saved, what it saw)}`` for ``untied`` (a random untied model, exported by
-    ``gpt-sft export``), ``demo`` (the trained demo, the same way) and ``trained`` (a tiny run that wrote its
-    exports itself: ``train --export hf-gpt2 gguf``)."""
-    from gpt_sft.cli.train import train
-    from gpt_sft.data.synthetic import make_synthetic_instructions
-    from gpt_sft.train.config import TrainConfig
+    ``gpt-sft export``), ``demo`` (the trained demo, the same way; its pipeline asked held-out instructions),
+    ``recall`` (the model trained on conversations, the same way; its pipeline asked held-out conversations,
+    ``conftest.recall_reference``'s chats) and ``trained`` (a tiny run that wrote its exports itself: ``train
+    --export hf-gpt2 gguf``). Made once per session and shared read-only by the pytest-xdist workers (both run this
+    module's tests; ``untied_checkpoint`` is the same seeded model in each)."""
+    names = ("untied", "demo", "recall", "trained")
 
-    root = tmp_path_factory.mktemp("stock")
-    untied = root / "untied" / "stock"
-    assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(untied)]) == 0
-    demo_folder, entries = demo_run
-    demo = root / "demo" / "demo-gpt2"
-    assert export_main(["--model", str(demo_folder), "--format", "hf-gpt2", "--output", str(demo)]) == 0
-    data = root / "tasks.json"
-    data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
-    run = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=1,
-                            generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
-                            output_dir=str(root / "trained" / "run"), export=["hf-gpt2", "gguf"]))
-    trained = run / "export" / "hf-gpt2"
-    ids = {"untied": get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.", "input": ""})),
-           "demo": get_tokenizer().encode(format_prompt(entries[-3])),
-           "trained": get_tokenizer().encode("Count the words in the list.")}
-    folders = {"untied": untied, "demo": demo, "trained": trained}
-    seen = _in_fresh_process([(untied, ids["untied"], []), (demo, ids["demo"], _demo_messages(entries[-3:])),
-                              (trained, ids["trained"], [])])
-    return {name: (folder, ids[name], seen[folder]) for name, folder in folders.items()}
+    def build(root: Path) -> None:
+        from gpt_sft.cli.train import train
+        from gpt_sft.data.synthetic import make_synthetic_instructions
+        from gpt_sft.train.config import TrainConfig
+
+        untied = root / "untied" / "stock"
+        assert export_main(["--model", str(untied_checkpoint), "--format", "hf-gpt2", "--output", str(untied)]) == 0
+        demo_folder, entries = demo_run
+        demo = root / "demo" / "demo-gpt2"
+        assert export_main(["--model", str(demo_folder), "--format", "hf-gpt2", "--output", str(demo)]) == 0
+        recall = root / "recall" / "recall-gpt2"
+        assert export_main(["--model", str(recall_reference.folder), "--format", "hf-gpt2", "--output",
+                            str(recall)]) == 0
+        recall_chats = [messages[:-1] for messages in recall_reference.chats]
+        data = root / "tasks.json"
+        data.write_text(json.dumps(make_synthetic_instructions(40, seed=3)))
+        run = train(TrainConfig(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64,
+                                eval_batches=1, generate=False, sample_every_epoch=False, max_steps=2, data=str(data),
+                                output_dir=str(root / "trained" / "run"), export=["hf-gpt2", "gguf"]))
+        ids = {"untied": get_tokenizer().encode(format_prompt({"instruction": "Name three primary colors.",
+                                                               "input": ""})),
+               "demo": get_tokenizer().encode(format_prompt(entries[-3])),
+               "recall": get_tokenizer().encode(render_conversation(recall_chats[0], recall_reference.style),
+                                                allowed_special={"<|endoftext|>"}),
+               "trained": get_tokenizer().encode("Count the words in the list.")}
+        folders = dict(zip(names, (untied, demo, recall, run / "export" / "hf-gpt2")))
+        seen = _in_fresh_process([(folders["untied"], ids["untied"], []),
+                                  (folders["demo"], ids["demo"], _demo_chats(entries[-3:])),
+                                  (folders["recall"], ids["recall"], recall_chats),
+                                  (folders["trained"], ids["trained"], [])])
+        (root / "stock-exports.json").write_text(json.dumps(
+            {name: (str(folders[name].relative_to(root)), ids[name], seen[folders[name]]) for name in names}))
+
+    for root in built_once(tmp_path_factory, "stock-exports", build):
+        made = json.loads((root / "stock-exports.json").read_text())
+        yield {name: (root / folder, ids, seen) for name, (folder, ids, seen) in made.items()}
 
 
 def test_hf_gpt2_export_of_an_untied_model_loads_without_gpt_sft(untied_checkpoint, stock_exports):
@@ -173,6 +197,22 @@ def test_hf_gpt2_export_of_the_trained_demo_answers_like_generate(demo_run, stoc
     assert "stock GPT-2" in card and "trust_remote_code" in card and "### Instruction:" in card
     assert "| data |" in card and "| epochs |" in card, "the card says how the model was trained"
     assert json.loads((out / "recipe.json").read_text())["prompt_style"] == "alpaca"
+
+
+def test_hf_gpt2_export_of_the_recall_model_answers_held_out_conversations_as_the_model_does(recall_reference,
+                                                                                            stock_exports):
+    """Issue 25's stock route: the model trained on conversations, exported to plain GPT-2 and read by transformers
+    alone, keeps the training layout in its tokenizer's chat template; its pipeline, given each held-out conversation
+    up to the last question, answers every one with the word of the first turn, as the model does here."""
+    reference = recall_reference
+    out, ids, seen = stock_exports["recall"]
+    assert seen["class"] == "GPT2LMHeadModel" and seen["tied"] is False and not seen["gpt_sft_loaded"]
+    assert np.abs(np.load(out.parent / "logits.npy") - _our_logits(reference.folder, ids)).max() < 1e-4
+    questions = [messages[:-1] for messages in reference.chats]
+    assert seen["templated"] == [render_conversation(question, reference.style) for question in questions]
+    assert all(seen["kept"]), "the pipeline gives the conversation back with the answer added"
+    assert seen["answers"] == [answers[-1] for answers in reference.chat_answers] == \
+        [messages[-1]["content"] for messages in reference.chats]
 
 
 def test_a_config_that_claims_a_tied_head_over_an_untied_one_is_refused(untied_checkpoint, tmp_path, capsys):

@@ -11,7 +11,6 @@ is not installed (``pip install -e .[dev]`` installs both).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gpt_sft.cli.evaluate import main as evaluate_main
+from gpt_sft.data.synthetic import is_recall
 from gpt_sft.judge.backends import OpenAIJudge
 from gpt_sft.judge.http import JudgeConfig
 from gpt_sft.judge.prompt import build_judge_prompt
@@ -204,19 +204,20 @@ def test_the_readme_evaluate_commands_run_and_compute_rouge_and_exact_match(llam
     assert f"rougeL: {report['metrics']['rougeL']:.4f}" in result.out
 
 
-def test_real_judge_scores_a_trained_models_answers_to_conversations(llama_cpp_server, lamp_run, tmp_path):
-    """``gpt-sft evaluate`` on the conversations a trained model answered (the lamp run's held-out ones, written by
-    training as ``gpt-sft generate`` writes them): each judged with its earlier turns in the prompt, and the text
-    metrics against its last answer."""
+def test_real_judge_scores_a_trained_models_answers_to_conversations(llama_cpp_server, recall_run, tmp_path):
+    """``gpt-sft evaluate`` on the conversations a trained model answered (2 of the recall run's held-out ones, written
+    by training as ``gpt-sft generate`` writes them; a judge call on 1 thread takes seconds): each judged with its
+    earlier turns in the prompt, and the text metrics against its last answer."""
+    folder, _ = recall_run
+    entries = [e for e in json.loads((folder / "test-responses.json").read_text()) if is_recall(e["messages"])][:2]
     responses = tmp_path / "test-responses.json"
-    shutil.copyfile(lamp_run / "test-responses.json", responses)
-    entries = json.loads(responses.read_text())
-    assert all(e["messages"][0]["content"].startswith("The lamp is") for e in entries)
+    responses.write_text(json.dumps(entries))
+    assert all(e["messages"][0]["content"].startswith("Remember the word") for e in entries)
     out = tmp_path / "report.json"
     assert evaluate_main(["--responses", str(responses), "--backend", "openai", "--url", llama_cpp_server,
                           "--output", str(out), "--no-cache", "--no-progress"]) == 0
     report = json.loads(out.read_text())
-    assert report["summary"]["n"] == len(entries) == 4 and report["summary"]["scored"] == 4
+    assert report["summary"]["n"] == len(entries) == 2 and report["summary"]["scored"] == 2
     assert all(0 <= e["score"] <= 100 for e in report["entries"])
     # the model answers every one right: exact match and ROUGE-L against the last answers are 1
     assert report["metrics"]["exact_match"] == 1.0 and report["metrics"]["rougeL"] == 1.0

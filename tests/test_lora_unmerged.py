@@ -92,15 +92,21 @@ FRESH_PROCESS = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def fresh_process(runs) -> dict[str, dict]:
+def fresh_process(runs, tmp_path_factory) -> dict[str, dict]:
     """AutoPeftModelForCausalLM and the model card's snippets on both adapter folders, in one new process
-    that never imports gpt-sft (the base's model code comes from ``base/`` as remote code)."""
-    folders = [str(runs[head, False]) for head in HEADS]
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(IDS.tolist()), *folders],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line[len("RESULTS "):])
+    that never imports gpt-sft (the base's model code comes from ``base/`` as remote code). Run once per session
+    (its results shared by the pytest-xdist workers, which get one ``head`` each)."""
+
+    def build(folder: Path) -> None:
+        adapters = [str(runs[head, False]) for head in HEADS]
+        result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(IDS.tolist()), *adapters],
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+        assert result.returncode == 0, result.stderr[-3000:]
+        line = next(line for line in result.stdout.splitlines() if line.startswith("RESULTS "))
+        (folder / "results.json").write_text(line[len("RESULTS "):])
+
+    for folder in built_once(tmp_path_factory, "lora-fresh-process", build):
+        yield json.loads((folder / "results.json").read_text())
 
 
 @pytest.mark.parametrize("head", HEADS)

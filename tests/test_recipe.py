@@ -8,32 +8,46 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import built_once
 
 from gpt_sft.cli.evaluate import EvaluateConfig, judge_style
 from gpt_sft.cli.generate import main as generate_main
 from gpt_sft.cli.train import train
-from gpt_sft.data.prompts import available_prompt_styles, register_prompt_style, unregister_prompt_style
+from gpt_sft.data.prompts import (
+    available_prompt_styles,
+    register_prompt_style,
+    unregister_prompt_style,
+)
 from gpt_sft.data.recipe import Recipe, RecipeWarning
 from gpt_sft.data.synthetic import make_synthetic_instructions
 from gpt_sft.train.config import TrainConfig
-
 
 TINY = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=96, eval_batches=1, eval_every=0,
             sample_every_epoch=False, tie_word_embeddings=True, max_steps=2, max_new_tokens=3)
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tasks.json"
-    path.write_text(json.dumps(make_synthetic_instructions(100, seed=3)))
-    return path
+def recipe_runs(tmp_path_factory) -> Path:
+    """``tasks.json`` and the run ``phi3`` trained on it, made once per session for every pytest-xdist worker
+    (this module's tests run on both), read-only."""
+
+    def build(folder: Path) -> None:
+        data = folder / "tasks.json"
+        data.write_text(json.dumps(make_synthetic_instructions(100, seed=3)))
+        train(TrainConfig(**TINY, data=str(data), output_dir=str(folder / "phi3"), shuffle_split=True, seed=7,
+                          prompt_style="phi3", train_fraction=0.7, test_fraction=0.2))
+
+    yield from built_once(tmp_path_factory, "recipe-runs", build)
 
 
 @pytest.fixture(scope="module")
-def shuffled_phi3_run(tmp_path_factory, data_file) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "phi3"
-    return train(TrainConfig(**TINY, data=str(data_file), output_dir=str(out), shuffle_split=True, seed=7,
-                             prompt_style="phi3", train_fraction=0.7, test_fraction=0.2))
+def data_file(recipe_runs) -> Path:
+    return recipe_runs / "tasks.json"
+
+
+@pytest.fixture(scope="module")
+def shuffled_phi3_run(recipe_runs) -> Path:
+    return recipe_runs / "phi3"
 
 
 def key(entry: dict) -> tuple[str, str]:

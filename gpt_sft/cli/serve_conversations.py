@@ -26,7 +26,8 @@ from ..generate.chat_completions import ConversationCompletions
 from ..model.tokenizer import get_tokenizer
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def server_app(argv: Sequence[str] | None = None) -> tuple[ConversationCompletions, ServerSettings]:
+    """The ASGI app that :func:`main` serves for this command line, and the server settings (host, port) it names."""
     parser = argparse.ArgumentParser(prog="python -m gpt_sft.cli.serve_conversations",
                                      description="llama.cpp's server, its chat route in a conversation layout")
     add_args_from_model(parser, Settings)
@@ -38,8 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = parse_model_from_args(ModelSettings, args)
     app = create_app(server_settings=server, model_settings=[model])
     # GPT-2's tokenizer counts a prompt as the GGUF's own does: the same byte-pair encoding, 50256 for <|endoftext|>
-    uvicorn.run(ConversationCompletions(app, layout, token_counter(get_tokenizer()), model.n_ctx), host=server.host,
-                port=server.port)
+    return ConversationCompletions(app, layout, token_counter(get_tokenizer()), model.n_ctx), server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    app, server = server_app(argv)
+    uvicorn.run(app, host=server.host, port=server.port)
     return 0
 
 
