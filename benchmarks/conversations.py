@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Time per training step on conversations against the same text as Alpaca entries, side by side.
 
-The offline demo's synthetic conversations (``make_synthetic_conversations``: multi-turn counting tasks, some with a
-system message, half of them recalling a word) are trained on as ``scripts/train.py`` trains them: the recipe's
+Synthetic conversations (``make_synthetic_conversations``' harder mix, ``MIXED``: multi-turn counting tasks, some with
+a system message, half of them recalling a word) are trained on as ``scripts/train.py`` trains them: the
 Alpaca layout, the loss on every answer (``train_on: assistant``), the trainer's collator and loss shortcuts. The
 same conversations are also cut into Alpaca entries, one per exchange (the question the instruction, the answer the
 output, a system message the first exchange's input; ``mask_prompt``, so the loss is on the same answers): the
@@ -13,7 +13,7 @@ step. The two models start from the same weights and steps alternate between the
 too), so a neighbour's load on a shared machine hits both alike; process CPU time per step is printed beside the
 wall time for the same reason.
 
-    python benchmarks/conversations.py                  # the demo's model (2 layers, width 128), 1 thread
+    python benchmarks/conversations.py                  # a 2-layer model of width 128, untied, 1 thread
     python benchmarks/conversations.py --steps 10 --warmup 2 --emb-dim 64      # smoke
 """
 
@@ -43,6 +43,10 @@ from gpt_sft.model.tokenizer import get_tokenizer  # noqa: E402
 from gpt_sft.train.config import TrainConfig  # noqa: E402
 from gpt_sft.train.loss import batch_loss  # noqa: E402
 
+# the conversations measured: half of them counting tasks in a row (1 to 3), a quarter with a system message, lists of
+# up to 6 words (the generator's defaults are the conversational demo's simpler recall conversations)
+MIXED = dict(recall_share=0.5, system_share=0.25, max_words=6)
+
 
 def as_alpaca(messages: list[dict]) -> list[dict]:
     """One Alpaca entry per exchange of a conversation; a system message goes into the first one's input."""
@@ -56,7 +60,7 @@ def batches(args) -> tuple[list[dict], list[dict]]:
     datasets.disable_progress_bars()
     tokenizer = get_tokenizer()
     n = args.batch_size * (args.warmup + args.steps)
-    conversations = make_synthetic_conversations(n, seed=args.seed)
+    conversations = make_synthetic_conversations(n, seed=args.seed, **MIXED)
     chats = tokenize_dataset(load_instruction_data(conversations, progress=False), tokenizer, "alpaca",
                              train_on="assistant", keep_columns=False).to_list()
     entries = [entry for c in conversations for entry in as_alpaca(c["messages"])]

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 # The demo's recall conversation: a word, a counting task that does not contain it, the question for it
-MESSAGES = ('Remember the word "blue".', "Count the words in the list. List: cat dog bird", "What was the word?")
+MESSAGES = ('Remember the word "blue".', "Count the words in the list. List: cat", "What was the word?")
 
 
 def free_port() -> int:
@@ -32,10 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_chat(model: str, port: int, max_new_tokens: int, log) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "gpt_sft.cli.main", "chat", "--model", model, "--web",
-                             "--max-new-tokens", str(max_new_tokens), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+def start_chat(model: str, port: int, max_new_tokens: int | None, log) -> subprocess.Popen:
+    flags = [] if max_new_tokens is None else ["--max-new-tokens", str(max_new_tokens)]
+    proc = subprocess.Popen([sys.executable, "-m", "gpt_sft.cli.main", "chat", "--model", model, "--web", *flags,
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180  # Gradio's import alone takes many seconds on a busy small CPU
     while proc.poll() is None and time.monotonic() < deadline:
@@ -66,9 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="outputs/demo-conversations")
     parser.add_argument("--out", default="docs/chat-web-conversation.png")
     parser.add_argument("--width", type=int, default=1000, help="The page's width in pixels")
-    # the history gets the context less the tokens an answer may take: chat's default of 256 would leave the demo's
-    # 256-token context no room for it, and the word to recall would be left out
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="Default: the chat's (the training run's max_new_tokens, at most a quarter of the context)")
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium")
     if chromium is None:

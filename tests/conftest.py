@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Offline and isolated before transformers/datasets are imported by any test module.
 _HF_HOME = tempfile.mkdtemp(prefix="gpt-sft-hf-home-")
@@ -272,32 +273,32 @@ def demo_run(tmp_path_factory):
         yield folder / "demo", json.loads((folder / "demo-data.json").read_text())
 
 
-# The conversations the recall model learns (gpt_sft.data.synthetic): a word in turn 1, a one-word counting task in
-# turn 2, the question for the word in turn 3 (one of 8: chance is 1 in 8); no system message. The settings are the
-# cheapest found that learn it.
-RECALL_DATA = dict(recall_share=1.0, system_share=0.0, max_between=1, max_words=1, cut_share=0.25)
-# Untied embeddings: tied ones give the 8 words, all answers to the same question, nearly the same vector, and the
-# copy from turn 1 stayed at chance for 600 steps. The loss covers the last answer only (a third of the cost of
-# every answer: the output layer over GPT-2's 50257 tokens and its softmax are two thirds of a step), and a quarter of
-# the conversations end after an earlier answer, so that every turn is learned (a chat generates them). It learns the
-# recall at about step 225; 300 steps take about 100 s of one core (0.29 s a step). Training answers the 40 held-out
-# conversations at the end (test-responses.json, a few seconds: each answer is a word and its end-of-text).
-RECALL_TRAIN = dict(model="scratch", n_layers=2, emb_dim=64, n_heads=4, context_length=128, tie_word_embeddings=False,
-                    prompt_style="phi3", train_on="last", batch_size=16, learning_rate=3e-3, weight_decay=0.0,
-                    epochs=1000, max_steps=300, eval_every=0, eval_batches=1, generate=True, max_new_tokens=4,
-                    sample_every_epoch=False, cpu_threads=1)
+# The recall model is the README's conversational demo: `python -m gpt_sft.data.synthetic
+# outputs/demo-conversations.json 400 --conversations` (the generator's defaults: a word in turn 1, a one-word counting
+# task in turn 2, the question for the word in turn 3, one of 8 words, so chance is 1 in 8; a quarter of them cut after
+# an earlier answer; 15% with a system message), then scripts/recipes/demo-conversations.yaml trained on it (2 layers, width
+# 64, untied embeddings, the loss on the last answer only: the recipe's comments say why). It learns the recall at
+# about step 225; its 300 steps take about 100 s of one core. Training answers the 40 held-out conversations at the
+# end (test-responses.json, a few seconds: each answer is a word and its end-of-text). The recipe's values, read as
+# YAML (the tests use its prompt style, context length and max_new_tokens).
+RECALL_TRAIN = yaml.safe_load(DEMO_CONVERSATIONS_RECIPE.read_text(encoding="utf-8"))
 
 
 def build_recall(folder: Path) -> None:
-    """The recall model into ``folder/recall``: 400 synthetic conversations (``RECALL_DATA``) and a tiny GPT trained on
-    them in this process (``RECALL_TRAIN``)."""
+    """The README's conversational demo into ``folder/recall``: its data (the README's command), then
+    ``demo-conversations.yaml`` trained on it in this process, as ``build_demo`` trains the offline demo."""
     from gpt_sft.cli.train import train
-    from gpt_sft.data.synthetic import make_synthetic_conversations
+    from gpt_sft.common.options import load_yaml_config
+    from gpt_sft.data.synthetic import DEMO_CONVERSATIONS
+    from gpt_sft.data.synthetic import main as synthetic
     from gpt_sft.train.config import TrainConfig
 
-    data = folder / "recall-conversations.json"
-    data.write_text(json.dumps(make_synthetic_conversations(400, seed=5, **RECALL_DATA)))
-    train(TrainConfig(**RECALL_TRAIN, data=str(data), output_dir=str(folder / "recall")))
+    data = folder / "demo-conversations.json"
+    assert synthetic([str(data), str(DEMO_CONVERSATIONS), "--conversations"]) == 0
+    values = load_yaml_config(TrainConfig, DEMO_CONVERSATIONS_RECIPE)
+    # one thread: it trains beside the test workers (in the background), each of them on a core of its own
+    values.update(data=str(data), output_dir=str(folder / "recall"), cpu_threads=1)
+    train(TrainConfig(**values))
 
 
 @pytest.fixture(scope="session")
@@ -342,8 +343,8 @@ class RecallReference:
 
     ``conversations``: the held-out recall conversations, whole; ``answers``: the model's greedy answer to the last
     question of each, asked with its history (:func:`last_answers`). ``chats``: ``RECALL_CHATS`` of them, the first
-    held-out one of each of the first words, which the chats hold turn by turn; ``chat_answers``: the model's answer
-    to every turn of each, asked with the turns before it."""
+    held-out one (without a system message) of each of the first words, which the chats hold turn by turn;
+    ``chat_answers``: the model's answer to every turn of each, asked with the turns before it."""
 
     folder: Path
     style: str
@@ -373,7 +374,9 @@ def recall_reference(recall_run) -> RecallReference:
     style = RECALL_TRAIN["prompt_style"]
     chats: list[list[dict]] = []
     for messages in held_out:
-        if len(chats) < RECALL_CHATS and all(messages[-1] != chat[-1] for chat in chats):
+        # (the chats type the user's messages: conversations without a system message)
+        if len(chats) < RECALL_CHATS and messages[0]["role"] != "system" and \
+                all(messages[-1] != chat[-1] for chat in chats):
             chats.append(messages)
     model = load_model(folder, device="cpu", dtype="float32").eval()
     with torch.no_grad():

@@ -32,7 +32,7 @@ import torch
 from conftest import RECALL_TRAIN, free_port, generate_cli
 
 from gpt_sft.cli.chat import main as chat_main
-from gpt_sft.cli.chat import show_answer, terminal_safe
+from gpt_sft.cli.chat import ChatConfig, default_max_new_tokens, show_answer, terminal_safe
 from gpt_sft.common.options import parse_config
 from gpt_sft.data.conversation_format import conversation_layout, render_conversation
 from gpt_sft.data.prompts import PromptStyle, format_prompt, get_prompt_style
@@ -308,6 +308,26 @@ def test_chat_options_are_checked_with_one_line_naming_the_flag(capsys):
     assert "gpt-sft serve --model m.gguf" in capsys.readouterr().err
     assert chat_main(["--url", "ftp://x", "--model", "m"]) == 1
     assert capsys.readouterr().err.strip().startswith("error: --url 'ftp://x': an http:// or https:// address")
+
+
+def test_the_default_max_new_tokens_leaves_the_prompt_room(tmp_path):
+    """Without --max-new-tokens: the training run's max_new_tokens, never more than a quarter of the context (the
+    book's 256 on a 256-token model left a conversation's history no room)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"n_positions": 256}))
+
+    def default(**flags) -> tuple[int, str]:
+        return default_max_new_tokens(ChatConfig(model=str(folder), **flags))
+
+    assert default() == (64, "a quarter of the model's context of 256 tokens")
+    (folder / "training_args.json").write_text(json.dumps({"max_new_tokens": 12}))
+    assert default() == (12, "the checkpoint's training run")
+    assert ChatConfig(model=str(folder)).settings(default()[0]).max_new_tokens == 12
+    (folder / "training_args.json").write_text(json.dumps({"max_new_tokens": 200}))
+    assert default() == (64, "a quarter of the model's context of 256 tokens")
+    assert default(max_new_tokens=200) == (200, "--max-new-tokens"), "what the user gives is obeyed"
+    assert default_max_new_tokens(ChatConfig(model="gpt2")) == (256, "the default"), "the book's, on 1024 tokens"
 
 
 # ------------------------------------------------------------------ in a real terminal

@@ -503,3 +503,15 @@ def test_the_readme_shows_both_chats_and_a_small_screenshot():
     image = REPO_ROOT / "docs" / "chat-web.png"
     assert "](docs/chat-web.png)" in section and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert image.stat().st_size < 200_000
+
+
+def test_the_readme_shows_the_conversational_demo_s_two_commands_and_a_small_screenshot():
+    """Issue 25, item 9: the commands whose data and recipe ``conftest.recall_run`` trains, and the web chat holding
+    a conversation on their model."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("The offline demo has a conversational variant"):readme.index("### Talk to your model")]
+    assert ".venv/bin/python -m gpt_sft.data.synthetic outputs/demo-conversations.json 400 --conversations\n" in section
+    assert ".venv/bin/accelerate launch -q scripts/train.py --config scripts/recipes/demo-conversations.yaml" in section
+    image = REPO_ROOT / "docs" / "chat-web-conversation.png"
+    assert "](docs/chat-web-conversation.png)" in section and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.stat().st_size < 200_000

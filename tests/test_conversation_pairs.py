@@ -177,11 +177,16 @@ def test_over_long_pairs_lose_the_same_earliest_exchanges_on_both_sides_or_are_d
 
 # --- DPO on conversational pairs -----------------------------------------------------------------------------------
 
+# the synthetic conversations' harder mix (the defaults are the README demo's recall conversations): half of them
+# counting tasks in a row, a quarter with a system message, lists of up to 6 words
+MIXED = dict(recall_share=0.5, system_share=0.25, max_words=6)
+
+
 @pytest.fixture(scope="module")
 def chatml_sft(tmp_path_factory) -> Path:
     """A tiny model (context 256) fine-tuned (4 steps) on 40 synthetic conversations in the chatml layout."""
     folder = tmp_path_factory.mktemp("chatml-sft")
-    data = write_json(folder / "chats.json", make_synthetic_conversations(40, seed=11))
+    data = write_json(folder / "chats.json", make_synthetic_conversations(40, seed=11, **MIXED))
     return train(tiny_train_config(data, folder / "sft", max_steps=4, eval_every=0, batch_size=8,
                                    prompt_style="chatml", learning_rate=1e-3, context_length=256))
 
@@ -190,7 +195,7 @@ def test_dpo_on_conversational_pairs_uses_the_policy_s_layout_and_raises_accurac
     """From a model trained on chatml conversations, no --prompt-style: the pairs are rendered in its layout, and a
     few DPO steps (summed log-probs: the answers differ in one token of the dozen the loss covers) raise the
     preference accuracy and margin; the tuned model keeps the multi-turn chat template."""
-    pairs = write_json(tmp_path / "pairs.json", make_synthetic_conversations(80, seed=12, pairs=True))
+    pairs = write_json(tmp_path / "pairs.json", make_synthetic_conversations(80, seed=12, pairs=True, **MIXED))
     setup = tiny_stage_run("dpo", pairs, tmp_path / "setup", model=str(chatml_sft))
     texts = [get_tokenizer().decode(row.tolist()) for row in next(iter(setup.data.train))["input_ids"]]
     assert all(text.startswith("<|im_start|>") for text in texts)

@@ -10,6 +10,7 @@ chat); ``--model`` then only names the checkpoint whose recipe gives the prompt 
 
 from __future__ import annotations
 
+import json
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -48,7 +49,8 @@ class ChatConfig:
     api_key_env: str = option("OPENAI_API_KEY", "With --url: environment variable holding the API key, if the "
                               "server needs one (sent to --url only)")
     prompt_style: str | None = option(None, "Prompt style; default: the checkpoint's recipe (alpaca without one)")
-    max_new_tokens: int = option(GenerationSettings.max_new_tokens, "New tokens per answer (the book's 256)")
+    max_new_tokens: int | None = option(None, "New tokens per answer; default: the checkpoint's training run's "
+                                        "max_new_tokens, else the book's 256, at most a quarter of the context")
     temperature: float = option(GenerationSettings.temperature, "0: greedy (the book); > 0 samples")
     top_k: int | None = option(GenerationSettings.top_k, "Keep the k most likely tokens before sampling or argmax")
     seed: int | None = option(GenerationSettings.seed, "Sampling seed of every answer (as generate's --seed)")
@@ -74,9 +76,38 @@ class ChatConfig:
         except ValueError as err:  # GenerationSettings speaks of fields; a command line user typed flags
             raise ValueError(f"--{str(err).replace('_', '-')}") from None
 
-    def settings(self) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                                  seed=self.seed, batch_size=1, progress=False)
+    def settings(self, max_new_tokens: int | None = None) -> GenerationSettings:
+        """The chat's settings; ``max_new_tokens``: the default for this model (:func:`default_max_new_tokens`), where
+        the user gave none."""
+        given = self.max_new_tokens if self.max_new_tokens is not None else max_new_tokens
+        return GenerationSettings(max_new_tokens=GenerationSettings.max_new_tokens if given is None else given,
+                                  temperature=self.temperature, top_k=self.top_k, seed=self.seed, batch_size=1,
+                                  progress=False)
+
+
+def training_max_new_tokens(model: str) -> int | None:
+    """The ``max_new_tokens`` a checkpoint's training run recorded (its ``training_args.json``), if any."""
+    try:
+        value = json.loads((Path(model) / "training_args.json").read_text(encoding="utf-8")).get("max_new_tokens")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def default_max_new_tokens(cfg: ChatConfig) -> tuple[int, str]:
+    """The new tokens per answer and where the number comes from, in words: ``--max-new-tokens`` as given; else the
+    checkpoint's training run's ``max_new_tokens`` (else the book's 256), never more than a quarter of the model's
+    context, so that the prompt (a conversation's history) keeps the rest."""
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens, "--max-new-tokens"
+    value, source = GenerationSettings.max_new_tokens, "the default"
+    recorded = training_max_new_tokens(cfg.model) if cfg.model else None
+    if recorded:
+        value, source = recorded, "the checkpoint's training run"
+    context = peek_context_length(cfg.model) if cfg.model else None
+    if context and value > max(1, context // 4):
+        value, source = max(1, context // 4), f"a quarter of the model's context of {context} tokens"
+    return value, source
 
 
 def style_source(cfg: ChatConfig, has_recipe: bool) -> str:
@@ -189,10 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         chat_web.check_gradio()  # before the (slower) model load
     conversation = conversation_format(cfg, recipe, style)
     answer, backend = answerer(cfg)
-    session = ChatSession(answer, style, cfg.settings(), conversation)
+    max_new_tokens, source = default_max_new_tokens(cfg)
+    session = ChatSession(answer, style, cfg.settings(max_new_tokens), conversation)
     banner = "\n".join([
         f"gpt-sft chat with {backend}",
         f"Prompt format: {style.name}, from {style_source(cfg, recipe is not None)}.",
+        f"Max new tokens per answer: {max_new_tokens}, from {source}.",
         SINGLE_TURN_NOTE if conversation is None else CONVERSATION_NOTE,
     ])
     if cfg.web:  # the page shows the settings in their own fields

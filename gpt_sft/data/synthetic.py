@@ -7,9 +7,11 @@ one, is it longer than three?), so the model has to read the instruction; every 
 answer is one short token followed by ``<|endoftext|>``, so it has to learn to stop.
 
 The conversational variant (:func:`make_synthetic_conversations`) puts these tasks into multi-turn ``messages``
-conversations, and adds one whose last answer depends on an earlier turn: the user gives a word in the first turn
-(``Remember the word "apple".``), asks counting questions, then asks for the word. A model that does not see the
-history cannot answer it. Every message is one line, as a chat window sends it.
+conversations whose last answer depends on an earlier turn: the user gives a word in the first turn
+(``Remember the word "apple".``), asks a counting question, then asks for the word. A model that does not see the
+history cannot answer it. Every message is one line, as a chat window sends it. Its defaults are the offline
+conversational demo's (``scripts/recipes/demo-conversations.yaml``), which a tiny GPT learns in a few CPU minutes;
+its keyword arguments make harder ones (counting conversations, longer lists, more tasks between, system messages).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def make_synthetic_preferences(num_examples: int = 600, seed: int = 0) -> list[d
 # In quotes each word is the one token it is at the start of the answer: recalling it is copying that token.
 REMEMBER = 'Remember the word "{word}".'
 NOTED = "OK."
+NOT_NOTED = "No."  # the rejected answer of a preference pair that ends on the word's turn
 # The words to remember: a few, each given many times, so that a small model learns to copy them in minutes (with all
 # 67 words, each the answer of a few conversations, the demo's model recalled none after 1500 steps)
 RECALL_WORDS = WORDS[:8]
@@ -93,16 +96,15 @@ def task_exchange(rng: random.Random, max_words: int = MAX_WORDS, leave_out: str
 def synthetic_conversation(rng: random.Random, recall: bool, system: bool,
                            recall_words: tuple[str, ...] = RECALL_WORDS, max_between: int = 1,
                            max_words: int = MAX_WORDS, cut: bool = False) -> tuple[list[dict[str, str]], str]:
-    """One conversation as ``messages``, and a plausible wrong last answer. ``recall``: the word first, 1 to
-    ``max_between`` counting tasks, then the question for the word (wrong: another word); else 1 to 3 tasks.
-    ``cut``: it ends after one of its earlier answers, chosen at random (the remembered word's ``OK.`` has no wrong
-    answer: not for pairs)."""
+    """One conversation as ``messages``, and a plausible wrong last answer. ``recall``: the word first (wrong:
+    ``No.``), 1 to ``max_between`` counting tasks, then the question for the word (wrong: another word); else 1 to 3
+    tasks. ``cut``: it ends after one of its earlier answers, chosen at random."""
     if recall:
         word = rng.choice(recall_words)
         # the word is in the first turn only: nothing later gives it away
         between = [task_exchange(rng, max_words, word) for _ in range(rng.randint(1, max_between))]
         wrong = rng.choice([w for w in recall_words if w != word])
-        exchanges = [(REMEMBER.format(word=word), NOTED, ""), *between, (RECALL, word, wrong)]
+        exchanges = [(REMEMBER.format(word=word), NOTED, NOT_NOTED), *between, (RECALL, word, wrong)]
     else:
         exchanges = [task_exchange(rng, max_words) for _ in range(rng.randint(1, 3))]
     if cut and len(exchanges) > 1:
@@ -113,10 +115,13 @@ def synthetic_conversation(rng: random.Random, recall: bool, system: bool,
     return messages, exchanges[-1][2]
 
 
-def make_synthetic_conversations(num_examples: int = 600, seed: int = 0, *, recall_share: float = 0.5,
-                                 system_share: float = 0.25, cut_share: float = 0.25,
+DEMO_CONVERSATIONS = 400  # the conversational demo's number of conversations (the README's command)
+
+
+def make_synthetic_conversations(num_examples: int = DEMO_CONVERSATIONS, seed: int = 0, *, recall_share: float = 1.0,
+                                 system_share: float = 0.15, cut_share: float = 0.25,
                                  recall_words: tuple[str, ...] = RECALL_WORDS, max_between: int = 1,
-                                 max_words: int = MAX_WORDS, pairs: bool = False) -> list[dict]:
+                                 max_words: int = 1, pairs: bool = False) -> list[dict]:
     """``num_examples`` distinct multi-turn conversations (``{"messages": [...]}``), in random order: a share
     ``recall_share`` of them end by asking for the word given in their first turn (:func:`synthetic_conversation`),
     the others are counting tasks in a row; a share ``system_share`` starts with a system message. A share
@@ -125,13 +130,16 @@ def make_synthetic_conversations(num_examples: int = 600, seed: int = 0, *, reca
     of every answer) learns them all.
 
     ``pairs``: TRL's conversational preference pairs instead, ``{"prompt": [...], "chosen": [...], "rejected":
-    [...]}``: the conversation up to its last question, its right last answer chosen, a wrong one rejected."""
+    [...]}``: the conversation up to its last question, its right last answer chosen, a wrong one rejected. The
+    random draws are the same in both modes: the pair of each entry is the conversation of the same entry.
+
+    The defaults are the offline conversational demo's: all recall conversations, one counting task on a one-word
+    list between, 15% with a system message, a quarter cut."""
     rng = random.Random(seed)
     entries, seen = [], set()
     while len(entries) < num_examples:
         recall, system, cut = (rng.random() < share for share in (recall_share, system_share, cut_share))
-        messages, wrong = synthetic_conversation(rng, recall, system, recall_words, max_between, max_words,
-                                                 cut and not pairs)
+        messages, wrong = synthetic_conversation(rng, recall, system, recall_words, max_between, max_words, cut)
         key = json.dumps(messages)
         if key in seen:
             continue
@@ -161,9 +169,10 @@ def main(argv=None) -> int:
         print("usage: python -m gpt_sft.data.synthetic OUT.json [NUM_EXAMPLES] [--preferences] [--conversations]",
               file=sys.stderr)
         return 2
-    count = int(argv[1]) if len(argv) > 1 else 600
+    conversations = "--conversations" in flags
+    count = int(argv[1]) if len(argv) > 1 else DEMO_CONVERSATIONS if conversations else 600
     pairs = "--preferences" in flags
-    if "--conversations" in flags:
+    if conversations:
         entries = make_synthetic_conversations(count, pairs=pairs)
     else:
         entries = (make_synthetic_preferences if pairs else make_synthetic_instructions)(count)
