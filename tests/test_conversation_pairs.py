@@ -187,7 +187,7 @@ def chatml_sft(tmp_path_factory) -> Path:
     """A tiny model (context 256) fine-tuned (4 steps) on 40 synthetic conversations in the chatml layout."""
     folder = tmp_path_factory.mktemp("chatml-sft")
     data = write_json(folder / "chats.json", make_synthetic_conversations(40, seed=11, **MIXED))
-    return train(tiny_train_config(data, folder / "sft", max_steps=4, eval_every=0, batch_size=8,
+    return train(tiny_train_config(data, folder / "sft", max_steps=4, eval_every=0, batch_size=8, mask_prompt=False,
                                    prompt_style="chatml", learning_rate=1e-3, context_length=256))
 
 
