@@ -195,7 +195,9 @@ def test_dpo_on_conversational_pairs_uses_the_policy_s_layout_and_raises_accurac
     """From a model trained on chatml conversations, no --prompt-style: the pairs are rendered in its layout, and a
     few DPO steps (summed log-probs: the answers differ in one token of the dozen the loss covers) raise the
     preference accuracy and margin; the tuned model keeps the multi-turn chat template."""
-    pairs = write_json(tmp_path / "pairs.json", make_synthetic_conversations(80, seed=12, pairs=True, **MIXED))
+    # every pair ends on its conversation's last question (none cut short): answers of one token that differ
+    pairs = write_json(tmp_path / "pairs.json", make_synthetic_conversations(80, seed=12, pairs=True, **MIXED,
+                                                                         cut_share=0.0))
     setup = tiny_stage_run("dpo", pairs, tmp_path / "setup", model=str(chatml_sft))
     texts = [get_tokenizer().decode(row.tolist()) for row in next(iter(setup.data.train))["input_ids"]]
     assert all(text.startswith("<|im_start|>") for text in texts)
