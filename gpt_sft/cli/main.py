@@ -15,6 +15,7 @@ from ..train.stages import STAGES
 # when that command runs: the chat's web page, the exporters and the trainers cost seconds to import, and a
 # process runs one command. Every training stage (the registry's entries) is the train module's, told which stage.
 COMMANDS = {
+    "data": ("prepare instruction data: gpt-sft data dedupe finds and drops near-duplicate entries", "data"),
     **{command: (help_, "train") for command, (_, _, help_) in STAGES.items()},
     "generate": ("generate responses with a fine-tuned checkpoint", "generate"),
     "chat": ("talk to a fine-tuned model, answers streamed: in the terminal, or --web in the browser", "chat"),
