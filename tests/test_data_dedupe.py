@@ -188,6 +188,12 @@ def test_conversations_are_compared_by_their_messages(tmp_path, capsys):
     assert gpt_sft(["data", "dedupe", "--data", str(path), "--fields", "instruction"]) == 1
     assert capsys.readouterr().err == ("error: --fields takes system, user, assistant for conversations, "
                                        "got instruction\n")
+    sharegpt = tmp_path / "sharegpt.json"  # the same conversations in ShareGPT's format: the same pairs, as messages
+    sharegpt.write_text(json.dumps([{"conversations": [{"from": {"user": "human", "assistant": "gpt"}[m["role"]],
+                                                        "value": m["content"]} for m in d["messages"]]} for d in data]))
+    assert gpt_sft(["data", "dedupe", "--data", str(sharegpt), "--quiet", "--output", str(output)]) == 0
+    assert capsys.readouterr().out.startswith("1 duplicate pair(s) (0 exact) among 4 entries")
+    assert json.loads(output.read_text(encoding="utf-8")) == data[:2] + data[3:]
 
 
 def test_data_lists_its_subcommands(capsys):

@@ -39,8 +39,8 @@ class DedupeConfig:
     fields: list[str] | None = option(None, "Fields compared one by one (implies --by field): instruction,input,output "
                                       "for Alpaca data; system,user,assistant (each role's messages) for "
                                       "conversations (None: all of them)")
-    threshold: float = option(DEFAULT_THRESHOLD, "Cosine similarity at or above which two texts are near-duplicates "
-                              "(the book's 0.9)")
+    threshold: float = option(DEFAULT_THRESHOLD, "Cosine similarity at or above which two texts are "
+                              "near-duplicates")
     analyzer: str = option("word", "TF-IDF terms: word, or char (the 1- to 3-grams of the book's bonus script; about "
                            "ten times slower on large data)", choices=list(ANALYZERS))
     quiet: bool = option(False, "Print only the count of pairs, not each pair", switch=True)
