@@ -115,6 +115,13 @@ def test_a_group_keeps_its_first_member_and_empty_texts_are_nobodys_duplicate():
     assert similar_pairs(["", "  ", "?!", "A b", "a, B."], THRESHOLD) == [DuplicatePair(3, 4, "entry", 1.0, True)]
 
 
+def test_the_books_character_ngrams_find_the_same_near_copy():
+    texts = ["Rewrite the sentence in the passive voice.", "Rewrite a sentence in the passive voice!",
+             "Name three primary colours."]
+    (pair,) = similar_pairs(texts, 0.75, analyzer="char")
+    assert (pair.first, pair.second, pair.exact) == (0, 1, False) and 0.75 <= pair.similarity < 1
+
+
 @pytest.fixture
 def small_file(tmp_path, book, planted):
     """Forty of the book's entries without near-duplicates and the three planted copies, as a JSON file."""
@@ -155,6 +162,8 @@ def test_the_command_counts_prints_and_writes_the_data_without_the_copies(small_
      "error: --fields takes instruction, input, output for Alpaca data, got instruction, prompt"),
     (["--data", "{data}", "--output", "{data}"], 2, "error: --output {data} is --data: the input is never changed"),
     (["--data", "{data}", "--threshold", "1.5"], 2, "error: --threshold must be above 0 and at most 1, got 1.5"),
+    (["--data", "{data}", "--by", "entry", "--fields", "output"], 2, "error: --fields compares fields one by one"),
+    (["--data", "{data}", "--report", "{tmp}/report.json"], 2, "error: --report needs --output"),
 ])
 def test_errors_are_one_line(small_file, tmp_path, capsys, argv, status, message):
     path = small_file[0]

@@ -15,8 +15,8 @@ from typing import Any
 from ..common.atomic_io import write_json_atomic, write_text_atomic
 from ..common.options import option, parse_config
 from ..data.conversations import DATA_FORMATS
-from ..data.dedupe import (ALPACA_FIELDS, ANALYZERS, CONVERSATION_FIELDS, DEFAULT_THRESHOLD, DuplicateReport,
-                           entry_texts, find_duplicates)
+from ..data.dedupe import (ALPACA_FIELDS, ANALYZERS, DEFAULT_THRESHOLD, DuplicateReport, entry_texts, fields_of,
+                           find_duplicates)
 from ..data.load import load_instruction_data
 from ..judge.text import safe_excerpt
 from .errors import report_errors
@@ -107,9 +107,7 @@ def main(argv: Sequence[str]) -> int:
     leading = ("messages",) if "messages" in dataset.column_names and "instruction" not in dataset.column_names \
         else ALPACA_FIELDS
     entries = [clean_entry(entry, leading) for entry in dataset.to_list()]
-    fields = (cfg.fields or None) if cfg.by == "field" else None
-    if cfg.by == "field" and fields is None:
-        fields = list(CONVERSATION_FIELDS if leading == ("messages",) else ALPACA_FIELDS)
+    fields = (cfg.fields or list(fields_of(entries[0]))) if cfg.by == "field" else None
     report = find_duplicates(entries, fields, cfg.threshold, cfg.analyzer)
     if not cfg.quiet:
         print_pairs(report, entries)
