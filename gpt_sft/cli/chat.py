@@ -17,19 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..common.options import option, parse_config
 from ..data.prompts import PromptStyle, get_prompt_style
-from ..data.recipe import Recipe, checkpoint_layout, checkpoint_style
-from ..generate.chat import (CONVERSATION_NOTE, SINGLE_TURN_NOTE, Answerer, Ask, ChatSession, ConversationFormat, Exit,
-                             Say, history_note, token_counter)
-from ..generate.remote import EndpointError, RemoteModel
 from ..generate.settings import GenerationSettings
-from ..generate.stream import stream_answer
-from ..model.loading import load_model, load_tokenizer, peek_context_length
-from ..model.tokenizer import get_tokenizer
-from . import chat_web
 from .errors import report_errors
+
+# The model, tokenizer and chat machinery (torch, transformers, datasets: seconds to import) is imported inside the
+# functions that use it, after the options parse: `gpt-sft chat --help` and an option error answer without it.
 
 try:  # line editing and history at the prompt where the platform has it
     import readline
@@ -100,6 +96,8 @@ def default_max_new_tokens(cfg: ChatConfig) -> tuple[int, str]:
     context, so that the prompt (a conversation's history) keeps the rest."""
     if cfg.max_new_tokens is not None:
         return cfg.max_new_tokens, "--max-new-tokens"
+    from ..model.loading import peek_context_length
+
     value, source = GenerationSettings.max_new_tokens, "the default"
     recorded = training_max_new_tokens(cfg.model) if cfg.model else None
     if recorded:
@@ -117,8 +115,13 @@ def style_source(cfg: ChatConfig, has_recipe: bool) -> str:
     return "the checkpoint's recipe" if has_recipe else "the default: no recipe.json in --model"
 
 
-def answerer(cfg: ChatConfig) -> tuple[Answerer, str]:
-    """How answers are made, and what that is in words: our model loaded, or the server at ``--url``."""
+def answerer(cfg: ChatConfig) -> tuple[Any, str]:
+    """How answers are made (an :data:`~gpt_sft.generate.chat.Answerer`), and what that is in words: our model
+    loaded, or the server at ``--url``."""
+    from ..generate.remote import RemoteModel
+    from ..generate.stream import stream_answer
+    from ..model.loading import load_model, load_tokenizer
+
     if cfg.url:
         remote = RemoteModel(cfg.url, cfg.served_model, cfg.api_key_env)
         return remote.stream, f"{remote.name} at {remote.base} (OpenAI-compatible server)"
@@ -127,16 +130,22 @@ def answerer(cfg: ChatConfig) -> tuple[Answerer, str]:
     return partial(stream_answer, model, tokenizer), f"{cfg.model} (loaded here)"
 
 
-def conversation_format(cfg: ChatConfig, recipe: Recipe | None, style: PromptStyle) -> ConversationFormat | None:
+def conversation_format(cfg: ChatConfig, recipe: Any, style: PromptStyle) -> Any:
     """For a checkpoint trained on conversations: its layout (the recipe's, or ``--prompt-style``'s), counted with
-    GPT-2's tokenizer against its context length; ``None`` for one trained on single-turn data."""
+    GPT-2's tokenizer against its context length (a :class:`~gpt_sft.generate.chat.ConversationFormat`); ``None``
+    for one trained on single-turn data. ``recipe``: the checkpoint's :class:`~gpt_sft.data.recipe.Recipe` or None."""
+    from ..data.recipe import checkpoint_layout
+    from ..generate.chat import ConversationFormat, token_counter
+    from ..model.loading import peek_context_length
+    from ..model.tokenizer import get_tokenizer
+
     layout = checkpoint_layout(recipe, style, cfg.prompt_style)
     if layout is None:
         return None
     return ConversationFormat(layout, token_counter(get_tokenizer()), peek_context_length(cfg.model))
 
 
-def _cancel_or_quit(session: ChatSession) -> bool:
+def _cancel_or_quit(session: Any) -> bool:
     """Ctrl-C at the prompt: drop a half-typed line or a multi-line input (True), or quit (False)."""
     if session.reading_input is not None:
         session.reading_input = None
@@ -156,8 +165,12 @@ def terminal_safe(text: str) -> str:
                    for c in text)
 
 
-def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
-    """Print the answer to ``turn`` as it comes; Ctrl-C stops it and returns to the prompt."""
+def show_answer(session: Any, turn: Any, out=sys.stdout) -> None:
+    """Print the answer to ``turn`` (an :class:`~gpt_sft.generate.chat.Ask`) of ``session`` (a
+    :class:`~gpt_sft.generate.chat.ChatSession`) as it comes; Ctrl-C stops it and returns to the prompt."""
+    from ..generate.chat import history_note
+    from ..generate.remote import EndpointError
+
     note = history_note(turn)
     if note:
         print(f"[{note}]", file=out)
@@ -183,7 +196,9 @@ def show_answer(session: ChatSession, turn: Ask, out=sys.stdout) -> None:
     print(file=out, flush=True)
 
 
-def run_terminal(session: ChatSession, banner: str) -> int:
+def run_terminal(session: Any, banner: str) -> int:
+    from ..generate.chat import Ask, Exit, Say
+
     print(banner, flush=True)
     while True:
         try:
@@ -209,6 +224,10 @@ def run_terminal(session: ChatSession, banner: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft chat``."""
     cfg = parse_config(ChatConfig, argv, prog="gpt-sft chat")
+    from ..data.recipe import checkpoint_style
+    from ..generate.chat import CONVERSATION_NOTE, SINGLE_TURN_NOTE, ChatSession
+    from . import chat_web
+
     if cfg.model and not cfg.url and Path(cfg.model).suffix == ".gguf":
         raise ValueError(f"--model {cfg.model}: a GGUF file is not loaded here; serve it (gpt-sft serve --model "
                          f"{cfg.model}) and chat with --url http://127.0.0.1:8000")

@@ -19,21 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.atomic_io import write_json_atomic
+from typing import Any
+
 from ..common import options as opts
 from ..common.options import parse_config
-from ..common.run_manifest import record_stage_outputs
-from ..data.recipe import Recipe, entries_of_split
-from ..export.card import record_judge_score
-from ..judge.backends import make_judge, OpenAIJudge
-from ..judge.cache import cache_lock_path
-from ..judge.errors import JudgeCacheBusyError, JudgeError
 from ..judge.modes import MODES
-from ..judge.scoring import JudgeReport, compute_text_metrics, score_responses, validate_entries
-from ..judge.text import safe_excerpt
 from .errors import report_errors
 from .judge_options import JudgeOptions, identify_judge, judge_style
-from .judge_tools import JUDGE_SUBCOMMANDS
+
+# The judges, the data and the model card (datasets, torch, transformers: seconds to import) are imported inside the
+# functions that use them, after the options parse: `gpt-sft evaluate --help` and an option error answer without them.
+# ``gpt-sft evaluate compare|pairwise``: the subcommands of judge_tools.JUDGE_SUBCOMMANDS, run by it.
+SUBCOMMANDS = ("compare", "pairwise")
 
 
 @dataclass
@@ -55,8 +52,11 @@ class EvaluateConfig(JudgeOptions):
                               "entries), marked as partial in the card with the reasons", switch=True)
 
 
-def coverage_problems(cfg: EvaluateConfig, entries: list[dict], judged: int, report: JudgeReport) -> list[str]:
-    """Why the report's figure is not ``--update-checkpoint``'s score on its full test split (empty if it is)."""
+def coverage_problems(cfg: EvaluateConfig, entries: list[dict], judged: int, report: Any) -> list[str]:
+    """Why the report's figure (a :class:`~gpt_sft.judge.scoring.JudgeReport`) is not ``--update-checkpoint``'s
+    score on its full test split (empty if it is)."""
+    from ..data.recipe import Recipe, entries_of_split
+
     folder = Path(cfg.update_checkpoint)
     problems = []
     recipe = Recipe.read(folder)
@@ -83,7 +83,9 @@ def coverage_problems(cfg: EvaluateConfig, entries: list[dict], judged: int, rep
     return problems
 
 
-def print_unscored(report: JudgeReport, stream, limit: int = 20) -> None:
+def print_unscored(report: Any, stream, limit: int = 20) -> None:
+    from ..judge.text import safe_excerpt
+
     unscored = report.unscored
     if not unscored:
         return
@@ -96,7 +98,7 @@ def print_unscored(report: JudgeReport, stream, limit: int = 20) -> None:
         print(f"  … and {len(unscored) - limit} more (see the report)", file=stream)
 
 
-def print_report(report: JudgeReport) -> None:
+def print_report(report: Any) -> None:
     for line in report.book_lines():
         print(line)
     s = report.summary()
@@ -114,9 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft evaluate`` (also ``scripts/evaluate.py``), ``... evaluate compare``, ``... evaluate pairwise``;
     returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in JUDGE_SUBCOMMANDS:
+    if argv and argv[0] in SUBCOMMANDS:
+        from .judge_tools import JUDGE_SUBCOMMANDS
+
         return JUDGE_SUBCOMMANDS[argv[0]](argv[1:])
     cfg = parse_config(EvaluateConfig, argv, prog="gpt-sft evaluate")
+    from ..common.atomic_io import write_json_atomic
+    from ..common.run_manifest import record_stage_outputs
+    from ..export.card import record_judge_score
+    from ..judge.backends import OpenAIJudge, make_judge
+    from ..judge.cache import cache_lock_path
+    from ..judge.errors import JudgeCacheBusyError, JudgeError
+    from ..judge.scoring import compute_text_metrics, score_responses, validate_entries
+
     responses_path = Path(cfg.responses)
     try:
         entries = json.loads(responses_path.read_text(encoding="utf-8"))

@@ -18,17 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.atomic_io import atomic_directory, write_text_atomic
 from ..common.options import option, parse_config
-from ..common.run_manifest import record_stage_outputs
-from ..data.recipe import checkpoint_layout, checkpoint_style
-from ..export.gguf_file import GGUF_TYPES, write_gguf
-from ..export.hf_gpt2 import export_hf_gpt2
-from ..export.ollama import modelfile
-from ..export.stock_card import render_export_card
-from ..model.loading import load_model
+from ..export.formats import GGUF_TYPES
 from ..train.config import EXPORT_FORMATS
 from .errors import report_errors
+
+# The model and the exporters (torch, transformers, gguf: seconds to import) are imported inside the functions that
+# use them, after the options parse: `gpt-sft export --help` and an option error answer without them.
 
 FORMATS = EXPORT_FORMATS
 
@@ -65,6 +61,8 @@ class ExportConfig:
 
 def plain_model(path: str):
     """The checkpoint as one plain ``GPTForCausalLM`` on the CPU, LoRA merged."""
+    from ..model.loading import load_model
+
     model = load_model(path, device="cpu", dtype="auto")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -97,6 +95,14 @@ def _usage(fmt: str, output: Path, gguf_name: str | None, name: str) -> str:
 def export(cfg: ExportConfig) -> Path:
     """Run the export; return the output folder. One into the checkpoint's own training run folder
     (``<run>/export/gguf``, as ``--export`` writes) is recorded in the run's manifest: the run's to replace."""
+    from ..common.atomic_io import atomic_directory, write_text_atomic
+    from ..common.run_manifest import record_stage_outputs
+    from ..data.recipe import checkpoint_layout, checkpoint_style
+    from ..export.gguf_file import write_gguf
+    from ..export.hf_gpt2 import export_hf_gpt2
+    from ..export.ollama import modelfile
+    from ..export.stock_card import render_export_card
+
     output = Path(cfg.output)
     if output.is_dir() and any(output.iterdir()) and not cfg.overwrite:
         raise ValueError(f"--output {output} already holds files: pass --overwrite to replace them, or choose another "

@@ -19,19 +19,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..common.atomic_io import write_json_atomic
 from ..common.options import option, parse_config
-from ..common.run_manifest import record_stage_outputs
 from ..data.conversation_format import ConversationLayout
-from ..data.load import load_instruction_data
 from ..data.prompts import PromptStyle
-from ..data.recipe import Recipe, checkpoint_layout, checkpoint_style, entries_of_split, follow_recipe
-from ..data.split import split_dataset
-from ..generate.responses import add_responses, generate_responses
 from ..generate.settings import BACKENDS, OVERFLOW_POLICIES, GenerationSettings
-from ..model.loading import load_model, load_tokenizer
 from .errors import report_errors
+
+# The data, model and generation machinery (datasets, torch, transformers: seconds to import) is imported inside the
+# functions that use it, after the options parse: `gpt-sft generate --help` and an option error answer without it.
 
 
 @dataclass
@@ -83,8 +80,13 @@ class GenerateConfig:
         )
 
 
-def entries_to_answer(cfg: GenerateConfig, recipe: Recipe | None) -> tuple[list[dict], str]:
-    """The entries of ``cfg.split`` and the data source they came from."""
+def entries_to_answer(cfg: GenerateConfig, recipe: Any) -> tuple[list[dict], str]:
+    """The entries of ``cfg.split`` and the data source they came from (``recipe``: the checkpoint's
+    :class:`~gpt_sft.data.recipe.Recipe`, or None)."""
+    from ..data.load import load_instruction_data
+    from ..data.recipe import entries_of_split, follow_recipe
+    from ..data.split import split_dataset
+
     data = follow_recipe(recipe, cfg.data, "--data", recipe.data if recipe else None)
     if data is None:
         raise ValueError(f"{cfg.model} has no recipe (recipe.json): pass --data, --prompt or --interactive")
@@ -101,6 +103,8 @@ def entries_to_answer(cfg: GenerateConfig, recipe: Recipe | None) -> tuple[list[
 
 
 def run_interactive(model, tokenizer, settings: GenerationSettings) -> None:
+    from ..generate.responses import generate_responses
+
     interactive_tty = sys.stdin.isatty()
     while True:
         if interactive_tty:
@@ -120,6 +124,12 @@ def run_interactive(model, tokenizer, settings: GenerationSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft generate`` (also ``scripts/generate.py``)."""
     cfg = parse_config(GenerateConfig, argv, prog="gpt-sft generate")
+    from ..common.atomic_io import write_json_atomic
+    from ..common.run_manifest import record_stage_outputs
+    from ..data.recipe import checkpoint_layout, checkpoint_style
+    from ..generate.responses import add_responses, generate_responses
+    from ..model.loading import load_model, load_tokenizer
+
     style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
     settings = cfg.settings(style, checkpoint_layout(recipe, style, cfg.prompt_style))
     entries, data = (None, None) if cfg.prompt is not None or cfg.interactive else entries_to_answer(cfg, recipe)

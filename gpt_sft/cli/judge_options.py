@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..common import options as opts
-from ..data.recipe import Recipe, resolve_style
 from ..judge.http import BACKEND_NAMES, JudgeConfig
 
 
@@ -93,6 +92,8 @@ class JudgeOptions(JudgeBackendOptions):
 
 def judge_style(cfg: JudgeOptions, responses_path: Path):
     """The prompt style of the run that wrote the responses (see the module docstring)."""
+    from ..data.recipe import Recipe, resolve_style  # datasets: only when a style is resolved
+
     recipe = None
     for folder in filter(None, (getattr(cfg, "update_checkpoint", None), responses_path.parent)):
         recipe = Recipe.read(folder)

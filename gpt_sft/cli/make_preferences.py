@@ -15,14 +15,15 @@ from ..common import options as opts
 from ..common.atomic_io import write_json_atomic
 from ..common.options import parse_config
 from ..common.run_manifest import record_stage_outputs
-from ..data.load import load_instruction_data
-from ..judge.backends import OpenAIJudge, make_judge
 from ..judge.cache import cache_lock_path
 from ..judge.preferences import (DEFAULT_CHOSEN_INSTRUCTION, DEFAULT_REJECTED_INSTRUCTION, PAIRINGS,
                                  REWRITE_PROMPT_TEMPLATE, PreferenceReport, PreferenceSpec, make_preference_pairs)
 from ..judge.text import safe_excerpt
 from .errors import report_errors
 from .judge_options import JudgeBackendOptions, identify_judge
+
+# The data loader and the judges (datasets, torch, transformers: seconds to import) are imported inside main, after
+# the options parse: `gpt-sft make-preferences --help` and an option error answer without them.
 
 
 @dataclass
@@ -109,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft make-preferences``; returns the exit status."""
     cfg = parse_config(MakePreferencesConfig, list(sys.argv[1:] if argv is None else argv),
                        prog="gpt-sft make-preferences")
+    from ..data.load import load_instruction_data
+    from ..judge.backends import OpenAIJudge, make_judge
+
     output, report_path, cache_path = cfg.paths()
     dataset, stats = load_instruction_data(cfg.data, skip_invalid=cfg.skip_invalid, return_stats=True,
                                            progress=cfg.progress)

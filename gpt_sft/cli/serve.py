@@ -31,17 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFReader
 
 from ..common.options import option, parse_config
 from ..data.conversation_format import ConversationLayout
-from ..data.recipe import checkpoint_layout, checkpoint_style
-from ..export.gguf_file import GGUF_TYPES, write_gguf
-from ..model.loading import peek_context_length
-from ..model.modeling_gpt import MODEL_CODE_VERSION
-from ..model.sources import default_cache_dir
+from ..export.formats import GGUF_TYPES
 from .errors import report_errors
-from .export import plain_model
+
+# The model, the GGUF writer and reader (torch, transformers, gguf: seconds to import) are imported inside the
+# functions that use them, after the options parse: `gpt-sft serve --help` and an option error answer without them.
 
 
 @dataclass
@@ -74,6 +71,8 @@ class ServeConfig:
 def _fingerprint(folder: Path, cfg: ServeConfig) -> str:
     """What the GGUF export depends on: the checkpoint's files (name, size, mtime), the type, the style
     and the model code version."""
+    from ..model.modeling_gpt import MODEL_CODE_VERSION
+
     digest = hashlib.sha256(f"{folder.resolve()}|{cfg.gguf_type}|{cfg.prompt_style}|{MODEL_CODE_VERSION}".encode())
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".jinja"):
@@ -84,6 +83,12 @@ def _fingerprint(folder: Path, cfg: ServeConfig) -> str:
 
 def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
     """The GGUF file to serve, the model name, and the model's context length when known."""
+    from ..data.recipe import checkpoint_layout, checkpoint_style
+    from ..export.gguf_file import write_gguf
+    from ..model.loading import peek_context_length
+    from ..model.sources import default_cache_dir
+    from .export import plain_model
+
     source = Path(cfg.model)
     if source.is_file():
         if source.suffix != ".gguf":
@@ -108,6 +113,8 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
 def served_layout(cfg: ServeConfig) -> ConversationLayout | None:
     """The conversation layout of a checkpoint folder trained on conversations (its recipe's, or
     ``--prompt-style``'s); ``None`` for one trained on single-turn data, or a GGUF file."""
+    from ..data.recipe import checkpoint_layout, checkpoint_style
+
     if not Path(cfg.model).is_dir():
         return None
     style, recipe = checkpoint_style(cfg.model, cfg.prompt_style)
@@ -144,6 +151,8 @@ def check_port_free(host: str, port: int) -> None:
 
 def check_gguf(path: Path) -> None:
     """A truncated or foreign file is one line naming it, before llama.cpp is started on it."""
+    from gguf import GGUFReader
+
     try:
         tensors = GGUFReader(path).tensors
         end = max((t.data_offset + t.n_bytes for t in tensors), default=0)

@@ -20,29 +20,26 @@ import faulthandler
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
-from accelerate import Accelerator
-
-from ..common.atomic_io import write_json_atomic
 from ..common.options import parse_config
-from ..common.run_manifest import record_outputs
-from ..export.hub import check_hub_push, push_folder_to_hub
-from ..export.run_folder import prepare_output_dir, save_run
-from ..generate.responses import add_responses, generate_responses
-from ..generate.settings import GenerationSettings
-from ..model.tokenizer import get_tokenizer
 from ..train.config import TrainConfig
-from ..train.loop import Run, fit, make_accelerator, setup, trainable_parameters
-from ..train.report import hardware_description
-from ..train.stages import STAGES, stage_class
-from ..train.state import Interruptions, InterruptedRun, resolve_resume, say
+from ..train.stages import STAGES, stage_config_type
 from .errors import report_errors
-from .export import ExportConfig, export
 
+# The training machinery (torch, accelerate, transformers, datasets: seconds to import) is imported inside the
+# functions that run it, after the options parse: `gpt-sft train --help` and an option error answer without it.
 
-def generate_test_responses(run: Run, model) -> Path | None:
-    """The book's ``instruction-data-with-response.json``: greedy responses to the test split."""
+def generate_test_responses(run: Any, model) -> Path | None:
+    """The book's ``instruction-data-with-response.json``: greedy responses to the test split (``run``: a
+    :class:`~gpt_sft.train.loop.Run`)."""
+    from ..common.atomic_io import write_json_atomic
+    from ..common.run_manifest import record_outputs
+    from ..generate.responses import add_responses, generate_responses
+    from ..generate.settings import GenerationSettings
+    from ..model.tokenizer import get_tokenizer
+    from ..train.state import say
+
     cfg, data = run.cfg, run.data
     if not (cfg.generate and data.test_entries and run.accelerator.is_main_process):
         return None
@@ -56,10 +53,20 @@ def generate_test_responses(run: Run, model) -> Path | None:
     return responses_path
 
 
-def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run] = setup) -> Path:
+def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Any], Any] | None = None) -> Path:
     """Train as configured, with the stage whose options ``cfg`` is (a ``TrainConfig``: SFT, a ``DPOConfig``: DPO,
-    ...); returns the output folder. ``setup_run`` builds the run (:func:`~gpt_sft.train.loop.setup`): everything
-    after it is shared by every stage."""
+    ...); returns the output folder. ``setup_run(cfg, accelerator)`` builds the run (default:
+    :func:`~gpt_sft.train.loop.setup`): everything after it is shared by every stage."""
+    import torch
+
+    from ..export.hub import check_hub_push, push_folder_to_hub
+    from ..export.run_folder import prepare_output_dir, save_run
+    from ..train.loop import fit, make_accelerator, setup, trainable_parameters
+    from ..train.report import hardware_description
+    from ..train.state import Interruptions, InterruptedRun, resolve_resume, say
+    from .export import ExportConfig, export
+
+    setup_run = setup if setup_run is None else setup_run
     accelerator = make_accelerator(cfg)
     if cfg.push_to_hub and accelerator.is_main_process:
         check_hub_push(cfg.push_to_hub)
@@ -106,7 +113,7 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Accelerator], Run]
 
 def run_training_command(command: str, argv: Sequence[str] | None) -> int:
     """Parse the options of ``command``'s stage and train with it."""
-    cfg = parse_config(stage_class(command).config_type, argv)
+    cfg = parse_config(stage_config_type(command), argv)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
         with contextlib.suppress(ValueError, OSError):  # stderr is no real file (captured): no stack dumps
             faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -120,6 +127,8 @@ def run_training_command(command: str, argv: Sequence[str] | None) -> int:
 def end_process_group() -> None:
     """Destroy a multi-process run's process group before the interpreter's teardown does: left to it, gloo's
     destructor can join a thread that waits for the GIL, and a finished run hangs at exit."""
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, DatasetInfo, Value, load_dataset
 
 from ..common.download import download_file, hub_offline_reason
+from .constants import BOOK_DATA_URL
 from .conversations import (conversation_problem, holds_pairs, pair_to_messages, preference_problem, resolve_format,
                             to_messages)
 from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, UnparsableLine, json_type_name,
@@ -30,9 +31,6 @@ from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadS
 
 logger = logging.getLogger(__name__)
 
-BOOK_DATA_URL = (
-    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
-)
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _FILE_SUFFIXES = (".json", ".jsonl", *_FILE_BUILDERS)
 _ORIGIN_PREFIX = "gpt_sft instruction data from "

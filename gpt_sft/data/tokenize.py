@@ -27,6 +27,7 @@ from typing import Any, Literal, overload
 from datasets import Dataset
 
 from ..model.tokenizer import END_OF_TEXT_ID, GPT2_PAT_STR, get_tokenizer
+from .constants import TRAIN_ON
 from .conversation_format import ConversationLayout, conversation_layout, render_pieces
 from .load import dataset_origin
 from .prompts import PromptStyle, get_prompt_style
@@ -35,8 +36,6 @@ from .validate import END_OF_TEXT, REQUIRED_FIELDS, InstructionDataError
 logger = logging.getLogger(__name__)
 
 _MIN_TEXTS_PER_THREAD = 256
-# What the loss of a conversation covers: every answer, the last one, or every token (see tokenize_dataset).
-TRAIN_ON = ("assistant", "last", "all")
 
 
 @dataclass

@@ -33,8 +33,8 @@ from ..data.chat_template import chat_template
 from ..data.conversation_format import ConversationLayout, conversation_chat_template
 from ..data.prompts import PromptStyle
 from ..model.tokenizer import END_OF_TEXT_ID, bpe_files
+from .formats import GGUF_TYPES
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
 _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 _Q8_BLOCK = 32

@@ -36,7 +36,7 @@ import dataclasses
 import math
 
 from ..data.conversation_format import ConversationLayout
-from ..model.tokenizer import END_OF_TEXT, END_OF_TEXT_ID  # noqa: F401 - END_OF_TEXT: for generate.responses
+from ..common.tokens import END_OF_TEXT, END_OF_TEXT_ID  # noqa: F401 - END_OF_TEXT: for generate.responses
 
 RAW_STYLE = "raw"  # prompts used verbatim; the response is the decoded continuation, untouched
 OVERFLOW_POLICIES = ("shrink", "truncate", "error")

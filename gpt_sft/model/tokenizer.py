@@ -24,8 +24,8 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from transformers import GPT2TokenizerFast
 
-END_OF_TEXT = "<|endoftext|>"
-END_OF_TEXT_ID = 50256
+from ..common.tokens import END_OF_TEXT, END_OF_TEXT_ID
+
 VOCAB_SIZE = 50257
 MODEL_MAX_LENGTH = 1024
 

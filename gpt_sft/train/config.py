@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from ..common.options import option
 from ..data.conversations import DATA_FORMATS
-from ..data.load import BOOK_DATA_URL
-from ..data.tokenize import TRAIN_ON
-from .loss import LossPaths
+from ..data.constants import BOOK_DATA_URL, TRAIN_ON
+from .loss_paths import LossPaths
 
 # What `--export` (and `gpt-sft export --format`) can write.
 EXPORT_FORMATS = ("hf-gpt2", "gguf", "ollama")

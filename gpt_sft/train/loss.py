@@ -23,32 +23,15 @@ several processes: a token-level mean over the whole optimizer step). The model 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.collator import IGNORE_INDEX
 from ..model.tokenizer import END_OF_TEXT_ID
+from .loss_paths import BOOK, LossPaths
 
 HEAD_CHUNK = 4096  # targets per output-layer chunk for per-target losses: evaluation never holds all logits
-
-
-@dataclass(frozen=True)
-class LossPaths:
-    """Which exact shortcuts compute the loss (each one needs the one before)."""
-
-    targets_only: bool = True
-    padding_free: bool = True
-    share_prefix: bool = True
-
-    @property
-    def book(self) -> bool:
-        return not self.targets_only
-
-
-BOOK = LossPaths(targets_only=False, padding_free=False, share_prefix=False)
 
 
 def base_model(model: nn.Module) -> nn.Module:

@@ -17,6 +17,23 @@ STAGES = {
     "orpo": ("orpo", "ORPOStage", "instruction- and preference-tune a base or fine-tuned model in one stage with ORPO"),
     "simpo": ("simpo", "SimPOStage", "preference-tune a fine-tuned model with SimPO (no reference model)"),
 }
+# command -> (module of gpt_sft.train, the options dataclass in it): the stage's ``config_type``, importable without
+# the stage itself, so ``gpt-sft <command> --help`` and option errors answer before torch is imported (SFT's options
+# import no torch; the preference stages' options still do).
+STAGE_CONFIGS = {
+    "train": ("config", "TrainConfig"),
+    "dpo": ("dpo_config", "DPOConfig"),
+    "orpo": ("orpo", "ORPOConfig"),
+    "simpo": ("simpo", "SimPOConfig"),
+}
+
+
+def stage_config_type(command: str) -> type:
+    """The options dataclass of ``command``'s stage (its :class:`~gpt_sft.train.stage.Stage`'s ``config_type``)."""
+    if command not in STAGE_CONFIGS:
+        raise ValueError(f"unknown training stage {command!r}; known: {', '.join(STAGES)}")
+    module, name = STAGE_CONFIGS[command]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def stage_class(command: str):
@@ -44,4 +61,4 @@ def stage_of_metrics(metrics: dict):
     return stage_class("train")
 
 
-__all__ = ["STAGES", "stage_class", "stage_of_config", "stage_of_metrics"]
+__all__ = ["STAGES", "STAGE_CONFIGS", "stage_class", "stage_config_type", "stage_of_config", "stage_of_metrics"]
