@@ -25,7 +25,7 @@ ENTRIES = [
 
 
 def text_of(prompt: str) -> str:
-    return re.search(r"### Response to rewrite:\n(.*)\n\n", prompt, re.DOTALL).group(1)
+    return re.search(r"### (?:Response|Text) to rewrite:\n(.*)\n\n", prompt, re.DOTALL).group(1)
 
 
 def passive_or_not(prompt: str, n: int, request: dict) -> Reply:
@@ -73,6 +73,23 @@ def test_the_field_is_rewritten_refusals_recorded_and_the_rerun_served_from_the_
                    "--retries", "0") == 0
     again = json.loads((tmp_path / "passive.rewrite-report.json").read_text())
     assert output.read_bytes() == before and again["summary"]["asked"] == 0 and again["summary"]["cached"] == 3
+
+
+def test_any_field_is_rewritten_as_a_text_an_empty_one_is_not_asked_and_overwrite_field(tmp_path):
+    data, output = tmp_path / "data.jsonl", tmp_path / "upper.jsonl"
+    entries = [{**e, "input_2": "old"} for e in ENTRIES]
+    data.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    with FakeJudgeServer(lambda prompt, n, req: Reply(json.dumps({"rewrite": text_of(prompt).upper()}))) as server:
+        argv = ["data", "rewrite", "--data", str(data), "--field", "input", "--into", "input_2", "--instruction",
+                "Shout it.", "--output", str(output), "--backend", "openai", "--url", server.url, "--no-progress"]
+        assert gpt_sft(argv) == 1 and not output.exists(), "input_2 exists: --overwrite-field is needed"
+        assert gpt_sft([*argv, "--overwrite-field"]) == 0
+        (prompt,) = server.counts  # only the entry with an input is asked, as a text on its own
+    assert "### Text to rewrite:\na cat\n\n" in prompt and "Shout it." in prompt and "### Instruction" not in prompt
+    written = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [e.get("input_2") for e in written] == [None, "A CAT", None], "no input: no input_2, the old one dropped"
+    report = json.loads((tmp_path / "upper.rewrite-report.json").read_text())
+    assert report["summary"]["reasons"] == {"no_text": 2} and report["summary"]["questions"] == 1
 
 
 @pytest.mark.parametrize("argv, entries, message", [
