@@ -10,6 +10,8 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "dedupe": ("find exact and near-duplicate entries (TF-IDF cosine, as the book does); --output writes the data "
                "without them", "data_dedupe"),
+    "rewrite": ("a model rewrites one field of every entry following an instruction, into a new field (the book's "
+                "passive-voice notebook: --field output --into output_2)", "data_rewrite"),
 }
 
 

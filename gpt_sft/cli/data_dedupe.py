@@ -59,9 +59,9 @@ class DedupeConfig:
             self.by = "field" if self.fields else "entry"
         if self.report and not self.output:
             raise ValueError("--report needs --output (the report says what --output left out)")
-        if self.output and Path(self.data).exists() and _same_file(self.data, self.output):
+        if self.output and Path(self.data).exists() and same_file(self.data, self.output):
             raise ValueError(f"--output {self.output} is --data: the input is never changed, write elsewhere")
-        if self.report and self.output and _same_file(self.report, self.output):
+        if self.report and self.output and same_file(self.report, self.output):
             raise ValueError("--report and --output are one file")
 
     def report_path(self) -> Path:
@@ -71,7 +71,7 @@ class DedupeConfig:
         return output.with_name(f"{output.stem}.dedupe-report.json")
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
     if Path(a).exists() and Path(b).exists():
         return os.path.samefile(a, b)
     return Path(a).resolve() == Path(b).resolve()

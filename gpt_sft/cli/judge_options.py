@@ -18,7 +18,7 @@ from ..judge.http import BACKEND_NAMES, JudgeConfig
 @dataclass
 class JudgeBackendOptions:
     """The judge, or any model asked through the judge's backends: what every command that asks one takes
-    (``gpt-sft evaluate``, ``... pairwise``, ``make-preferences``)."""
+    (``gpt-sft evaluate``, ``... pairwise``, ``make-preferences``, ``data rewrite``)."""
 
     # the judge's defaults are JudgeConfig's own
     backend: str = opts.option(JudgeConfig.backend, "Judge backend (ollama as in the book; openai: any OpenAI-"

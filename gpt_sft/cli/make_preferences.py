@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..common import options as opts
 from ..common.atomic_io import write_json_atomic
@@ -17,17 +18,43 @@ from ..common.options import parse_config
 from ..common.run_manifest import record_stage_outputs
 from ..judge.cache import cache_lock_path
 from ..judge.preferences import (DEFAULT_CHOSEN_INSTRUCTION, DEFAULT_REJECTED_INSTRUCTION, PAIRINGS,
-                                 REWRITE_PROMPT_TEMPLATE, PreferenceReport, PreferenceSpec, make_preference_pairs)
+                                 REWRITE_PROMPT_TEMPLATE, REWRITE_SCHEMA, PreferenceReport, PreferenceSpec,
+                                 make_preference_pairs)
 from ..judge.text import safe_excerpt
 from .errors import report_errors
 from .judge_options import JudgeBackendOptions, identify_judge
 
-# The data loader and the judges (datasets, torch, transformers: seconds to import) are imported inside main, after
-# the options parse: `gpt-sft make-preferences --help` and an option error answer without them.
+# The data loader and the judges (datasets, torch, transformers: seconds to import) are imported inside the functions
+# that use them, after the options parse: `gpt-sft make-preferences --help` and an option error answer without them.
 
 
 @dataclass
-class MakePreferencesConfig(JudgeBackendOptions):
+class RewriterOptions(JudgeBackendOptions):
+    """A model asked through the judge's backends to rewrite texts: the options ``make-preferences`` and
+    ``gpt-sft data rewrite`` share."""
+
+    structured: bool = opts.option(True, "Ask for the reply as {\"rewrite\": ...} through the backend's structured "
+                                   "output (--no-structured: plain text)")
+    max_chars: int = opts.option(4000, "Longest rewrite accepted, in characters (longer: recorded as too_long)")
+    limit: int | None = opts.option(None, "Only the first N entries")
+    skip_invalid: bool = opts.option(False, "Skip invalid entries (each recorded in the report) instead of failing",
+                                     switch=True)
+    retry_failed: bool = opts.option(False, "Ask again questions whose cached reply was unusable", switch=True)
+    max_consecutive_failures: int = opts.option(3, "Stop asking after this many failed requests in a row (0: never); "
+                                                "the rest is recorded as not_asked")
+    # a rewrite is longer than a score: the judges' 32-token default would cut most of them
+    max_tokens: int | None = opts.option(256, "Reply length bound in tokens")
+    # temperature 0 and a seed repeat the same reply, so asking again only helps when sampling
+    parse_retries: int = opts.option(0, "Times an unusable reply is asked again (useful with --temperature > 0)")
+
+    def ask_options(self) -> dict:
+        """The keyword arguments of :func:`~gpt_sft.judge.preferences.ask_rewrites` these options set."""
+        return {"concurrency": self.concurrency, "parse_retries": self.parse_retries, "retry_failed": self.retry_failed,
+                "max_consecutive_failures": self.max_consecutive_failures, "progress": self.progress}
+
+
+@dataclass
+class MakePreferencesConfig(RewriterOptions):
     """Make preference data: a model rewrites each entry's output into a chosen and a rejected version
     (politer and ruder by default, as in the book)."""
 
@@ -44,19 +71,6 @@ class MakePreferencesConfig(JudgeBackendOptions):
                                           "instruction sentence")
     rejected_instruction: str = opts.option(DEFAULT_REJECTED_INSTRUCTION, "What the rejected rewrite should be, as "
                                             "an instruction sentence")
-    structured: bool = opts.option(True, "Ask for the reply as {\"rewrite\": ...} through the backend's structured "
-                                   "output (--no-structured: plain text)")
-    max_chars: int = opts.option(4000, "Longest rewrite accepted, in characters (longer: recorded as too_long)")
-    limit: int | None = opts.option(None, "Only the first N entries")
-    skip_invalid: bool = opts.option(False, "Skip invalid entries (each recorded in the report) instead of failing",
-                                     switch=True)
-    retry_failed: bool = opts.option(False, "Ask again questions whose cached reply was unusable", switch=True)
-    max_consecutive_failures: int = opts.option(3, "Stop asking after this many failed requests in a row (0: never); "
-                                                "the rest is recorded as not_asked")
-    # a rewrite is longer than a score: the judges' 32-token default would cut most of them
-    max_tokens: int | None = opts.option(256, "Reply length bound in tokens")
-    # temperature 0 and a seed repeat the same reply, so asking again only helps when sampling
-    parse_retries: int = opts.option(0, "Times an unusable reply is asked again (useful with --temperature > 0)")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -105,15 +119,10 @@ def print_summary(report: PreferenceReport, stream, limit: int = 20) -> None:
             print(f"  … and {len(failed) - limit} more (see the report)", file=stream)
 
 
-@report_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    """``gpt-sft make-preferences``; returns the exit status."""
-    cfg = parse_config(MakePreferencesConfig, list(sys.argv[1:] if argv is None else argv),
-                       prog="gpt-sft make-preferences")
+def load_entries(cfg: RewriterOptions) -> tuple[list[dict], list[int], set[int], Any]:
+    """``cfg.data``'s valid entries (the first ``--limit``), their indices in the file, the indices skipped by
+    ``--skip-invalid`` among them, and the loader's stats."""
     from ..data.load import load_instruction_data
-    from ..judge.backends import OpenAIJudge, make_judge
-
-    output, report_path, cache_path = cfg.paths()
     dataset, stats = load_instruction_data(cfg.data, skip_invalid=cfg.skip_invalid, return_stats=True,
                                            progress=cfg.progress)
     skipped = set(stats.skipped_indices)
@@ -122,6 +131,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.limit is not None and cfg.limit < len(entries):
         entries, indices = entries[: cfg.limit], indices[: cfg.limit]
         skipped = {i for i in skipped if i < indices[-1]}  # the invalid entries among the first N
+    return entries, indices, skipped, stats
+
+
+def skipped_records(skipped: set[int], stats) -> list[dict[str, Any]]:
+    """The report's record of each entry ``--skip-invalid`` skipped."""
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())) or "invalid"
+    return [{"index": i, "reason": f"invalid entry (skipped by --skip-invalid; {reasons})"} for i in sorted(skipped)]
+
+
+def start_rewriter(cfg: RewriterOptions, output: Path, report_path: Path, cache_path: Path | None):
+    """The rewriter's ``(JudgeConfig, judge, served model names)``; says when it resumes from the cache and records
+    the outputs in a training run's folder."""
+    from ..judge.backends import OpenAIJudge, make_judge
     config = cfg.judge_config()
     judge = make_judge(config)
     served = identify_judge(cfg, config, judge)
@@ -131,33 +153,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Resuming from cache {cache_path}", file=sys.stderr)
     # in a training run's folder: the run's
     record_stage_outputs(output, report_path, cache_path, cache_path and cache_lock_path(cache_path))
+    return config, judge, served
+
+
+def rewriter_name(config, judge, served: list[str]) -> str:
+    return ", ".join(served or sorted(getattr(judge, "reported_models", ()) or [])) or config.model
+
+
+def generator_record(cfg: RewriterOptions, config, judge, served: list[str], **asked: Any) -> dict[str, Any]:
+    """The report's ``generator``: the backend's settings, what was asked (``asked``), the reply rules."""
+    schema = REWRITE_SCHEMA if cfg.structured else None
+    return {**config.to_dict(), **asked, "schema": schema, "max_chars": cfg.max_chars,
+            "structured_output": getattr(judge, "structured_output", None) if schema else None,
+            "served_models": served, "reported_models": served or sorted(getattr(judge, "reported_models", ()) or [])}
+
+
+def source_record(cfg: RewriterOptions, stats, output: Path, cache_path: Path | None) -> dict[str, Any]:
+    return {"data": cfg.data, "sha256": stats.sha256, "entries_read": stats.num_read,
+            "entries_valid": stats.num_loaded, "limit": cfg.limit, "output": str(output),
+            "cache": str(cache_path) if cache_path else None}
+
+
+@report_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpt-sft make-preferences``; returns the exit status."""
+    cfg = parse_config(MakePreferencesConfig, list(sys.argv[1:] if argv is None else argv),
+                       prog="gpt-sft make-preferences")
+    output, report_path, cache_path = cfg.paths()
+    entries, indices, skipped, stats = load_entries(cfg)
+    config, judge, served = start_rewriter(cfg, output, report_path, cache_path)
     spec = cfg.spec()
     try:
         report = make_preference_pairs(entries, judge, spec=spec, indices=indices, cache_path=cache_path,
-                                       concurrency=cfg.concurrency, parse_retries=cfg.parse_retries,
-                                       retry_failed=cfg.retry_failed,
-                                       max_consecutive_failures=cfg.max_consecutive_failures, progress=cfg.progress)
+                                       **cfg.ask_options())
     except KeyboardInterrupt:
         where = f"; finished rewrites are in {cache_path}, run again to resume" if cache_path else ""
         print(f"\ninterrupted{where}", file=sys.stderr)
         return 130
-    reasons = ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())) or "invalid"
-    report.skipped = [{"index": i, "reason": f"invalid entry (skipped by --skip-invalid; {reasons})"}
-                      for i in sorted(skipped)]
+    report.skipped = skipped_records(skipped, stats)
     write_json_atomic(output, report.pairs)
     write_json_atomic(report_path, {
-        "generator": {**config.to_dict(), "pairing": spec.pairing, "chosen_instruction": spec.instruction("chosen"),
-                      "rejected_instruction": spec.instruction("rejected"), "prompt_template": REWRITE_PROMPT_TEMPLATE,
-                      "schema": spec.schema, "max_chars": spec.max_chars,
-                      "structured_output": getattr(judge, "structured_output", None) if spec.schema else None,
-                      "served_models": served,
-                      "reported_models": served or sorted(getattr(judge, "reported_models", ()) or [])},
-        "source": {"data": cfg.data, "sha256": stats.sha256, "entries_read": stats.num_read,
-                   "entries_valid": stats.num_loaded, "limit": cfg.limit, "output": str(output),
-                   "cache": str(cache_path) if cache_path else None},
+        "generator": generator_record(cfg, config, judge, served, pairing=spec.pairing,
+                                      chosen_instruction=spec.instruction("chosen"),
+                                      rejected_instruction=spec.instruction("rejected"),
+                                      prompt_template=REWRITE_PROMPT_TEMPLATE),
+        "source": source_record(cfg, stats, output, cache_path),
         **report.to_dict()})
-    reported = ", ".join(served or sorted(getattr(judge, "reported_models", ()) or [])) or config.model
-    print(f"Rewriter: {reported} via {cfg.backend}, pairing {spec.pairing}")
+    print(f"Rewriter: {rewriter_name(config, judge, served)} via {cfg.backend}, pairing {spec.pairing}")
     print_summary(report, sys.stdout)
     print(f"Preference data written to {output}; report in {report_path}")
     if report.stopped:

@@ -67,6 +67,9 @@ REWRITE_PROMPT_TEMPLATE = (
     "### Response to rewrite:\n{output}\n\n"
     "{reply_format}"
 )
+REWRITE_TEXT_TEMPLATE = ("Rewrite a text. {style} Keep its facts and meaning.\n\n"
+                         "### Text to rewrite:\n{text}\n\n"
+                         "{reply_format}")
 JSON_REPLY = 'Reply with a JSON object with the rewritten response in its "rewrite" field.'
 TEXT_REPLY = "Reply with the rewritten response only."
 REWRITE_SCHEMA = {"type": "object", "properties": {"rewrite": {"type": "string", "minLength": 1}},
@@ -116,17 +119,28 @@ class PreferenceSpec:
 
     def prompt(self, entry: Mapping[str, Any], side: str) -> str:
         """The rewrite request for ``entry``'s ``output`` on ``side``."""
-        given = entry.get("input") or ""
-        return REWRITE_PROMPT_TEMPLATE.format(
-            and_input=" and its input" if given else "", instruction=entry["instruction"],
-            input_block=f"### Input:\n{given}\n\n" if given else "", output=entry["output"],
-            style=self.instruction(side), reply_format=JSON_REPLY if self.structured else TEXT_REPLY)
+        return rewrite_prompt(entry, "output", self.instruction(side), self.structured)
 
     def rewritten_sides(self, index: int, seed: int) -> tuple[str, ...]:
         """The sides of entry ``index`` that are rewritten (``book``: one, by a seeded coin per entry)."""
         if self.pairing == "both":
             return SIDES
         return (SIDES[0],) if random.Random(f"{seed}:{index}").random() < 0.5 else (SIDES[1],)
+
+
+def rewrite_prompt(entry: Mapping[str, Any], field_name: str, instruction: str, structured: bool = True) -> str:
+    """The request to rewrite ``entry[field_name]`` following ``instruction`` (a sentence). The ``output`` of an
+    entry with an ``instruction`` is shown with its instruction and input (:data:`REWRITE_PROMPT_TEMPLATE`, the
+    one ``make-preferences`` asks); any other field is rewritten as a text on its own."""
+    reply_format = JSON_REPLY if structured else TEXT_REPLY
+    if field_name != "output" or "instruction" not in entry:
+        return REWRITE_TEXT_TEMPLATE.format(style=instruction.strip(), text=entry[field_name],
+                                            reply_format=reply_format)
+    given = entry.get("input") or ""
+    return REWRITE_PROMPT_TEMPLATE.format(
+        and_input=" and its input" if given else "", instruction=entry["instruction"],
+        input_block=f"### Input:\n{given}\n\n" if given else "", output=entry["output"],
+        style=instruction.strip(), reply_format=reply_format)
 
 
 def _same(a: str, b: str) -> bool:
@@ -220,78 +234,85 @@ def _settings(judge: Judge) -> list[Any]:
     return [getattr(config, name, None) for name in ("max_tokens", "temperature", "seed")]
 
 
-def make_preference_pairs(
-    entries: Sequence[Mapping[str, Any]],
+def _backend_model(judge: Judge) -> tuple[str, str]:
+    backend = str(getattr(judge, "backend", None) or type(judge).__name__)
+    model = getattr(judge, "model", None)
+    return backend, str(model if isinstance(model, str) else getattr(judge, "model_name", "") or "")
+
+
+def rewrite_key(judge: Judge, schema: Mapping[str, Any] | None):
+    """The cache key of a rewrite prompt asked of ``judge``: backend, model, prompt, schema and the generation
+    settings (a callable ``prompt -> key``)."""
+    backend, model = _backend_model(judge)
+    salt = "\x00rewrite\x00" + json.dumps([schema, _settings(judge)], sort_keys=True)
+    return lambda prompt: cache_key(backend, model, prompt + salt)
+
+
+@dataclass
+class RewriteRun:
+    """What :func:`ask_rewrites` got: each question's :class:`Rewrite` by key, and how it went."""
+
+    done: dict[str, Rewrite] = field(default_factory=dict)
+    asked: int = 0  # questions sent in this run, parse retries included (not transport retries)
+    cached: int = 0
+    stopped: str | None = None  # why the run stopped early, if it did
+
+    def outcome(self, key: str) -> Rewrite:
+        return self.done.get(key) or Rewrite(key, None, NOT_ASKED, "the run stopped before this request")
+
+
+def ask_rewrites(
+    prompts: Mapping[str, str],
+    originals: Mapping[str, str],
     judge: Judge,
     *,
-    spec: PreferenceSpec | None = None,
-    indices: Sequence[int] | None = None,
+    schema: Mapping[str, Any] | None = REWRITE_SCHEMA,
+    max_chars: int = 4000,
     cache_path: str | None = None,
     concurrency: int = 1,
     parse_retries: int = 0,
     retry_failed: bool = False,
     max_consecutive_failures: int = 3,
     progress: bool = True,
-) -> PreferenceReport:
-    """Ask ``judge`` for the rewrites of every entry's ``output`` and make the pairs (see the module).
-
-    ``indices`` are the entries' indices in their file (default ``0..n-1``), used in the report and for
-    the ``book`` pairing's coin. An unusable reply is asked again up to ``parse_retries`` times (useful
-    with a temperature above 0). Cached unusable replies are reused unless ``retry_failed``. When
-    ``max_consecutive_failures`` requests fail in a row the run stops: what was not asked is
-    ``not_asked`` and :attr:`PreferenceReport.stopped` says why. ``KeyboardInterrupt`` and
-    :class:`~.errors.JudgeFatalError` propagate; finished questions are in the cache either way."""
-    spec = spec or PreferenceSpec()
-    indices = list(range(len(entries))) if indices is None else list(indices)
-    if len(indices) != len(entries):
-        raise ValueError(f"{len(indices)} indices for {len(entries)} entries")
-    backend = str(getattr(judge, "backend", None) or type(judge).__name__)
-    model = getattr(judge, "model", None)
-    model = str(model if isinstance(model, str) else getattr(judge, "model_name", "") or "")
-    settings = _settings(judge)
-    seed = settings[2] if isinstance(settings[2], int) else 123
-    salt = "\x00rewrite\x00" + json.dumps([spec.schema, settings], sort_keys=True)
-
-    plans: list[dict[str, str | None]] = []  # per entry: side -> question key (None: the original output)
-    prompts: dict[str, str] = {}
-    originals: dict[str, str] = {}
-    for index, entry in zip(indices, entries):
-        plan: dict[str, str | None] = {side: None for side in SIDES}
-        for side in spec.rewritten_sides(index, seed):
-            prompt = spec.prompt(entry, side)
-            key = cache_key(backend, model, prompt + salt)
-            plan[side], prompts[key], originals[key] = key, prompt, str(entry["output"])
-        plans.append(plan)
-
-    report = PreferenceReport(questions=len(prompts))
+    desc: str = "Rewriting responses",
+) -> RewriteRun:
+    """Ask ``judge`` each rewrite prompt (``key -> prompt``, keys from :func:`rewrite_key`) and read each reply
+    with :func:`read_rewrite` against ``originals[key]``: the machinery ``make-preferences`` and
+    ``data rewrite`` share. Cached replies are read again (unusable ones asked again with ``retry_failed``);
+    an unusable reply is asked again up to ``parse_retries`` times; after ``max_consecutive_failures``
+    failed requests in a row the rest is not asked and :attr:`RewriteRun.stopped` says why.
+    ``KeyboardInterrupt`` and :class:`~.errors.JudgeFatalError` propagate; finished questions are in the
+    cache either way."""
+    backend, model = _backend_model(judge)
+    run = RewriteRun()
     cache = ScoreCache(cache_path) if cache_path is not None else None
-    done: dict[str, Rewrite] = {}
+    done = run.done
     todo = []
     for key in prompts:
         record = cache.get(key) if cache is not None else None
         if record is not None and isinstance(record.get("reply"), str):
             text, reason, detail = read_rewrite(record["reply"], record.get("reply_chars"), originals[key],
-                                                spec.max_chars)
+                                                max_chars)
             if text is not None or not retry_failed:
                 done[key] = Rewrite(key, text, reason, detail, list(record.get("replies") or []), cached=True)
                 continue
         todo.append(key)
-    report.cached = len(done)
+    run.cached = len(done)
     count_lock = threading.Lock()
 
     def ask_one(key: str) -> tuple[Rewrite, str]:
         outcome, reply = Rewrite(key, None, EMPTY), ""
         for _ in range(parse_retries + 1):
             with count_lock:
-                report.asked += 1
+                run.asked += 1
             try:
-                reply = judge.ask(prompts[key]) if spec.schema is None else judge.ask(prompts[key], schema=spec.schema)
+                reply = judge.ask(prompts[key]) if schema is None else judge.ask(prompts[key], schema=schema)
             except JudgeRequestError as err:
                 reason = REQUEST_REJECTED if isinstance(err, JudgeRejectedError) else REQUEST_FAILED
                 return dataclasses.replace(outcome, reason=reason, detail=str(err)), ""
             reply = "" if reply is None else str(reply)
             outcome.replies.append(stored_reply(reply))
-            text, reason, detail = read_rewrite(reply, None, originals[key], spec.max_chars)
+            text, reason, detail = read_rewrite(reply, None, originals[key], max_chars)
             outcome.text, outcome.reason, outcome.detail = text, reason, detail
             if text is not None:
                 break
@@ -309,13 +330,55 @@ def make_preference_pairs(
         ask_all(todo, ask_one, finish,
                 failure=lambda result: result[0].detail if result[0].reason in _NOT_CACHED else None,
                 concurrency=concurrency, max_consecutive_failures=max_consecutive_failures, progress=progress,
-                desc="Rewriting responses", unit="request")
+                desc=desc, unit="request")
     except JudgeUnavailableError as err:
-        report.stopped = str(err)
+        run.stopped = str(err)
     finally:
         if cache is not None:
             cache.close()
+    return run
 
+
+def make_preference_pairs(
+    entries: Sequence[Mapping[str, Any]],
+    judge: Judge,
+    *,
+    spec: PreferenceSpec | None = None,
+    indices: Sequence[int] | None = None,
+    **asking: Any,
+) -> PreferenceReport:
+    """Ask ``judge`` for the rewrites of every entry's ``output`` and make the pairs (see the module).
+    ``asking``: :func:`ask_rewrites`' options (``cache_path``, ``concurrency``, ``parse_retries``,
+    ``retry_failed``, ``max_consecutive_failures``, ``progress``).
+
+    ``indices`` are the entries' indices in their file (default ``0..n-1``), used in the report and for
+    the ``book`` pairing's coin. An unusable reply is asked again up to ``parse_retries`` times (useful
+    with a temperature above 0). Cached unusable replies are reused unless ``retry_failed``. When
+    ``max_consecutive_failures`` requests fail in a row the run stops: what was not asked is
+    ``not_asked`` and :attr:`PreferenceReport.stopped` says why. ``KeyboardInterrupt`` and
+    :class:`~.errors.JudgeFatalError` propagate; finished questions are in the cache either way."""
+    spec = spec or PreferenceSpec()
+    indices = list(range(len(entries))) if indices is None else list(indices)
+    if len(indices) != len(entries):
+        raise ValueError(f"{len(indices)} indices for {len(entries)} entries")
+    settings = _settings(judge)
+    seed = settings[2] if isinstance(settings[2], int) else 123
+    key_of = rewrite_key(judge, spec.schema)
+
+    plans: list[dict[str, str | None]] = []  # per entry: side -> question key (None: the original output)
+    prompts: dict[str, str] = {}
+    originals: dict[str, str] = {}
+    for index, entry in zip(indices, entries):
+        plan: dict[str, str | None] = {side: None for side in SIDES}
+        for side in spec.rewritten_sides(index, seed):
+            prompt = spec.prompt(entry, side)
+            key = key_of(prompt)
+            plan[side], prompts[key], originals[key] = key, prompt, str(entry["output"])
+        plans.append(plan)
+
+    run = ask_rewrites(prompts, originals, judge, schema=spec.schema, max_chars=spec.max_chars, **asking)
+    report = PreferenceReport(questions=len(prompts), asked=run.asked, cached=run.cached, stopped=run.stopped)
+    done = run.done
     for index, entry, plan in zip(indices, entries, plans):
         report.entries.append(_entry_outcome(index, entry, plan, done, report))
     return report
@@ -332,7 +395,7 @@ def _entry_outcome(index: int, entry: Mapping[str, Any], plan: dict[str, str | N
             texts[side] = str(entry["output"])
             sides[side] = {"from": "output"}
             continue
-        outcome = done.get(key) or Rewrite(key, None, NOT_ASKED, "the run stopped before this request")
+        outcome = done.get(key) or RewriteRun().outcome(key)
         texts[side] = outcome.text
         sides[side] = {"from": "rewrite", "cached": outcome.cached, "replies": outcome.replies}
         if outcome.text is None:
@@ -348,4 +411,5 @@ def _entry_outcome(index: int, entry: Mapping[str, Any], plan: dict[str, str | N
 
 
 __all__ = ["DEFAULT_CHOSEN_INSTRUCTION", "DEFAULT_REJECTED_INSTRUCTION", "PAIRINGS", "REWRITE_PROMPT_TEMPLATE",
-           "REWRITE_SCHEMA", "PreferenceReport", "PreferenceSpec", "Rewrite", "make_preference_pairs", "read_rewrite"]
+           "REWRITE_SCHEMA", "REWRITE_TEXT_TEMPLATE", "PreferenceReport", "PreferenceSpec", "Rewrite", "RewriteRun",
+           "ask_rewrites", "make_preference_pairs", "read_rewrite", "rewrite_key", "rewrite_prompt"]
