@@ -22,7 +22,7 @@ from gpt_sft.data.recipe import Recipe
 from gpt_sft.data.synthetic import make_synthetic_conversations
 from gpt_sft.data.validate import InstructionDataError
 from gpt_sft.model.tokenizer import get_tokenizer
-from gpt_sft.train.dpo_config import DPOConfig
+from gpt_sft.train.preference_config import DPOConfig
 
 STYLES = ["alpaca", "phi3", "chatml"]
 SYSTEM = {"role": "system", "content": "You answer in one word."}

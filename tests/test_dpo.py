@@ -23,7 +23,7 @@ from gpt_sft.export.card import record_judge_score
 from gpt_sft.model.configuration_gpt import GPTConfig
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID
-from gpt_sft.train.dpo_config import DPOConfig
+from gpt_sft.train.preference_config import DPOConfig
 from gpt_sft.train.dpo_loop import setup_dpo
 from gpt_sft.train.dpo_loss import PreferenceLoss
 from gpt_sft.train.loss import BOOK, LossPaths

@@ -14,8 +14,8 @@ from conftest import REPO_ROOT
 
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "peft")
 # The commands whose --help and option errors import none of HEAVY; the rest still import their machinery first.
-LIGHT = ["train", "generate", "chat", "evaluate", "export", "data", "serve", "make-preferences"]
-NOT_YET_LIGHT = ["dpo", "orpo", "simpo", "refresh-code"]
+LIGHT = ["train", "dpo", "orpo", "simpo", "generate", "chat", "evaluate", "export", "data", "serve", "make-preferences"]
+NOT_YET_LIGHT = ["refresh-code"]
 
 PROBE = """
 import contextlib, io, json, sys

@@ -197,7 +197,7 @@ def test_a_recipe_naming_a_module_imports_nothing_in_any_command(poisoned_run, t
     from gpt_sft.cli.chat import main as chat_main
     from gpt_sft.cli.export import main as export_main
     from gpt_sft.cli.refresh_code import add_missing_chat_template
-    from gpt_sft.train.dpo_config import DPOConfig
+    from gpt_sft.train.preference_config import DPOConfig
     from gpt_sft.train.dpo_loop import resolve_prompt_style
 
     with pytest.raises(ValueError, match="pass --prompt-style evilstyle:STYLE"):

@@ -33,15 +33,12 @@ from datasets import Dataset
 
 from ..model.tokenizer import END_OF_TEXT_ID
 from .collator import InstructionDataCollator
+from .constants import BOOK_PREFERENCE_DATA_URL
 from .load import load_instruction_data
 from .prompts import PromptStyle
 from .tokenize import tokenize_dataset
 from .validate import InstructionDataError, LoadStats
 
-BOOK_PREFERENCE_DATA_URL = (
-    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/04_preference-tuning-with-dpo/"
-    "instruction-data-with-preference.json"
-)
 RESPONSE_FIELDS = ("chosen", "rejected")
 # Columns of a tokenized preference data set (what the collator reads); ``ref_logps`` is added when
 # the reference model's log-probabilities are computed once before training.

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 
 from ..data.loaders import book_loader
 from ..data.preference import PreferenceCollator
-from .dpo_config import DPOConfig
+from .preference_config import DPOConfig
 from .dpo_loss import PreferenceLoss
 from .loop import compile_blocks, setup
 from .loss import base_model

@@ -16,31 +16,12 @@ same 0.1). It starts from a base model (no SFT stage) or from an SFT checkpoint.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ..common.options import option
 from .pair_loss import PairLoss
-from .preference_stage import PreferenceConfig, PreferenceStage
-
-
-@dataclass
-class ORPOConfig(PreferenceConfig):
-    """Instruction and preference tuning in one stage with ORPO (no reference model), from a base or an SFT model."""
-
-    model: str = option("gpt2-medium (355M)", "The model to tune: a base model (ORPO needs no SFT stage before it) or "
-                    "one of our SFT checkpoints; any source --model takes in training")
-    output_dir: str = option("outputs/gpt2-medium-orpo", "Where the checkpoint folder and everything else goes")
-    orpo_lambda: float = option(0.1, "ORPO's lambda: the weight of the odds-ratio term beside the chosen response's "
-                                "NLL (0.1, the paper's Mistral-ORPO setting)")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not math.isfinite(float(self.orpo_lambda)) or self.orpo_lambda < 0:
-            raise ValueError(f"--orpo-lambda must be a number >= 0, got {self.orpo_lambda}")
+from .preference_config import ORPOConfig
+from .preference_stage import PreferenceStage
 
 
 def log_odds(logp: torch.Tensor) -> torch.Tensor:

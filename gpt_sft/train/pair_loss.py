@@ -18,8 +18,8 @@ from torch import nn
 
 from ..data.collator import IGNORE_INDEX
 from .loss import LossPaths, per_target_losses
+from .preference_config import REDUCTIONS
 
-REDUCTIONS = ("mean", "sum")
 # the figures of a method that scores each response with a reward (DPO, SimPO): per pair, loss first
 REWARD_FIGURES = ("loss", "chosen_reward", "rejected_reward", "margin", "accuracy")
 

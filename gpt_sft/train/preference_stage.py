@@ -20,35 +20,14 @@ from typing import ClassVar
 
 import torch
 
-from ..common.options import option
-from ..data.preference import BOOK_PREFERENCE_DATA_URL, PreferenceCollator, load_preference_data, tokenize_preferences
+from ..data.preference import PreferenceCollator, load_preference_data, tokenize_preferences
 from ..data.prompts import registered_prompt_style
 from ..data.recipe import checkpoint_style
-from .config import TrainConfig
 from .pair_loss import REWARD_FIGURES
+from .preference_config import PreferenceConfig
 from .preference_plot import plot_preference_figures
 from .stage import CardSection, Stage
 from .state import TrainerState, say
-
-
-@dataclass
-class PreferenceConfig(TrainConfig):
-    """The options every preference stage shares: the training options, with the book's DPO recipe as defaults."""
-
-    data: str = option(BOOK_PREFERENCE_DATA_URL, "Preference data: URL, .json/.jsonl file or Hub data set name; "
-                   "Alpaca pairs (instruction, input, output, chosen, rejected) or TRL's conversational pairs "
-                   "(prompt: messages ending on a user turn; chosen, rejected: one assistant message each)")
-    data_format: str = option("auto", "What --data holds: auto (what its first entry has), alpaca or messages (TRL's "
-                              "conversational pairs)", choices=["auto", "alpaca", "messages"])
-    train_on: str = option("last", "Conversational pairs: the loss covers the answer, the last turn (the prompt's "
-                           "earlier answers are the same on both sides); --no-mask-prompt adds the whole conversation",
-                           choices=["last"])
-    prompt_style: str | None = option(None, "Prompt style; default: the one the --model checkpoint was trained with "
-                                  "(its recipe), else alpaca")
-    mask_prompt: bool = option(True, "Exclude the prompt tokens from the log-probabilities (the book does)")
-    epochs: int = option(1, "Number of passes over the training split")
-    learning_rate: float = option(5e-6, "AdamW learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay")
 
 
 @dataclass

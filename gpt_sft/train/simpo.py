@@ -15,35 +15,12 @@ SFT model (the main job's output by default); unlike DPO it keeps no reference m
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ..common.options import option
 from .pair_loss import REWARD_FIGURES, PairLoss
-from .preference_stage import PreferenceConfig, PreferenceStage, reward_figures
-
-
-@dataclass
-class SimPOConfig(PreferenceConfig):
-    """Preference tuning with SimPO of a fine-tuned model (no reference model)."""
-
-    model: str = option("outputs/gpt2-medium-sft", "The SFT model to tune: one of our checkpoints (the main job's "
-                    "output by default) or any source --model takes in training")
-    output_dir: str = option("outputs/gpt2-medium-simpo", "Where the checkpoint folder and everything else goes")
-    beta: float = option(2.0, "SimPO's beta: a response's reward is beta x its mean token log-prob (2.0, the SimPO "
-                         "authors' Llama-3-Base recipe)")
-    gamma: float = option(1.0, "SimPO's gamma: the reward margin the chosen response must beat the rejected one by "
-                          "(1.0 = 0.5 x beta, the authors' gamma/beta ratio)")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not math.isfinite(float(self.beta)) or self.beta <= 0:
-            raise ValueError(f"--beta must be a positive number, got {self.beta}")
-        if not math.isfinite(float(self.gamma)) or self.gamma < 0:
-            raise ValueError(f"--gamma must be a number >= 0, got {self.gamma}")
+from .preference_config import SimPOConfig
+from .preference_stage import PreferenceStage, reward_figures
 
 
 def simpo_terms(logps: torch.Tensor, beta: float, gamma: float) -> dict[str, torch.Tensor]:

@@ -18,13 +18,13 @@ STAGES = {
     "simpo": ("simpo", "SimPOStage", "preference-tune a fine-tuned model with SimPO (no reference model)"),
 }
 # command -> (module of gpt_sft.train, the options dataclass in it): the stage's ``config_type``, importable without
-# the stage itself, so ``gpt-sft <command> --help`` and option errors answer before torch is imported (SFT's options
-# import no torch; the preference stages' options still do).
+# the stage itself, so ``gpt-sft <command> --help`` and option errors answer before torch is imported (no options
+# module imports torch).
 STAGE_CONFIGS = {
     "train": ("config", "TrainConfig"),
-    "dpo": ("dpo_config", "DPOConfig"),
-    "orpo": ("orpo", "ORPOConfig"),
-    "simpo": ("simpo", "SimPOConfig"),
+    "dpo": ("preference_config", "DPOConfig"),
+    "orpo": ("preference_config", "ORPOConfig"),
+    "simpo": ("preference_config", "SimPOConfig"),
 }
 
 
