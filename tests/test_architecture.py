@@ -25,7 +25,8 @@ LATE_IMPORTS = {
 # and an option error answer in a fraction of a second, without torch, transformers, datasets, accelerate or peft
 # (tests/test_light_cli.py holds them to it).
 LAZY_COMMANDS = {"gpt_sft.cli.train", "gpt_sft.cli.generate", "gpt_sft.cli.chat", "gpt_sft.cli.evaluate",
-                 "gpt_sft.cli.judge_options", "gpt_sft.cli.export", "gpt_sft.cli.serve", "gpt_sft.cli.make_preferences"}
+                 "gpt_sft.cli.judge_options", "gpt_sft.cli.export", "gpt_sft.cli.serve", "gpt_sft.cli.make_preferences",
+                 "gpt_sft.cli.refresh_code"}
 
 
 def modules() -> dict[str, Path]:

@@ -9,18 +9,21 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from ..common.options import CommandParser
-from ..data.chat_template import chat_template
-from ..data.recipe import Recipe, resolve_style
-from ..model.checkpoint_code import REFRESH_COMMAND, code_version, refresh_model_code
-from ..model.modeling_gpt import MODEL_CODE_VERSION
 from .errors import add_debug_flag, report_errors
+
+# The model code and the tokenizer (torch, transformers, datasets: seconds to import) are imported inside the
+# functions that use them, after the options parse: `gpt-sft refresh-code --help` and an option error answer without.
+PROG = "gpt-sft refresh-code"  # checkpoint_code.REFRESH_COMMAND, which its outdated-code warning names
 
 
 def add_missing_chat_template(folder: Path) -> str | None:
     """Give an older checkpoint's tokenizer the chat template of its recipe's prompt style."""
+    from transformers import AutoTokenizer
+
+    from ..data.chat_template import chat_template
+    from ..data.recipe import Recipe, resolve_style
+
     recipe = Recipe.read(folder)
     if not (folder / "tokenizer_config.json").is_file() or recipe is None:
         return None
@@ -43,7 +46,7 @@ def add_missing_chat_template(folder: Path) -> str | None:
 @report_errors
 def main(argv: Sequence[str]) -> int:
     parser = CommandParser(
-        prog=REFRESH_COMMAND,
+        prog=PROG,
         description="Replace the model code (configuration_gpt.py, modeling_gpt.py) that gpt-sft checkpoint "
         "folders carry for trust_remote_code loading with the installed version, in place; each file is replaced "
         "atomically. Adds the chat template of the checkpoint's prompt style if its tokenizer has none.",
@@ -52,6 +55,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("folders", nargs="+", metavar="DIR", help="gpt-sft checkpoint folder(s)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    from ..model.checkpoint_code import code_version, refresh_model_code
+    from ..model.modeling_gpt import MODEL_CODE_VERSION
+
     status = 0
     for folder in args.folders:
         before = code_version(folder)
