@@ -15,37 +15,50 @@ HEAVY = ("torch", "transformers", "datasets", "accelerate", "peft")
 LIGHT = ["chat", "data", "dpo", "evaluate", "export", "generate", "make-preferences", "orpo", "refresh-code", "serve",
          "simpo", "train"]
 
+# Every run asked of one fresh interpreter: (argv, its exit status, the start of its last stderr line)
 PROBE = """
 import contextlib, io, json, sys
 from gpt_sft.cli.main import main
-codes = {}
-for command in sys.argv[1:]:
-    for args in (["--help"], ["--no-such-option"]):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            try:
-                code = main([command, *args])
-            except SystemExit as exit_:
-                code = exit_.code
-        codes[f"{command} {args[0]}"] = code
-print(json.dumps({"codes": codes, "heavy": [name for name in %r if name in sys.modules]}))
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    results.append([argv, code, (err.getvalue().strip().splitlines() or [""])[-1]])
+print(json.dumps({"results": results, "heavy": [name for name in %r if name in sys.modules]}))
 """ % (HEAVY,)
 
 
-def probe(commands: list[str]) -> dict:
-    """Run every command's --help and an unknown option in one fresh interpreter."""
+def probe(runs: list[list[str]]) -> dict:
+    """Run each argv of ``runs`` in one fresh interpreter: ``{"results": [[argv, status, last stderr line], ...],
+    "heavy": the HEAVY libraries it imported}``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", PROBE, *commands], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(runs)], capture_output=True, text=True, env=env,
                           cwd=REPO_ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_help_and_option_errors_import_no_heavy_library():
-    result = probe(LIGHT)
-    assert result["heavy"] == [], f"imported by --help or an option error: {result['heavy']}"
-    for command in LIGHT:
-        assert result["codes"][f"{command} --help"] == 0
-        assert result["codes"][f"{command} --no-such-option"] == 2
+def test_help_option_errors_and_a_missing_data_file_import_no_heavy_library(tmp_path):
+    """--help, an unknown option, and (for every training stage) a --data path that does not exist: the last is
+    refused, with the data loader's one line, before the training machinery is imported."""
+    from gpt_sft.train.stages import STAGES
+
+    missing = str(tmp_path / "typo.json")
+    runs = [[command, flag] for command in LIGHT for flag in ("--help", "--no-such-option")]
+    runs += [[stage, "--data", missing] for stage in STAGES]
+    result = probe(runs)
+    assert result["heavy"] == [], f"imported by --help, an option error or a missing --data: {result['heavy']}"
+    for (command, *args), status, last_line in result["results"]:
+        if args == ["--help"]:
+            assert status == 0, command
+        elif args == ["--no-such-option"]:
+            assert status == 2 and "error" in last_line, (command, last_line)
+        else:
+            assert status == 1 and last_line == f"error: --data {missing}: file not found", (command, last_line)
 
 
 def test_every_command_is_listed():

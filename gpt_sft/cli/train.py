@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.options import parse_config
+from ..data.sources import check_local_source
 from ..train.config import TrainConfig
 from ..train.stages import STAGES, stage_config_type
 from .errors import report_errors
@@ -114,6 +115,7 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Any], Any] | None 
 def run_training_command(command: str, argv: Sequence[str] | None) -> int:
     """Parse the options of ``command``'s stage and train with it."""
     cfg = parse_config(stage_config_type(command), argv)
+    check_local_source(cfg.data)  # a mistyped path fails now, before seconds of imports
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: a stuck run explains itself
         with contextlib.suppress(ValueError, OSError):  # stderr is no real file (captured): no stack dumps
             faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -26,13 +26,12 @@ from ..common.download import download_file, hub_offline_reason
 from .constants import BOOK_DATA_URL
 from .conversations import (conversation_problem, holds_pairs, pair_to_messages, preference_problem, resolve_format,
                             to_messages)
+from .sources import FILE_BUILDERS, FILE_SUFFIXES, looks_like_path
 from .validate import (REQUIRED_FIELDS, TEXT_FIELDS, InstructionDataError, LoadStats, UnparsableLine, json_type_name,
                        validate_entries, with_article)
 
 logger = logging.getLogger(__name__)
 
-_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-_FILE_SUFFIXES = (".json", ".jsonl", *_FILE_BUILDERS)
 _ORIGIN_PREFIX = "gpt_sft instruction data from "
 
 _LOCAL_FILE_HINT = (
@@ -216,17 +215,6 @@ def _with_string_input(features):
     return features
 
 
-def _looks_like_path(source: str) -> bool:
-    return (
-        source.lower().endswith(_FILE_SUFFIXES)
-        or os.path.isabs(source)
-        or source.startswith((".", "~"))
-        or "\\" in source
-        or source.count("/") > 1
-        or (source.count("/") == 1 and os.path.isdir(source.split("/")[0]))  # outputs/typo: not a Hub name
-    )
-
-
 def _offline_by_choice() -> bool:
     return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
                for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
@@ -335,7 +323,7 @@ def load_instruction_data(
             name = str(Path(text).expanduser())
             dataset, stats = _load_hub(name, name, split, skip_invalid, load_kwargs, response_fields, data_format,
                                        purpose)
-        elif _looks_like_path(text) or isinstance(source, os.PathLike):
+        elif looks_like_path(text) or isinstance(source, os.PathLike):
             raise InstructionDataError(text, "file not found")
         else:
             name = text
@@ -406,20 +394,20 @@ def _load_entries(
 def _load_file(path: Path, source: str, skip_invalid: bool, response_fields: Sequence[str] = (),
                data_format: str = "alpaca", purpose: str = "training") -> tuple[Dataset, LoadStats]:
     suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl") or suffix not in _FILE_BUILDERS:
+    if suffix in (".json", ".jsonl") or suffix not in FILE_BUILDERS:
         if suffix not in (".json", ".jsonl"):
             # Unknown suffix (e.g. a URL without one): try JSON, say what we expected if it fails.
             try:
                 entries, lines = _read_json(path, source, skip_invalid)
             except InstructionDataError as err:
                 raise InstructionDataError(
-                    source, f"{err.problem} (supported files: {', '.join(_FILE_SUFFIXES)})", err.index
+                    source, f"{err.problem} (supported files: {', '.join(FILE_SUFFIXES)})", err.index
                 ) from None
         else:
             entries, lines = _read_json(path, source, skip_invalid)
         return _load_entries(entries, lines, source, skip_invalid, response_fields, data_format, purpose)
     try:
-        dataset = load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
+        dataset = load_dataset(FILE_BUILDERS[suffix], data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - any reader error becomes one clear message
         raise InstructionDataError(source, f"could not read the file ({err.__class__.__name__}: {err})") from None
     dataset, stats = _validate_dataset(dataset, source, skip_invalid, response_fields, data_format, purpose)
