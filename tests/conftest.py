@@ -132,11 +132,30 @@ def shared_root(tmp_path_factory) -> Path:
     return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
+# A folder of an earlier session whose background builds (the two demo models) this session uses as they are instead of
+# training them again: .ci/run gives its newest and lowest lanes the locked lane's, so that each lane spends its minutes
+# on its own versions' tests, not on training the same demos again (their checkpoints are version-independent files,
+# loaded here with this lane's versions, as a user's upgraded install loads an older run).
+PREBUILT_ENV = "GPT_SFT_TEST_PREBUILT"
+
+
+def prebuilt(name: str) -> Path | None:
+    """``$GPT_SFT_TEST_PREBUILT/shared-NAME`` when it holds a finished background build named ``name``, else None."""
+    source = os.environ.get(PREBUILT_ENV)
+    if not source or name not in {folder for folder, _ in BACKGROUND_BUILDS.values()}:
+        return None
+    folder = Path(source).resolve() / f"shared-{name}"
+    return folder if (folder / ".built.json").is_file() else None
+
+
 def build_shared(root: Path, name: str, build: Callable[[Path], None]) -> Path:
     """``root/shared-NAME``, filled by ``build(folder)`` unless a worker (or the background build) already did: the
-    first to take the file lock builds, the others wait for it. A build that failed is started again."""
+    first to take the file lock builds, the others wait for it. A build that failed is started again. A demo model
+    that ``GPT_SFT_TEST_PREBUILT`` holds is used where it is (read-only, as every shared folder)."""
     from filelock import FileLock
 
+    if (done := prebuilt(name)) is not None:
+        return done
     folder, record = root / f"shared-{name}", root / f"shared-{name}" / ".built.json"
     with FileLock(str(root / f"shared-{name}.lock")):
         if not record.exists():
@@ -416,7 +435,8 @@ def background_builds(request, tmp_path_factory):
     """Starts ``BACKGROUND_BUILDS`` that this session's tests need, each in one process on every core (started by the
     first worker only); stopped at the session's end if still running (a ``-x`` run that ended early)."""
     needed = [BACKGROUND_BUILDS[name] for name in BACKGROUND_BUILDS
-              if any(name in getattr(item, "fixturenames", ()) for item in request.session.items)]
+              if any(name in getattr(item, "fixturenames", ()) for item in request.session.items)
+              and prebuilt(BACKGROUND_BUILDS[name][0]) is None]
     if not needed or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
         yield
         return
