@@ -65,14 +65,18 @@ def response_of(prompt: str) -> str:
 
 
 class FakeJudgeServer:
-    """Threaded HTTP server on 127.0.0.1 speaking Ollama's ``/api/chat`` stream and ``/v1/chat/completions``.
+    """Threaded HTTP server on 127.0.0.1 speaking Ollama's ``/api/chat`` stream and ``/v1/chat/completions``, and
+    their raw completions (``/api/generate``, ``/v1/completions``: the prompt is the request's ``prompt``).
 
     ``responder(prompt, n, request)`` returns a :class:`Reply`; ``n`` is how many times this prompt
-    has been asked so far (1 for the first time). ``counts`` counts requests per prompt.
+    has been asked so far (1 for the first time). ``counts`` counts requests per prompt. ``pages``: the JSON
+    answered to other paths (``GET /props``, ``POST /api/show``), by path.
     """
 
-    def __init__(self, responder: Callable[[str, int, dict], Reply] | None = None) -> None:
+    def __init__(self, responder: Callable[[str, int, dict], Reply] | None = None,
+                 pages: dict[str, dict] | None = None) -> None:
         self.responder = responder or (lambda prompt, n, req: Reply("85"))
+        self.pages = pages or {}
         self.counts: Counter[str] = Counter()
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -87,10 +91,27 @@ class FakeJudgeServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def do_GET(self):  # noqa: N802
+                self._page()
+
+            def _page(self):
+                if self.path not in server.pages:
+                    self.send_error(404)
+                    return
+                payload = json.dumps(server.pages[self.path]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                prompt = body.get("messages", [{}])[-1].get("content", "")
+                if self.path in server.pages:
+                    self._page()
+                    return
+                prompt = body["prompt"] if "prompt" in body else body.get("messages", [{}])[-1].get("content", "")
                 request = {"path": self.path, "headers": dict(self.headers), "body": body}
                 with server.lock:
                     server.counts[prompt] += 1
@@ -120,9 +141,9 @@ class FakeJudgeServer:
                         self.send_response(200)
                         self.end_headers()
                         self.wfile.write("".join(line + "\n" for line in reply.lines).encode())
-                    elif self.path == "/api/chat":
+                    elif self.path in ("/api/chat", "/api/generate"):
                         self._ollama(body, reply.text)
-                    elif self.path == "/v1/chat/completions":
+                    elif self.path in ("/v1/chat/completions", "/v1/completions"):
                         self._openai(body, reply.text)
                     else:
                         self.send_error(404)
@@ -139,8 +160,9 @@ class FakeJudgeServer:
                 self.end_headers()
                 pieces = [text[i:i + 2] for i in range(0, len(text), 2)] or [""]
                 for piece in pieces:
-                    chunk = {"model": body.get("model"), "message": {"role": "assistant", "content": piece},
-                             "done": False}
+                    chunk = ({"model": body.get("model"), "response": piece, "done": False} if "prompt" in body
+                             else {"model": body.get("model"), "message": {"role": "assistant", "content": piece},
+                                   "done": False})
                     self.wfile.write((json.dumps(chunk) + "\n").encode())
                     self.wfile.flush()
                 self.wfile.write((json.dumps({"model": body.get("model"), "done": True}) + "\n").encode())
@@ -149,7 +171,8 @@ class FakeJudgeServer:
                 payload = json.dumps({
                     "id": "x", "object": "chat.completion", "model": body.get("model"),
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                                 **({"text": text} if "prompt" in body
+                                    else {"message": {"role": "assistant", "content": text}})}],
                 }).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -25,7 +25,7 @@ for command in sys.argv[1:]:
     for args in (["--help"], ["--no-such-option"]):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             try:
-                code = main([command, *args])
+                code = main([*command.split(), *args])  # "data generate": a subcommand
             except SystemExit as exit_:
                 code = exit_.code
         codes[f"{command} {args[0]}"] = code
