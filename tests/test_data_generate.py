@@ -181,6 +181,22 @@ def numbering_model(prompt: str, n: int, request: dict) -> Reply:
     return Reply(f"Count to {seed - 120}." if "prompt" in request["body"] else f"{prompt} Done: 1, 2, 3.")
 
 
+def test_the_hf_backend_continues_its_tokenizer_templates_header(tiny_hf_judge_dir, tmp_path):
+    """The hf backend: the header from the tokenizer's own chat template, the raw continuation from the local model.
+    test_judge's tiny model says "85" whatever it is given, so at temperature 0 both of its instructions are one
+    (the second refused as repeated) and its response is the instruction again (unchanged)."""
+    output = tmp_path / "hf.json"
+    assert gpt_sft(["data", "generate", "--backend", "hf", "--model", str(tiny_hf_judge_dir), "--n", "2",
+                    "--end-of-turn", "<|assistant|>", "--temperature", "0", "--max-tokens", "3", "--output",
+                    str(output), "--no-progress"]) == 1, "nothing kept"
+    report = json.loads((tmp_path / "hf.report.json").read_text())
+    assert report["generator"]["user_header"] == "<|user|> " and report["generator"]["header_from"] == (
+        "the served jinja chat template")
+    assert report["entries"][0]["instruction"]["replies"] == ["85 85 85"]
+    assert report["summary"]["reasons"] == {"instruction: repeated": 1, "response: unchanged": 1}
+    assert json.loads(output.read_text()) == []
+
+
 def test_help_and_option_errors_import_no_heavy_library():
     result = probe(["data generate"])
     assert result["heavy"] == [], f"imported by --help or an option error: {result['heavy']}"
