@@ -183,18 +183,23 @@ def numbering_model(prompt: str, n: int, request: dict) -> Reply:
 
 def test_the_hf_backend_continues_its_tokenizer_templates_header(tiny_hf_judge_dir, tmp_path):
     """The hf backend: the header from the tokenizer's own chat template, the raw continuation from the local model.
-    test_judge's tiny model says "85" whatever it is given, so at temperature 0 both of its instructions are one
-    (the second refused as repeated) and its response is the instruction again (unchanged)."""
+    test_judge's tiny model says "85" whatever it is given ("85 85 85" in 3 tokens): with " 85 85" as its end of turn
+    its instruction is "85", and at temperature 0 the second entry's is the same (repeated); its response "85 85 85".
+    Without a marker in 3 tokens the instruction is unfinished."""
     output = tmp_path / "hf.json"
-    assert gpt_sft(["data", "generate", "--backend", "hf", "--model", str(tiny_hf_judge_dir), "--n", "2",
-                    "--end-of-turn", "<|assistant|>", "--temperature", "0", "--max-tokens", "3", "--output",
-                    str(output), "--no-progress"]) == 1, "nothing kept"
+    argv = ["data", "generate", "--backend", "hf", "--model", str(tiny_hf_judge_dir), "--n", "2", "--temperature",
+            "0", "--max-tokens", "3", "--output", str(output), "--no-progress"]
+    assert gpt_sft([*argv, "--end-of-turn", " 85 85"]) == 0
     report = json.loads((tmp_path / "hf.report.json").read_text())
     assert report["generator"]["user_header"] == "<|user|> " and report["generator"]["header_from"] == (
         "the served jinja chat template")
     assert report["entries"][0]["instruction"]["replies"] == ["85 85 85"]
-    assert report["summary"]["reasons"] == {"instruction: repeated": 1, "response: unchanged": 1}
-    assert json.loads(output.read_text()) == []
+    assert report["summary"]["reasons"] == {"instruction: repeated": 1}
+    assert json.loads(output.read_text()) == [{"instruction": "85", "input": "", "output": "85 85 85"}]
+
+    assert gpt_sft([*argv, "--end-of-turn", "<|assistant|>", "--no-cache"]) == 1, "nothing kept"
+    report = json.loads((tmp_path / "hf.report.json").read_text())
+    assert report["summary"]["reasons"] == {"instruction: unfinished": 2}
 
 
 def test_help_and_option_errors_import_no_heavy_library():

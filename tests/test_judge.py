@@ -165,7 +165,8 @@ class FakeJudgeServer:
                                    "done": False})
                     self.wfile.write((json.dumps(chunk) + "\n").encode())
                     self.wfile.flush()
-                self.wfile.write((json.dumps({"model": body.get("model"), "done": True}) + "\n").encode())
+                self.wfile.write((json.dumps({"model": body.get("model"), "done": True, "done_reason": "stop"})
+                                  + "\n").encode())
 
             def _openai(self, body, text):
                 payload = json.dumps({

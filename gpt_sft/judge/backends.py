@@ -59,12 +59,14 @@ class OllamaJudge(HTTPJudge):
 
     def complete(self, text: str, *, stop: list[str], seed: int) -> str:
         """The model's raw continuation of ``text`` (``POST /api/generate`` with ``"raw": true``: no template
-        applied), stopped at ``stop``; the transport rules are :meth:`ask`'s."""
+        applied), stopped at ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (not cut
+        by ``max_tokens``) ends with ``stop[0]``, so a cached reply says whether it was finished."""
         body = self.payload("", None)
         del body["messages"]
         body.update(prompt=text, raw=True)
         body["options"].update(seed=seed, stop=stop)
-        return self._post(f"{self.url}/api/generate", body)
+        text = self._post(f"{self.url}/api/generate", body)
+        return text + stop[0] if stop and self._local.finish_reason == "stop" else text
 
     def chat_template(self) -> tuple[str, str] | None:
         """``("jinja", template)`` when the model's metadata keeps its Hugging Face chat template, else ``("go",
@@ -103,6 +105,7 @@ class OllamaJudge(HTTPJudge):
             self._note_model(chunk.get("model"))
             parts.append(message.get("content") or chunk.get("response") or "")  # /api/chat's or /api/generate's
             if chunk.get("done"):
+                self._local.finish_reason = chunk.get("done_reason")
                 return "".join(parts)
         raise ValueError("stream ended without a 'done' chunk")
 
@@ -193,11 +196,13 @@ class OpenAIJudge(HTTPJudge):
 
     def complete(self, text: str, *, stop: list[str], seed: int) -> str:
         """The model's raw continuation of ``text`` (``POST /v1/completions``: no template applied), stopped at
-        ``stop``; the transport rules are :meth:`ask`'s."""
+        ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (``finish_reason`` stop, not
+        length) ends with ``stop[0]``, so a cached reply says whether it was finished."""
         body = self.payload("")
         del body["messages"]
         body.update(prompt=text, seed=seed, stop=stop)
-        return self._post(self.endpoint.replace("/chat/completions", "/completions"), body)
+        text = self._post(self.endpoint.replace("/chat/completions", "/completions"), body)
+        return text + stop[0] if stop and self._local.finish_reason == "stop" else text
 
     def chat_template(self) -> tuple[str, str] | None:
         """``("jinja", template)`` from llama.cpp's ``GET /props``; ``None`` where the server has no such page
@@ -217,6 +222,7 @@ class OpenAIJudge(HTTPJudge):
             raise ValueError(f"server error: {safe_text(json.dumps(data['error']), 200)}")
         self._note_model(data.get("model"))
         choice = data["choices"][0]
+        self._local.finish_reason = choice.get("finish_reason")
         content = choice["message"].get("content") if "message" in choice else choice["text"]  # chat or completion
         return content if isinstance(content, str) else ""
 
@@ -266,7 +272,7 @@ class HFJudge:
 
     def complete(self, text: str, *, stop: list[str], seed: int) -> str:
         """The model's continuation of ``text`` as it is (no template applied), sampled at the config's temperature
-        with ``seed`` (greedy at 0), cut at the first of ``stop``."""
+        with ``seed`` (greedy at 0), cut at the first of ``stop`` (or EOS) and then ending with ``stop[0]``."""
         with self._lock, torch.no_grad():
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
             enc = {k: v.to(self.lm.device) for k, v in enc.items()}
@@ -276,10 +282,11 @@ class HFJudge:
             out = self.lm.generate(**enc, max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
                                    **({"do_sample": False} | sampling))
         continuation = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=False)
+        ended = False
         for marker in [*stop, self.tokenizer.eos_token or ""]:
-            if marker:
-                continuation = continuation.split(marker, 1)[0]
-        return continuation
+            if marker and marker in continuation:
+                continuation, ended = continuation.split(marker, 1)[0], True
+        return continuation + stop[0] if stop and ended else continuation
 
     def _digit_tokens(self) -> list[int]:
         """Ids of the tokens that are digits only (a number is made of these)."""

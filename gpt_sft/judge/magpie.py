@@ -8,7 +8,8 @@ marker is the completion's stop string and is cut off the reply.
 
 Replies are untrusted text read by ``make-preferences``' rules (:func:`.preferences.read_rewrite`): an empty,
 over-long or ``<|endoftext|>``-carrying instruction or response is refused, so is an instruction an earlier entry
-already has (case and spacing aside: ``repeated``) and a response that is its instruction again (``unchanged``).
+already has (case and spacing aside: ``repeated``), one cut off by the token limit before the model ended its turn
+(``unfinished``) and a response that is its instruction again (``unchanged``).
 The asking, the cache and the runner are :func:`.preferences.ask_rewrites`'. Every requested entry ends valid or
 with a reason.
 
@@ -34,6 +35,7 @@ from .preferences import UNCHANGED, RewriteRun, ask_rewrites, read_rewrite, rewr
 
 SENTINEL = "GPT_SFT_USER_MESSAGE_7f3a"  # the user's message while a template is rendered: the header is before it
 REPEATED = "repeated"
+UNFINISHED = "unfinished"  # the raw completion hit the token limit before the end of the user's turn
 # end-of-turn markers of the template families whose user header is recognisable
 KNOWN_END_OF_TURN = {"<|im_start|>": "<|im_end|>", "<|start_header_id|>": "<|eot_id|>",
                      "<start_of_turn>": "<end_of_turn>", "[INST]": "[/INST]"}
@@ -143,9 +145,12 @@ def generate_entries(judge: Judge, header: str, end_of_turn: str, n: int, *, see
         return judge.complete(header, stop=[end_of_turn], seed=seed + index_of[key] + n * attempt)
 
     def read_instruction(reply: str, reply_chars: int | None, _original: str):
-        cut = reply.split(end_of_turn, 1)[0] if end_of_turn else reply
+        cut = reply.split(end_of_turn, 1)[0]
         whole = reply_chars if reply_chars is not None and reply_chars > len(reply) else None  # a cut cached copy
-        return read_rewrite(cut, whole, "", max_chars, json_field=None, refuse_numbers=False)
+        text, reason, detail = read_rewrite(cut, whole, "", max_chars, json_field=None, refuse_numbers=False)
+        if text is not None and end_of_turn not in reply:  # the backend appends it to a turn the model ended
+            return None, UNFINISHED, f"no {end_of_turn} within --max-tokens: the instruction was cut off"
+        return text, reason, detail
 
     run = ask_rewrites(dict.fromkeys(keys, header), dict.fromkeys(keys, ""), judge, schema=None, max_chars=max_chars,
                        ask=ask_instruction, read=read_instruction, parse_retries=parse_retries,
@@ -254,5 +259,5 @@ def _reflect(report: GenerationReport, judge: Judge, max_chars: int, parse_retri
 
 
 __all__ = ["KNOWN_END_OF_TURN", "REFLECT_INSTRUCTION_TEMPLATE", "REFLECT_RESPONSE_TEMPLATE", "REFLECT_SCHEMA",
-           "REPEATED", "GenerationReport", "generate_entries", "go_template_header", "known_end_of_turn",
+           "REPEATED", "UNFINISHED", "GenerationReport", "generate_entries", "go_template_header", "known_end_of_turn",
            "render_header"]
