@@ -15,6 +15,7 @@ from test_judge import FakeJudgeServer, Reply
 from test_light_cli import probe
 
 from gpt_sft.cli.main import main as gpt_sft
+from gpt_sft.judge.magpie import render_header
 
 CHATML_USER = "<|im_start|>user\n"
 # SmolLM2-135M-Instruct's chat template, as its GGUF's tokenizer.chat_template has it (what llama.cpp's /props serves)
@@ -23,6 +24,7 @@ SMOLLM2_TEMPLATE = (
     "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + "
     "message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+SMOLLM2_HEADER = render_header(SMOLLM2_TEMPLATE)[0]  # what the template path makes of it
 OLLAMA_CHATML = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}{{ if .Prompt }}<|im_start|>"
                  "user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n{{ .Response }}<|im_end|>\n")
 
@@ -80,6 +82,7 @@ def test_each_entry_is_kept_or_refused_with_its_reason_and_the_rerun_is_served_f
     assert {e["index"]: e["reason"] for e in report["entries_failed"]} == {
         1: "instruction: empty", 2: "instruction: repeated", 3: "instruction: end_of_text",
         5: "response: unchanged", 7: "response: too_long"}
+    assert report["entries"][2]["instruction"]["detail"] == "entry 0's instruction again"
     assert report["generator"]["user_header"] == CHATML_USER and report["generator"]["end_of_turn"] == "<|im_end|>"
     out = capsys.readouterr().out
     assert "Kept 3 of 8 requested entries (13 questions: 0 from the cache, 13 asked)" in out
@@ -222,12 +225,13 @@ def test_the_output_trains(tmp_path):
 
 @pytest.mark.slow
 def test_real_llama_cpp_generates_entries_and_reruns_without_a_server(llama_cpp_server, tmp_path, monkeypatch):
-    """SmolLM2-135M writes 4 entries from the ChatML user header (llama-cpp-python's server has no /props: the header
-    is passed). A 135M model writes weak data, so the test checks the plumbing: every entry is kept or has a reason,
-    and a rerun with the server out of reach writes the same file from the cache."""
+    """SmolLM2-135M writes 4 entries from the header its template gives (llama-cpp-python's server has no /props:
+    the header is passed; with its default system turn it writes questions, with the bare ChatML user header mostly
+    code). A 135M model writes weak data, so the test checks the plumbing: every entry is kept or has a reason, and a
+    rerun with the server out of reach writes the same file from the cache."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     output = tmp_path / "smollm2.json"
-    args = ["--n", "4", "--user-header", CHATML_USER, "--max-tokens", "16", "--timeout", "60"]
+    args = ["--n", "4", "--user-header", SMOLLM2_HEADER, "--max-tokens", "24", "--timeout", "60"]
     t0 = time.monotonic()
     rc = generate(output, llama_cpp_server, *args)
     elapsed = time.monotonic() - t0
@@ -251,15 +255,20 @@ def test_real_llama_cpp_generates_entries_and_reruns_without_a_server(llama_cpp_
 
 @pytest.mark.slow
 def test_real_llama_cpp_reflects(llama_cpp_server, tmp_path, monkeypatch):
-    """--reflect on SmolLM2-135M: every kept entry says what the reflection did; every entry is kept or reasoned."""
+    """--reflect on SmolLM2-135M: the kept entry says what the reflection did (rewrote, or kept the original and
+    why). Seed 123's raw completion is a short question ("Can you help me create a plan to improve my writing
+    skills?": llama.cpp's sampling is seeded), so the entry is kept and reflected on."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     output = tmp_path / "reflected.json"
-    rc = generate(output, llama_cpp_server, "--n", "1", "--user-header", CHATML_USER, "--max-tokens", "40",
-                  "--timeout", "60", "--reflect", "--seed", "7")
+    rc = generate(output, llama_cpp_server, "--n", "1", "--user-header", SMOLLM2_HEADER, "--max-tokens", "64",
+                  "--timeout", "60", "--reflect", "--seed", "123")
     written = json.loads(output.read_text())
     report = json.loads((tmp_path / "reflected.report.json").read_text())
     assert_each_kept_or_reasoned(1, written, report)
-    assert rc == (0 if written else 1)
-    for e in report["entries"]:
-        assert (e["status"] == "kept") == ("reflection" in e), e
-    assert sum(report["summary"]["reflection"].values()) == len(written)
+    assert rc == 0 and len(written) == 1, report["entries"]
+    (entry,) = report["entries"]
+    assert entry["reflection"] in ("rewrote both", f"rewrote the response (instruction "
+                                   f"{(entry['reflected_instruction'] or {}).get('reason')})",
+                                   f"kept the original: response {entry['reflected_response'].get('reason')}")
+    assert report["summary"]["reflection"] == {entry["reflection"]: 1} and report["summary"]["questions"] == 4
+    print(f"\nSmolLM2-135M reflected: {entry['reflection']}; {written[0]}", file=sys.__stderr__)

@@ -43,7 +43,7 @@ class DataGenerateConfig(WriterOptions):
     end_of_turn: str | None = opts.option(None, "The marker that ends a user's turn (the instruction's stop string; "
                                           "default: from the template, or known for ChatML/Llama 3/Gemma/Mistral)")
     system: str | None = opts.option(None, "A system prompt rendered before the user header (needs the served "
-                                     "Jinja template)")
+                                     "Jinja template): it steers the instructions; responses are asked without it")
     reflect: bool = opts.option(False, "Reflection pass: the model critiques and rewrites each instruction and "
                                 "response; rewrites are kept only if they pass the same checks", switch=True)
     # Magpie samples: at temperature 0 every raw completion of the header would be the same instruction

@@ -165,7 +165,8 @@ def generate_entries(judge: Judge, header: str, end_of_turn: str, n: int, *, see
             entry.update(status="failed", reason=f"instruction: {outcome.reason}")
         elif normalised(outcome.text) in seen:
             entry.update(status="failed", reason=f"instruction: {REPEATED}")
-            entry["instruction"].update(detail=f"entry {seen[normalised(outcome.text)]}'s instruction again")
+            entry["instruction"].update(reason=REPEATED,
+                                        detail=f"entry {seen[normalised(outcome.text)]}'s instruction again")
         else:
             seen[normalised(outcome.text)] = i
             entry["text"] = {"instruction": outcome.text}
