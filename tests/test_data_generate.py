@@ -96,6 +96,24 @@ def test_each_entry_is_kept_or_refused_with_its_reason_and_the_rerun_is_served_f
     assert again["summary"]["reasons"] == REASONS
 
 
+def test_retry_failed_samples_a_refused_instruction_again_with_a_new_seed(tmp_path):
+    """Seed 123 gives an empty instruction; the next attempt at entry 0 is sampled with seed 123 + n (n = 1 here)."""
+    output = tmp_path / "generated.json"
+
+    def model(prompt: str, n: int, request: dict) -> Reply:
+        body = request["body"]
+        return Reply({123: " ", 124: "Name a moon."}[body["seed"]] if "prompt" in body else "The Moon.")
+
+    argv = ["--n", "1", "--user-header", CHATML_USER]
+    with FakeJudgeServer(model) as server:
+        assert generate(output, server.url, *argv) == 1
+        assert generate(output, server.url, *argv) == 1, "the refusal is cached: nothing asked"
+        assert len(server.requests) == 1
+        assert generate(output, server.url, *argv, "--retry-failed") == 0
+        assert [r["body"]["seed"] for r in server.requests if "prompt" in r["body"]] == [123, 124]
+    assert json.loads(output.read_text()) == [{"instruction": "Name a moon.", "input": "", "output": "The Moon."}]
+
+
 @pytest.mark.parametrize("backend, pages, extra, header", [
     ("openai", {"/props": {"chat_template": SMOLLM2_TEMPLATE}}, [],
      "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"

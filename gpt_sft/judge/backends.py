@@ -276,11 +276,12 @@ class HFJudge:
         with self._lock, torch.no_grad():
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
             enc = {k: v.to(self.lm.device) for k, v in enc.items()}
-            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-            sampling = {"do_sample": True, "temperature": self.config.temperature} if self.config.temperature > 0 else {}
+            pad_id = self.tokenizer.pad_token_id
+            pad_id = self.tokenizer.eos_token_id if pad_id is None else pad_id
+            temperature = self.config.temperature
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
             torch.manual_seed(seed)
-            out = self.lm.generate(**enc, max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
-                                   **({"do_sample": False} | sampling))
+            out = self.lm.generate(**enc, max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, **sampling)
         continuation = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=False)
         ended = False
         for marker in [*stop, self.tokenizer.eos_token or ""]:

@@ -21,7 +21,6 @@ same checks, and a rewritten instruction only together with a response to it.
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,18 +129,15 @@ def generate_entries(judge: Judge, header: str, end_of_turn: str, n: int, *, see
                      reflect: bool = False, parse_retries: int = 0, **asking: Any) -> GenerationReport:
     """Make ``n`` entries with ``judge`` (see the module). ``asking``: :func:`.preferences.ask_rewrites`' options
     (``cache_path``, ``concurrency``, ``retry_failed``, ``max_consecutive_failures``, ``progress``). Entry ``i``'s
-    instruction is sampled with seed ``seed + i`` (and ``+ n`` for each parse retry), so each differs and a rerun
-    asks the same questions: its cache key holds the header, the marker, ``i`` and the generation settings."""
+    instruction is sampled with seed ``seed + i`` (and ``+ n`` for each request made for it before: parse retries,
+    ``retry_failed``), so each differs and a rerun asks the same questions: its cache key holds the header, the
+    marker, ``i`` and the generation settings."""
     report = GenerationReport(questions=n)
     key_of = rewrite_key(judge, None)
     keys = [key_of(f"\x00magpie instruction\x00{header}\x00{end_of_turn}\x00{i}") for i in range(n)]
     index_of = {key: i for i, key in enumerate(keys)}
-    attempts: Counter[str] = Counter()
-    lock = threading.Lock()
 
-    def ask_instruction(key: str) -> str:
-        with lock:
-            attempt, attempts[key] = attempts[key], attempts[key] + 1
+    def ask_instruction(key: str, attempt: int) -> str:
         return judge.complete(header, stop=[end_of_turn], seed=seed + index_of[key] + n * attempt)
 
     def read_instruction(reply: str, reply_chars: int | None, _original: str):

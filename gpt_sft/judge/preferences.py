@@ -147,8 +147,8 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())  # a whitespace-only change is no change
 
 
-def read_rewrite(reply: str, reply_chars: int | None, original: str, max_chars: int, *, json_field: str | None = "rewrite",
-                 refuse_numbers: bool = True) -> tuple[str | None, str | None, str]:
+def read_rewrite(reply: str, reply_chars: int | None, original: str, max_chars: int, *,
+                 json_field: str | None = "rewrite", refuse_numbers: bool = True) -> tuple[str | None, str | None, str]:
     """``(rewrite, None, "")`` from an untrusted ``reply``, or ``(None, reason, detail)``.
 
     A reply that starts with ``{`` must be a JSON object with a string ``rewrite`` (a cut-off one is
@@ -277,7 +277,7 @@ def ask_rewrites(
     max_consecutive_failures: int = 3,
     progress: bool = True,
     desc: str = "Rewriting responses",
-    ask: Callable[[str], str] | None = None,
+    ask: Callable[[str, int], str] | None = None,
     read: Callable[[str, int | None, str], tuple[str | None, str | None, str]] | None = None,
 ) -> RewriteRun:
     """Ask ``judge`` each rewrite prompt (``key -> prompt``, keys from :func:`rewrite_key`) and read each reply
@@ -288,12 +288,14 @@ def ask_rewrites(
     ``KeyboardInterrupt`` and :class:`~.errors.JudgeFatalError` propagate; finished questions are in the
     cache either way.
 
-    ``ask(key)`` sends a question (default: ``judge.ask`` with the prompt and ``schema``) and ``read(reply,
-    reply_chars, original)`` applies the rules to a reply (default: :func:`read_rewrite` with ``max_chars``):
-    ``data generate`` asks raw completions and reads them by its own rules through the same cache and runner."""
+    ``ask(key, attempt)`` sends a question (default: ``judge.ask`` with the prompt and ``schema``; ``attempt``
+    counts its earlier requests, those of cached runs included, so a sampling caller can vary the seed) and
+    ``read(reply, reply_chars, original)`` applies the rules to a reply (default: :func:`read_rewrite` with
+    ``max_chars``): ``data generate`` asks raw completions and reads them by its own rules through the same cache
+    and runner."""
     backend, model = _backend_model(judge)
     if ask is None:
-        def ask(key: str) -> str:
+        def ask(key: str, attempt: int) -> str:
             return judge.ask(prompts[key]) if schema is None else judge.ask(prompts[key], schema=schema)
     if read is None:
         def read(reply: str, reply_chars: int | None, original: str) -> tuple[str | None, str | None, str]:
@@ -302,6 +304,7 @@ def ask_rewrites(
     cache = ScoreCache(cache_path) if cache_path is not None else None
     done = run.done
     todo = []
+    earlier: dict[str, int] = {}  # requests made for a question in earlier runs (re-asked by retry_failed)
     for key in prompts:
         record = cache.get(key) if cache is not None else None
         if record is not None and isinstance(record.get("reply"), str):
@@ -309,17 +312,18 @@ def ask_rewrites(
             if text is not None or not retry_failed:
                 done[key] = Rewrite(key, text, reason, detail, list(record.get("replies") or []), cached=True)
                 continue
+            earlier[key] = int(record.get("attempts") or 0)
         todo.append(key)
     run.cached = len(done)
     count_lock = threading.Lock()
 
     def ask_one(key: str) -> tuple[Rewrite, str]:
         outcome, reply = Rewrite(key, None, EMPTY), ""
-        for _ in range(parse_retries + 1):
+        for attempt in range(parse_retries + 1):
             with count_lock:
                 run.asked += 1
             try:
-                reply = ask(key)
+                reply = ask(key, earlier.get(key, 0) + attempt)
             except JudgeRequestError as err:
                 reason = REQUEST_REJECTED if isinstance(err, JudgeRejectedError) else REQUEST_FAILED
                 return dataclasses.replace(outcome, reason=reason, detail=str(err)), ""
@@ -336,7 +340,8 @@ def ask_rewrites(
         done[outcome.key] = outcome
         if cache is not None and outcome.reason not in _NOT_CACHED:
             cache.append({"key": outcome.key, "status": "rewrite", "reply": reply[:CACHED_REPLY_CHARS],
-                          "reply_chars": len(reply), "replies": outcome.replies, "attempts": len(outcome.replies),
+                          "reply_chars": len(reply), "replies": outcome.replies,
+                          "attempts": earlier.get(outcome.key, 0) + len(outcome.replies),
                           "backend": backend, "model": model, "time": time.time()})
 
     try:
