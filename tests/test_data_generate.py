@@ -96,6 +96,27 @@ def test_each_entry_is_kept_or_refused_with_its_reason_and_the_rerun_is_served_f
     assert again["summary"]["reasons"] == REASONS
 
 
+@pytest.mark.parametrize("backend", ["openai", "ollama"])
+def test_an_instruction_cut_by_max_tokens_is_unfinished(tmp_path, backend):
+    """The server says the raw completion hit the token limit (finish_reason / done_reason "length"): the
+    instruction is cut off mid-turn and refused; one the model ended is kept."""
+    def model(prompt: str, n: int, request: dict) -> Reply:
+        body = request["body"]
+        seed = body.get("seed", (body.get("options") or {}).get("seed"))
+        if "prompt" not in body:
+            return Reply("Paris.")
+        return Reply("What is the capital of France?") if seed == 123 else Reply("Write a long", finish_reason="length")
+
+    output = tmp_path / "generated.json"
+    with FakeJudgeServer(model) as server:
+        assert generate(output, server.url, "--n", "2", "--user-header", CHATML_USER, backend=backend) == 0
+    report = json.loads((tmp_path / "generated.report.json").read_text())
+    assert report["summary"]["reasons"] == {"instruction: unfinished": 1}
+    assert report["entries"][1]["instruction"]["detail"].startswith("no <|im_end|> within --max-tokens")
+    assert json.loads(output.read_text()) == [{"instruction": "What is the capital of France?", "input": "",
+                                               "output": "Paris."}]
+
+
 def test_retry_failed_samples_a_refused_instruction_again_with_a_new_seed(tmp_path):
     """Seed 123 gives an empty instruction; the next attempt at entry 0 is sampled with seed 123 + n (n = 1 here)."""
     output = tmp_path / "generated.json"

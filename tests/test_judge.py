@@ -56,6 +56,7 @@ class Reply:
     body: str | None = None  # raw body for error statuses (default: a JSON error)
     lines: list[str] | None = None  # raw Ollama stream lines instead of the normal chunks
     hang: bool = False  # never answer (until the server stops)
+    finish_reason: str = "stop"  # why the reply ended ("length": cut by max_tokens)
 
 
 def response_of(prompt: str) -> str:
@@ -142,9 +143,9 @@ class FakeJudgeServer:
                         self.end_headers()
                         self.wfile.write("".join(line + "\n" for line in reply.lines).encode())
                     elif self.path in ("/api/chat", "/api/generate"):
-                        self._ollama(body, reply.text)
+                        self._ollama(body, reply.text, reply.finish_reason)
                     elif self.path in ("/v1/chat/completions", "/v1/completions"):
-                        self._openai(body, reply.text)
+                        self._openai(body, reply.text, reply.finish_reason)
                     else:
                         self.send_error(404)
                 except (BrokenPipeError, ConnectionResetError):
@@ -153,7 +154,7 @@ class FakeJudgeServer:
                     with server.lock:
                         server.in_flight -= 1
 
-            def _ollama(self, body, text):
+            def _ollama(self, body, text, finish_reason="stop"):
                 # Ollama streams newline-delimited JSON chunks, then one with "done": true
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
@@ -165,13 +166,13 @@ class FakeJudgeServer:
                                    "done": False})
                     self.wfile.write((json.dumps(chunk) + "\n").encode())
                     self.wfile.flush()
-                self.wfile.write((json.dumps({"model": body.get("model"), "done": True, "done_reason": "stop"})
+                self.wfile.write((json.dumps({"model": body.get("model"), "done": True, "done_reason": finish_reason})
                                   + "\n").encode())
 
-            def _openai(self, body, text):
+            def _openai(self, body, text, finish_reason="stop"):
                 payload = json.dumps({
                     "id": "x", "object": "chat.completion", "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": finish_reason,
                                  **({"text": text} if "prompt" in body
                                     else {"message": {"role": "assistant", "content": text}})}],
                 }).encode()

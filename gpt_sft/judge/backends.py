@@ -59,14 +59,15 @@ class OllamaJudge(HTTPJudge):
 
     def complete(self, text: str, *, stop: list[str], seed: int) -> str:
         """The model's raw continuation of ``text`` (``POST /api/generate`` with ``"raw": true``: no template
-        applied), stopped at ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (not cut
-        by ``max_tokens``) ends with ``stop[0]``, so a cached reply says whether it was finished."""
+        applied), stopped at ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (its
+        ``done_reason`` is not ``length``: not cut by ``max_tokens``) ends with ``stop[0]``, so a cached reply says
+        whether it was finished."""
         body = self.payload("", None)
         del body["messages"]
         body.update(prompt=text, raw=True)
         body["options"].update(seed=seed, stop=stop)
         text = self._post(f"{self.url}/api/generate", body)
-        return text + stop[0] if stop and self._local.finish_reason == "stop" else text
+        return text + stop[0] if stop and self._local.finish_reason != "length" else text
 
     def chat_template(self) -> tuple[str, str] | None:
         """``("jinja", template)`` when the model's metadata keeps its Hugging Face chat template, else ``("go",
@@ -196,13 +197,14 @@ class OpenAIJudge(HTTPJudge):
 
     def complete(self, text: str, *, stop: list[str], seed: int) -> str:
         """The model's raw continuation of ``text`` (``POST /v1/completions``: no template applied), stopped at
-        ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (``finish_reason`` stop, not
-        length) ends with ``stop[0]``, so a cached reply says whether it was finished."""
+        ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (its ``finish_reason`` is not
+        ``length``: not cut by ``max_tokens``) ends with ``stop[0]``, so a cached reply says whether it was
+        finished."""
         body = self.payload("")
         del body["messages"]
         body.update(prompt=text, seed=seed, stop=stop)
         text = self._post(self.endpoint.replace("/chat/completions", "/completions"), body)
-        return text + stop[0] if stop and self._local.finish_reason == "stop" else text
+        return text + stop[0] if stop and self._local.finish_reason != "length" else text
 
     def chat_template(self) -> tuple[str, str] | None:
         """``("jinja", template)`` from llama.cpp's ``GET /props``; ``None`` where the server has no such page
