@@ -69,8 +69,9 @@ def test_each_entry_is_kept_or_refused_with_its_reason_and_the_rerun_is_served_f
     output = tmp_path / "generated.json"
     with FakeJudgeServer(scripted_model) as server:
         assert generate(output, server.url, "--n", "8", "--user-header", "<|im_start|>user\\n", "--max-chars",
-                        "60") == 0
+                        "60", "--concurrency", "3") == 0
         raw = [r["body"] for r in server.requests if r["path"] == "/v1/completions"]
+        assert server.max_in_flight <= 3
     assert [body["prompt"] for body in raw] == [CHATML_USER] * 8, "the header as it is, no chat template around it"
     assert sorted(body["seed"] for body in raw) == list(range(123, 131)) and raw[0]["stop"] == ["<|im_end|>"]
     assert raw[0]["temperature"] == 1.0, "Magpie samples"
