@@ -532,6 +532,39 @@ def score_stand_in() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.fixture(scope="session")
+def tiny_hf_judge_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-2 whose greedy next token is always '85', with a word-level tokenizer and chat template: the hf
+    judge backend's model (test_judge, test_data_generate)."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["[UNK]", "<eos>", "<|user|>", "<|assistant|>"] + [str(i) for i in range(101)] + ["score", "the"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<eos>",
+                                        pad_token="<eos>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=512, n_embd=16, n_layer=1,
+                                       n_head=2, eos_token_id=1, bos_token_id=1, pad_token_id=1))
+    with torch.no_grad():  # make the output independent of the input and peaked on "85"
+        e = torch.zeros(16)
+        e[0] = 1.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(10 * e)
+        model.transformer.wte.weight[vocab["85"]] = 10 * e
+    out = tmp_path_factory.mktemp("tiny-judge")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
     with socket.socket() as s:

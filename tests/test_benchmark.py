@@ -22,7 +22,7 @@ def test_benchmark_script_tiny(tmp_path, training_benchmark, capsys):
     data.write_text(json.dumps(make_synthetic_instructions(120, seed=0)))
     out = tmp_path / "bench.json"
     training_benchmark.main(["--model-size", "tiny", "--steps", "3", "--warmup", "1", "--eval-every", "2",
-                             "--eval-batches", "2", "--ablation", "--data", str(data), "--data-repeats", "1",
+                             "--eval-batches", "1", "--ablation", "--data", str(data), "--data-repeats", "1",
                              "--threads", "1", "--no-generation", "--json", str(out)])  # sys.exit(1) on a failed check
     printed = capsys.readouterr().out
     assert printed.count("PASSED") == 5 and "FAILED" not in printed

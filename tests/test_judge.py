@@ -56,6 +56,7 @@ class Reply:
     body: str | None = None  # raw body for error statuses (default: a JSON error)
     lines: list[str] | None = None  # raw Ollama stream lines instead of the normal chunks
     hang: bool = False  # never answer (until the server stops)
+    finish_reason: str = "stop"  # why the reply ended ("length": cut by max_tokens)
 
 
 def response_of(prompt: str) -> str:
@@ -65,14 +66,18 @@ def response_of(prompt: str) -> str:
 
 
 class FakeJudgeServer:
-    """Threaded HTTP server on 127.0.0.1 speaking Ollama's ``/api/chat`` stream and ``/v1/chat/completions``.
+    """Threaded HTTP server on 127.0.0.1 speaking Ollama's ``/api/chat`` stream and ``/v1/chat/completions``, and
+    their raw completions (``/api/generate``, ``/v1/completions``: the prompt is the request's ``prompt``).
 
     ``responder(prompt, n, request)`` returns a :class:`Reply`; ``n`` is how many times this prompt
-    has been asked so far (1 for the first time). ``counts`` counts requests per prompt.
+    has been asked so far (1 for the first time). ``counts`` counts requests per prompt. ``pages``: the JSON
+    answered to other paths (``GET /props``, ``POST /api/show``), by path.
     """
 
-    def __init__(self, responder: Callable[[str, int, dict], Reply] | None = None) -> None:
+    def __init__(self, responder: Callable[[str, int, dict], Reply] | None = None,
+                 pages: dict[str, dict] | None = None) -> None:
         self.responder = responder or (lambda prompt, n, req: Reply("85"))
+        self.pages = pages or {}
         self.counts: Counter[str] = Counter()
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -87,10 +92,27 @@ class FakeJudgeServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def do_GET(self):  # noqa: N802
+                self._page()
+
+            def _page(self):
+                if self.path not in server.pages:
+                    self.send_error(404)
+                    return
+                payload = json.dumps(server.pages[self.path]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                prompt = body.get("messages", [{}])[-1].get("content", "")
+                if self.path in server.pages:
+                    self._page()
+                    return
+                prompt = body["prompt"] if "prompt" in body else body.get("messages", [{}])[-1].get("content", "")
                 request = {"path": self.path, "headers": dict(self.headers), "body": body}
                 with server.lock:
                     server.counts[prompt] += 1
@@ -120,10 +142,10 @@ class FakeJudgeServer:
                         self.send_response(200)
                         self.end_headers()
                         self.wfile.write("".join(line + "\n" for line in reply.lines).encode())
-                    elif self.path == "/api/chat":
-                        self._ollama(body, reply.text)
-                    elif self.path == "/v1/chat/completions":
-                        self._openai(body, reply.text)
+                    elif self.path in ("/api/chat", "/api/generate"):
+                        self._ollama(body, reply.text, reply.finish_reason)
+                    elif self.path in ("/v1/chat/completions", "/v1/completions"):
+                        self._openai(body, reply.text, reply.finish_reason)
                     else:
                         self.send_error(404)
                 except (BrokenPipeError, ConnectionResetError):
@@ -132,24 +154,27 @@ class FakeJudgeServer:
                     with server.lock:
                         server.in_flight -= 1
 
-            def _ollama(self, body, text):
+            def _ollama(self, body, text, finish_reason="stop"):
                 # Ollama streams newline-delimited JSON chunks, then one with "done": true
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.end_headers()
                 pieces = [text[i:i + 2] for i in range(0, len(text), 2)] or [""]
                 for piece in pieces:
-                    chunk = {"model": body.get("model"), "message": {"role": "assistant", "content": piece},
-                             "done": False}
+                    chunk = ({"model": body.get("model"), "response": piece, "done": False} if "prompt" in body
+                             else {"model": body.get("model"), "message": {"role": "assistant", "content": piece},
+                                   "done": False})
                     self.wfile.write((json.dumps(chunk) + "\n").encode())
                     self.wfile.flush()
-                self.wfile.write((json.dumps({"model": body.get("model"), "done": True}) + "\n").encode())
+                self.wfile.write((json.dumps({"model": body.get("model"), "done": True, "done_reason": finish_reason})
+                                  + "\n").encode())
 
-            def _openai(self, body, text):
+            def _openai(self, body, text, finish_reason="stop"):
                 payload = json.dumps({
                     "id": "x", "object": "chat.completion", "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                    "choices": [{"index": 0, "finish_reason": finish_reason,
+                                 **({"text": text} if "prompt" in body
+                                    else {"message": {"role": "assistant", "content": text}})}],
                 }).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -731,38 +756,6 @@ def test_console_script_is_declared():
 # --------------------------------------------------------------------------------------------------
 # HF backend with a tiny local model
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_hf_judge_dir(tmp_path_factory) -> Path:
-    """A tiny GPT-2 whose greedy next token is always '85', with a word-level tokenizer and chat template."""
-    torch = pytest.importorskip("torch")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    words = ["[UNK]", "<eos>", "<|user|>", "<|assistant|>"] + [str(i) for i in range(101)] + ["score", "the"]
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<eos>",
-                                        pad_token="<eos>")
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    )
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=512, n_embd=16, n_layer=1,
-                                       n_head=2, eos_token_id=1, bos_token_id=1, pad_token_id=1))
-    with torch.no_grad():  # make the output independent of the input and peaked on "85"
-        e = torch.zeros(16)
-        e[0] = 1.0
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.copy_(10 * e)
-        model.transformer.wte.weight[vocab["85"]] = 10 * e
-    out = tmp_path_factory.mktemp("tiny-judge")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def test_hf_judge_in_process(tiny_hf_judge_dir, tmp_path, capsys):

@@ -48,14 +48,18 @@ def test_help_option_errors_and_a_missing_data_file_import_no_heavy_library(tmp_
     from gpt_sft.train.stages import STAGES
 
     missing = str(tmp_path / "typo.json")
-    runs = [[command, flag] for command in LIGHT for flag in ("--help", "--no-such-option")]
+    from gpt_sft.cli.data import SUBCOMMANDS
+
+    commands = [[command] for command in LIGHT] + [["data", sub] for sub in SUBCOMMANDS]
+    runs = [[*command, flag] for command in commands for flag in ("--help", "--no-such-option")]
     runs += [[stage, "--data", missing] for stage in STAGES]
     result = probe(runs)
     assert result["heavy"] == [], f"imported by --help, an option error or a missing --data: {result['heavy']}"
-    for (command, *args), status, last_line in result["results"]:
-        if args == ["--help"]:
+    for argv, status, last_line in result["results"]:
+        command, args = argv[0], argv[1:]
+        if args[-1:] == ["--help"]:
             assert status == 0, command
-        elif args == ["--no-such-option"]:
+        elif args[-1:] == ["--no-such-option"]:
             assert status == 2 and "error" in last_line, (command, last_line)
         else:
             assert status == 1 and last_line == f"error: --data {missing}: file not found", (command, last_line)

@@ -12,6 +12,9 @@ SUBCOMMANDS = {
                "without them", "data_dedupe"),
     "rewrite": ("a model rewrites one field of every entry following an instruction, into a new field (the book's "
                 "passive-voice notebook: --field output --into output_2)", "data_rewrite"),
+    "generate": ("a model writes instruction data itself, Magpie-style: its chat template's user header as a raw "
+                 "completion gives an instruction, chat the response (--reflect: it critiques and rewrites them)",
+                 "data_generate"),
 }
 
 

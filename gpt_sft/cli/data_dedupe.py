@@ -17,7 +17,6 @@ from ..common.options import option, parse_config
 from ..data.conversations import DATA_FORMATS
 from ..data.dedupe import (ALPACA_FIELDS, ANALYZERS, DEFAULT_THRESHOLD, DuplicateReport, entry_texts, fields_of,
                            find_duplicates)
-from ..data.load import load_instruction_data
 from ..judge.text import safe_excerpt
 from .errors import report_errors
 
@@ -103,6 +102,8 @@ def print_pairs(report: DuplicateReport, entries: list[dict[str, Any]]) -> None:
 @report_errors
 def main(argv: Sequence[str]) -> int:
     cfg = parse_config(DedupeConfig, argv, prog=PROG)
+    from ..data.load import load_instruction_data  # datasets: imported once the options parsed
+
     dataset = load_instruction_data(cfg.data, data_format=cfg.data_format, progress=False)
     leading = ("messages",) if "messages" in dataset.column_names and "instruction" not in dataset.column_names \
         else ALPACA_FIELDS

@@ -23,8 +23,8 @@ from ..judge.preferences import (CACHED_REPLY_CHARS, REWRITE_PROMPT_TEMPLATE, RE
 from ..judge.text import safe_excerpt
 from .data_dedupe import same_file, clean_entry, write_entries
 from .errors import report_errors
-from .make_preferences import (RewriterOptions, generator_record, load_entries, rewriter_name, skipped_records,
-                               source_record, start_rewriter)
+from .make_preferences import (RewriterOptions, exit_status, generator_record, load_entries, rewriter_name,
+                               skipped_records, source_record, start_rewriter)
 
 PROG = "gpt-sft data rewrite"
 NO_TEXT = "no_text"  # the field is empty in this entry: nothing to rewrite, nothing asked
@@ -153,11 +153,5 @@ def main(argv: Sequence[str]) -> int:
         print(f"  … and {len(failed) - 20} more (see the report)")
     print(f"wrote {len(written)} entries to {output}; why each entry has no {cfg.into}: {report_path}",
           file=sys.stderr)
-    if run.stopped:
-        print(f"error: stopped early, the entries not asked are recorded as not_asked: {run.stopped}",
-              file=sys.stderr)
-        return 1
-    if prompts and not rewritten:
-        print(f"error: no entry was rewritten (see {report_path})", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(run.stopped, f"no entry was rewritten (see {report_path})" if prompts and not rewritten
+                       else None)

@@ -29,16 +29,11 @@ from .judge_options import JudgeBackendOptions, identify_judge
 
 
 @dataclass
-class RewriterOptions(JudgeBackendOptions):
-    """A model asked through the judge's backends to rewrite texts: the options ``make-preferences`` and
-    ``gpt-sft data rewrite`` share."""
+class WriterOptions(JudgeBackendOptions):
+    """A model asked through the judge's backends to write texts, its replies read by make-preferences' rules: the
+    options ``make-preferences``, ``gpt-sft data rewrite`` and ``gpt-sft data generate`` share."""
 
-    structured: bool = opts.option(True, "Ask for the reply as {\"rewrite\": ...} through the backend's structured "
-                                   "output (--no-structured: plain text)")
-    max_chars: int = opts.option(4000, "Longest rewrite accepted, in characters (longer: recorded as too_long)")
-    limit: int | None = opts.option(None, "Only the first N entries")
-    skip_invalid: bool = opts.option(False, "Skip invalid entries (each recorded in the report) instead of failing",
-                                     switch=True)
+    max_chars: int = opts.option(4000, "Longest reply accepted, in characters (longer: recorded as too_long)")
     retry_failed: bool = opts.option(False, "Ask again questions whose cached reply was unusable", switch=True)
     max_consecutive_failures: int = opts.option(3, "Stop asking after this many failed requests in a row (0: never); "
                                                 "the rest is recorded as not_asked")
@@ -51,6 +46,18 @@ class RewriterOptions(JudgeBackendOptions):
         """The keyword arguments of :func:`~gpt_sft.judge.preferences.ask_rewrites` these options set."""
         return {"concurrency": self.concurrency, "parse_retries": self.parse_retries, "retry_failed": self.retry_failed,
                 "max_consecutive_failures": self.max_consecutive_failures, "progress": self.progress}
+
+
+@dataclass
+class RewriterOptions(WriterOptions):
+    """A model asked through the judge's backends to rewrite texts of instruction data: the options
+    ``make-preferences`` and ``gpt-sft data rewrite`` share."""
+
+    structured: bool = opts.option(True, "Ask for the reply as {\"rewrite\": ...} through the backend's structured "
+                                   "output (--no-structured: plain text)")
+    limit: int | None = opts.option(None, "Only the first N entries")
+    skip_invalid: bool = opts.option(False, "Skip invalid entries (each recorded in the report) instead of failing",
+                                     switch=True)
 
 
 @dataclass
@@ -140,7 +147,7 @@ def skipped_records(skipped: set[int], stats) -> list[dict[str, Any]]:
     return [{"index": i, "reason": f"invalid entry (skipped by --skip-invalid; {reasons})"} for i in sorted(skipped)]
 
 
-def start_rewriter(cfg: RewriterOptions, output: Path, report_path: Path, cache_path: Path | None):
+def start_rewriter(cfg: WriterOptions, output: Path, report_path: Path, cache_path: Path | None):
     """The rewriter's ``(JudgeConfig, judge, served model names)``; says when it resumes from the cache and records
     the outputs in a training run's folder."""
     from ..judge.backends import OpenAIJudge, make_judge
@@ -202,11 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Rewriter: {rewriter_name(config, judge, served)} via {cfg.backend}, pairing {spec.pairing}")
     print_summary(report, sys.stdout)
     print(f"Preference data written to {output}; report in {report_path}")
-    if report.stopped:
-        print(f"error: stopped early, the entries not asked are recorded as not_asked: {report.stopped}",
-              file=sys.stderr)
+    return exit_status(report.stopped, None if report.pairs else f"no pair was made (see {report_path})")
+
+
+def exit_status(stopped: str | None, nothing_made: str | None) -> int:
+    """The exit status of a run of a writing model: 1, with the error, when it ``stopped`` early or when
+    ``nothing_made`` says that it made nothing; else 0."""
+    if stopped:
+        print(f"error: stopped early, the entries not asked are recorded as not_asked: {stopped}", file=sys.stderr)
         return 1
-    if not report.pairs:
-        print(f"error: no pair was made (see {report_path})", file=sys.stderr)
+    if nothing_made:
+        print(f"error: {nothing_made}", file=sys.stderr)
         return 1
     return 0

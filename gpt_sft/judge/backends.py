@@ -57,6 +57,34 @@ class OllamaJudge(HTTPJudge):
         self.structured_output = "ollama format (JSON schema)" if schema is not None else None
         return self._post(self.endpoint, self.payload(prompt, schema))
 
+    def complete(self, text: str, *, stop: list[str], seed: int) -> str:
+        """The model's raw continuation of ``text`` (``POST /api/generate`` with ``"raw": true``: no template
+        applied), stopped at ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (its
+        ``done_reason`` is not ``length``: not cut by ``max_tokens``) ends with ``stop[0]``, so a cached reply says
+        whether it was finished."""
+        body = self.payload("", None)
+        del body["messages"]
+        body.update(prompt=text, raw=True)
+        body["options"].update(seed=seed, stop=stop)
+        text = self._post(f"{self.url}/api/generate", body)
+        return text + stop[0] if stop and self._local.finish_reason != "length" else text
+
+    def chat_template(self) -> tuple[str, str] | None:
+        """``("jinja", template)`` when the model's metadata keeps its Hugging Face chat template, else ``("go",
+        template)``: Ollama's own template of the model (``POST /api/show``); ``None`` if the server says neither."""
+        try:
+            response = self._session.post(f"{self.url}/api/show", json={"model": self.model, "verbose": True},
+                                          headers=self._headers(), timeout=min(10.0, self.config.timeout))
+            data = response.json() if response.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            return None
+        info = data.get("model_info") if isinstance(data, dict) else None
+        jinja = info.get("tokenizer.chat_template") if isinstance(info, dict) else None
+        if isinstance(jinja, str) and jinja:
+            return "jinja", jinja
+        go = data.get("template") if isinstance(data, dict) else None
+        return ("go", go) if isinstance(go, str) and go else None
+
     def _lines(self, response, deadline: float) -> Iterator[bytes]:
         pending = b""
         for piece in self._chunks(response, deadline):
@@ -76,8 +104,9 @@ class OllamaJudge(HTTPJudge):
                 raise ValueError(f"server error in stream: {safe_text(str(chunk['error']), 200)}")
             message = chunk.get("message") or {}
             self._note_model(chunk.get("model"))
-            parts.append(message.get("content") or "")
+            parts.append(message.get("content") or chunk.get("response") or "")  # /api/chat's or /api/generate's
             if chunk.get("done"):
+                self._local.finish_reason = chunk.get("done_reason")
                 return "".join(parts)
         raise ValueError("stream ended without a 'done' chunk")
 
@@ -166,12 +195,37 @@ class OpenAIJudge(HTTPJudge):
         self.structured_output = f"response_format {self._dialect}"
         return self._post(self.endpoint, self.payload(prompt, schema, self._dialect))
 
+    def complete(self, text: str, *, stop: list[str], seed: int) -> str:
+        """The model's raw continuation of ``text`` (``POST /v1/completions``: no template applied), stopped at
+        ``stop``; the transport rules are :meth:`ask`'s. A continuation the model ended (its ``finish_reason`` is not
+        ``length``: not cut by ``max_tokens``) ends with ``stop[0]``, so a cached reply says whether it was
+        finished."""
+        body = self.payload("")
+        del body["messages"]
+        body.update(prompt=text, seed=seed, stop=stop)
+        text = self._post(self.endpoint.replace("/chat/completions", "/completions"), body)
+        return text + stop[0] if stop and self._local.finish_reason != "length" else text
+
+    def chat_template(self) -> tuple[str, str] | None:
+        """``("jinja", template)`` from llama.cpp's ``GET /props``; ``None`` where the server has no such page
+        (llama-cpp-python, vLLM, OpenAI)."""
+        try:
+            response = self._session.get(self.endpoint.replace("/v1/chat/completions", "/props"),
+                                         headers=self._headers(), timeout=min(10.0, self.config.timeout))
+            data = response.json() if response.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            return None
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        return ("jinja", template) if isinstance(template, str) and template else None
+
     def _read(self, response, deadline: float) -> str:
         data = json.loads(b"".join(self._chunks(response, deadline)).decode("utf-8"))
         if isinstance(data, dict) and "error" in data and "choices" not in data:
             raise ValueError(f"server error: {safe_text(json.dumps(data['error']), 200)}")
         self._note_model(data.get("model"))
-        content = data["choices"][0]["message"].get("content")
+        choice = data["choices"][0]
+        self._local.finish_reason = choice.get("finish_reason")
+        content = choice["message"].get("content") if "message" in choice else choice["text"]  # chat or completion
         return content if isinstance(content, str) else ""
 
 
@@ -213,6 +267,29 @@ class HFJudge:
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
         return prompt
+
+    def chat_template(self) -> tuple[str, str] | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return ("jinja", template) if isinstance(template, str) and template else None
+
+    def complete(self, text: str, *, stop: list[str], seed: int) -> str:
+        """The model's continuation of ``text`` as it is (no template applied), sampled at the config's temperature
+        with ``seed`` (greedy at 0), cut at the first of ``stop`` (or EOS) and then ending with ``stop[0]``."""
+        with self._lock, torch.no_grad():
+            enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            enc = {k: v.to(self.lm.device) for k, v in enc.items()}
+            pad_id = self.tokenizer.pad_token_id
+            pad_id = self.tokenizer.eos_token_id if pad_id is None else pad_id
+            temperature = self.config.temperature
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            torch.manual_seed(seed)
+            out = self.lm.generate(**enc, max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, **sampling)
+        continuation = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=False)
+        ended = False
+        for marker in [*stop, self.tokenizer.eos_token or ""]:
+            if marker and marker in continuation:
+                continuation, ended = continuation.split(marker, 1)[0], True
+        return continuation + stop[0] if stop and ended else continuation
 
     def _digit_tokens(self) -> list[int]:
         """Ids of the tokens that are digits only (a number is made of these)."""

@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,20 +147,22 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())  # a whitespace-only change is no change
 
 
-def read_rewrite(reply: str, reply_chars: int | None, original: str, max_chars: int) -> tuple[str | None, str | None, str]:
+def read_rewrite(reply: str, reply_chars: int | None, original: str, max_chars: int, *,
+                 json_field: str | None = "rewrite", refuse_numbers: bool = True) -> tuple[str | None, str | None, str]:
     """``(rewrite, None, "")`` from an untrusted ``reply``, or ``(None, reason, detail)``.
 
     A reply that starts with ``{`` must be a JSON object with a string ``rewrite`` (a cut-off one is
     ``unparsable``: the reply hit the token limit); any other reply is the rewrite as plain text (for
     backends that cannot constrain their reply). ``reply_chars`` is the reply's length when ``reply`` is
-    a cut copy (from the cache)."""
+    a cut copy (from the cache). ``json_field=None`` reads every reply as plain text and ``refuse_numbers=False``
+    accepts a bare number (``data generate``: a response may be a JSON object or a number)."""
     text = (reply or "").strip()
     if reply_chars is not None and reply_chars > len(reply or ""):
         return None, TOO_LONG, f"the reply has {reply_chars} characters"
-    if text.startswith("{"):
-        value = parse_json_field(text, "rewrite")
+    if json_field is not None and text.startswith("{"):
+        value = parse_json_field(text, json_field)
         if not isinstance(value, str):
-            return None, UNPARSABLE, "not a JSON object with a string 'rewrite' (cut off by --max-tokens?)"
+            return None, UNPARSABLE, f"not a JSON object with a string {json_field!r} (cut off by --max-tokens?)"
         text = value.strip()
     for opening, closing in _QUOTES:  # small models echo the prompt's quoting; a quote inside is kept
         inner = text[len(opening):-len(closing)]
@@ -176,7 +178,7 @@ def read_rewrite(reply: str, reply_chars: int | None, original: str, max_chars: 
         return None, HAS_END_OF_TEXT, f"contains {END_OF_TEXT}, GPT-2's end-of-text token"
     if _same(text, original):
         return None, UNCHANGED, "the rewrite is the original output"
-    if _is_number(text) and not _is_number(original):
+    if refuse_numbers and _is_number(text) and not _is_number(original):
         return None, A_NUMBER, f"the reply {text!r} is a bare number (a score?), not a rewrite of the response"
     return text, None, ""
 
@@ -275,6 +277,8 @@ def ask_rewrites(
     max_consecutive_failures: int = 3,
     progress: bool = True,
     desc: str = "Rewriting responses",
+    ask: Callable[[str, int], str] | None = None,
+    read: Callable[[str, int | None, str], tuple[str | None, str | None, str]] | None = None,
 ) -> RewriteRun:
     """Ask ``judge`` each rewrite prompt (``key -> prompt``, keys from :func:`rewrite_key`) and read each reply
     with :func:`read_rewrite` against ``originals[key]``: the machinery ``make-preferences`` and
@@ -282,37 +286,50 @@ def ask_rewrites(
     an unusable reply is asked again up to ``parse_retries`` times; after ``max_consecutive_failures``
     failed requests in a row the rest is not asked and :attr:`RewriteRun.stopped` says why.
     ``KeyboardInterrupt`` and :class:`~.errors.JudgeFatalError` propagate; finished questions are in the
-    cache either way."""
+    cache either way.
+
+    ``ask(key, attempt)`` sends a question (default: ``judge.ask`` with the prompt and ``schema``; ``attempt``
+    counts its earlier requests, those of cached runs included, so a sampling caller can vary the seed) and
+    ``read(reply, reply_chars, original)`` applies the rules to a reply (default: :func:`read_rewrite` with
+    ``max_chars``): ``data generate`` asks raw completions and reads them by its own rules through the same cache
+    and runner."""
     backend, model = _backend_model(judge)
+    if ask is None:
+        def ask(key: str, attempt: int) -> str:
+            return judge.ask(prompts[key]) if schema is None else judge.ask(prompts[key], schema=schema)
+    if read is None:
+        def read(reply: str, reply_chars: int | None, original: str) -> tuple[str | None, str | None, str]:
+            return read_rewrite(reply, reply_chars, original, max_chars)
     run = RewriteRun()
     cache = ScoreCache(cache_path) if cache_path is not None else None
     done = run.done
     todo = []
+    earlier: dict[str, int] = {}  # requests made for a question in earlier runs (re-asked by retry_failed)
     for key in prompts:
         record = cache.get(key) if cache is not None else None
         if record is not None and isinstance(record.get("reply"), str):
-            text, reason, detail = read_rewrite(record["reply"], record.get("reply_chars"), originals[key],
-                                                max_chars)
+            text, reason, detail = read(record["reply"], record.get("reply_chars"), originals[key])
             if text is not None or not retry_failed:
                 done[key] = Rewrite(key, text, reason, detail, list(record.get("replies") or []), cached=True)
                 continue
+            earlier[key] = int(record.get("attempts") or 0)
         todo.append(key)
     run.cached = len(done)
     count_lock = threading.Lock()
 
     def ask_one(key: str) -> tuple[Rewrite, str]:
         outcome, reply = Rewrite(key, None, EMPTY), ""
-        for _ in range(parse_retries + 1):
+        for attempt in range(parse_retries + 1):
             with count_lock:
                 run.asked += 1
             try:
-                reply = judge.ask(prompts[key]) if schema is None else judge.ask(prompts[key], schema=schema)
+                reply = ask(key, earlier.get(key, 0) + attempt)
             except JudgeRequestError as err:
                 reason = REQUEST_REJECTED if isinstance(err, JudgeRejectedError) else REQUEST_FAILED
                 return dataclasses.replace(outcome, reason=reason, detail=str(err)), ""
             reply = "" if reply is None else str(reply)
             outcome.replies.append(stored_reply(reply))
-            text, reason, detail = read_rewrite(reply, None, originals[key], max_chars)
+            text, reason, detail = read(reply, None, originals[key])
             outcome.text, outcome.reason, outcome.detail = text, reason, detail
             if text is not None:
                 break
@@ -323,7 +340,8 @@ def ask_rewrites(
         done[outcome.key] = outcome
         if cache is not None and outcome.reason not in _NOT_CACHED:
             cache.append({"key": outcome.key, "status": "rewrite", "reply": reply[:CACHED_REPLY_CHARS],
-                          "reply_chars": len(reply), "replies": outcome.replies, "attempts": len(outcome.replies),
+                          "reply_chars": len(reply), "replies": outcome.replies,
+                          "attempts": earlier.get(outcome.key, 0) + len(outcome.replies),
                           "backend": backend, "model": model, "time": time.time()})
 
     try:
