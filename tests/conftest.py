@@ -705,14 +705,27 @@ def run_processes(cmd: list[str], env: dict, timeout: float = 300) -> subprocess
         time.sleep(0.5)
     hung = proc.poll() is None
     if not hung:
-        reader.join(timeout=10)  # the output ends when the last process holding it has exited
+        # The output ends when the last process holding it has exited. A launcher returns after its workers, so a
+        # worker still running a few seconds later outlived it (hung at exit, in a session of its own).
+        reader.join(timeout=3)
     alive = [p for p in started.values() if _running(p)]
     try:
         if hung or reader.is_alive():
+            dumps = sum(line.count("most recent call first") for line in lines)
             for child in alive:
                 with contextlib.suppress(psutil.Error):
                     child.send_signal(signal.SIGUSR1)
-            time.sleep(5)  # the dumps are written by the workers themselves
+            # The workers write their own dumps (faulthandler: a "... (most recent call first):" line per thread; a
+            # launcher without the handler just ends): wait until a dump has come and the output has been quiet for
+            # half a second, or 5 s.
+            dump_deadline, seen, quiet_since = time.monotonic() + 5, len(lines), time.monotonic()
+            while time.monotonic() < dump_deadline:
+                time.sleep(0.1)
+                if len(lines) != seen:
+                    seen, quiet_since = len(lines), time.monotonic()
+                elif (sum(line.count("most recent call first") for line in lines) > dumps
+                      and time.monotonic() - quiet_since > 0.5):
+                    break
             for child in alive:
                 with contextlib.suppress(psutil.Error):
                     child.kill()
