@@ -15,6 +15,7 @@ A device passes when every figure is within its precision's tolerance (:data:`.t
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import platform
 import shutil
@@ -113,9 +114,10 @@ def fresh_model(n_layer: int = 4, n_embd: int = 768, n_head: int = 12, seed: int
     return GPTForCausalLM(config).float().eval()
 
 
+@functools.cache
 def doctor_batch(batch_size: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's ``(inputs, targets)`` of ``batch_size`` synthetic instructions, as training makes them (alpaca
-    prompts, prompt tokens masked, padded with end-of-text and -100)."""
+    prompts, prompt tokens masked, padded with end-of-text and -100). Cached: read it, never change it."""
     tokenizer, style = get_tokenizer(), get_prompt_style("alpaca")
     examples = []
     for entry in make_synthetic_instructions(batch_size, seed=seed):
