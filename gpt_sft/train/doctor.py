@@ -79,10 +79,10 @@ class Report:
                 "first_divergence": self.first_divergence, "versions": self.versions, "notes": self.notes}
 
     def table(self) -> str:
-        rows = [("precision", "check", "figure", "bound", "result")]
-        rows += [(c.precision, c.name + (f" ({c.detail})" if c.detail else ""), f"{c.figure:.3g}", f"{c.bound:.3g}",
-                  "pass" if c.passed else "FAIL") for c in self.checks]
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows = [("precision", "check", "relative difference", "bound", "result", "device vs float64 reference")]
+        rows += [(c.precision, c.name, f"{c.figure:.3g}", f"{c.bound:.3g}", "pass" if c.passed else "FAIL", c.detail)
+                 for c in self.checks]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
 
@@ -137,8 +137,9 @@ def reference_copy(model: nn.Module) -> nn.Module:
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    """``||value - reference|| / ||reference||`` in float64 on the CPU (NaN for a shape mismatch)."""
-    value = value.detach().to("cpu", torch.float64)
+    """``||value - reference|| / ||reference||`` in float64 on the CPU (NaN for a shape mismatch).
+    Moved to the CPU before the cast: MPS has no float64."""
+    value = value.detach().cpu().double()
     if value.shape != reference.shape:
         return float("nan")
     diff = float(torch.linalg.vector_norm(value - reference))
@@ -171,8 +172,8 @@ class ModuleRecorder:
             out = first_tensor(output)
             out = out.detach() if out is not None and out.is_floating_point() else None
             if self.reference is None:
-                self.calls.append((name, [t.to("cpu", torch.float64) for t in inputs],
-                                   None if out is None else out.to("cpu", torch.float64)))
+                self.calls.append((name, [t.cpu().double() for t in inputs],
+                                   None if out is None else out.cpu().double()))
                 return
             index = len(self.errors)
             ref_name, ref_inputs, ref_out = self.reference.calls[index] if index < len(self.reference.calls) else \
@@ -222,7 +223,8 @@ def train_steps(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, s
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         for grad in grads:
             grad.div_(scale)
-        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.cpu().double()) for g in grads]))
+        norms.append(float(norm))
         losses.append(float(loss.detach()))
         optimizer.step()
     return losses, norms, hooks
@@ -235,7 +237,7 @@ def update_error(before: dict[str, torch.Tensor], after: nn.Module, reference: n
     for name, param in after.named_parameters():
         start = before[name]
         ref_update = ref_params[name].detach() - start
-        diff += float(torch.linalg.vector_norm(param.detach().to("cpu", torch.float64) - start - ref_update)) ** 2
+        diff += float(torch.linalg.vector_norm(param.detach().cpu().double() - start - ref_update)) ** 2
         total += float(torch.linalg.vector_norm(ref_update)) ** 2
     return math.sqrt(diff) / max(math.sqrt(total), 1e-30)
 
@@ -287,18 +289,20 @@ def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, 
             losses, norms, hooks = train_steps(checked, inputs, targets, steps, device, precision,
                                                recorder=lambda m: ModuleRecorder(m, ref_hooks))
             for step, (loss, ref) in enumerate(zip(losses, ref_losses), 1):
-                report.checks.append(Check(precision, f"step {step} loss", abs(loss - ref) / abs(ref), tol,
-                                           f"{loss:.6g} vs {ref:.6g}"))
+                report.checks.append(Check(precision, f"step {step} loss", abs(loss - ref) / max(abs(ref), 1e-30),
+                                           tol, f"{loss:.8g} vs {ref:.8g}"))
             for step, (norm, ref) in enumerate(zip(norms, ref_norms), 1):
                 report.checks.append(Check(precision, f"step {step} gradient norm", abs(norm - ref) / max(ref, 1e-30),
-                                           tol, f"{norm:.6g} vs {ref:.6g}"))
+                                           tol, f"{norm:.8g} vs {ref:.8g}"))
             report.checks.append(Check(precision, f"weight update after {steps} steps",
-                                       update_error(start, checked, reference), tol * UPDATE_TOLERANCE_FACTOR))
+                                       update_error(start, checked, reference), tol * UPDATE_TOLERANCE_FACTOR,
+                                       f"AdamW, lr {LEARNING_RATE:g}, weight decay {WEIGHT_DECAY:g}"))
             found = hooks.first_divergence(tol) if hooks is not None else None
             report.first_divergence[precision] = found[0] if found else None
-            worst = max((out for _, _, out in hooks.errors), default=0.0) if hooks is not None else 0.0
+            errors = hooks.errors if hooks is not None else []
+            worst = max((out for _, _, out in errors), default=0.0)
             report.checks.append(Check(precision, "module outputs (step 1)", worst if found is None else found[1], tol,
-                                       f"first diverging: {found[0]}" if found else "all within"))
+                                       f"first diverging: {found[0]}" if found else f"all {len(errors)} within"))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return report
