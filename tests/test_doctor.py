@@ -47,7 +47,8 @@ def test_the_cpu_passes_with_real_figures(passing_run):
     assert 0 < checks["step 1 gradient norm"]["figure"] < TOLERANCES["fp32"]
     assert 0 < checks["weight update after 2 steps"]["figure"] < checks["weight update after 2 steps"]["bound"]
     assert 0 < checks["module outputs (step 1)"]["figure"] < TOLERANCES["fp32"]
-    assert report["first_divergence"] == {"fp32": None}
+    assert 0 < checks["parameter gradients (step 1)"]["figure"] < TOLERANCES["fp32"]
+    assert report["first_divergence"] == {"fp32": None} and report["first_gradient_divergence"] == {"fp32": None}
     assert report["versions"]["torch"] == torch.__version__ and report["versions"]["driver"] == "n/a"
 
 
@@ -55,7 +56,8 @@ def test_the_json_holds_the_table(passing_run, capsys, checkpoint):
     _, report = passing_run
     assert set(report) >= {"device", "trusted", "checks", "first_divergence", "versions"}
     assert all(set(check) == {"precision", "check", "figure", "bound", "pass", "detail"} for check in report["checks"])
-    assert len(report["checks"]) == 2 * 2 + 2  # loss and gradient norm per step, the update, the module outputs
+    # loss and gradient norm per step, the update, the module outputs, the parameter gradients
+    assert len(report["checks"]) == 2 * 2 + 3
 
 
 def with_wrong_activation(monkeypatch, layer: int) -> None:
@@ -84,6 +86,40 @@ def test_a_wrong_activation_fails_and_is_named(monkeypatch, capsys, checkpoint, 
     assert f"first diverging module (fp32): transformer.h.{layer}.mlp" in printed
     assert "NOT trusted for training" in printed and f"first diverging: transformer.h.{layer}.mlp" in printed
     assert not {c["check"]: c for c in report["checks"]}["step 1 loss"]["pass"]  # and the loss shows it
+
+
+class WrongBackward(torch.autograd.Function):
+    """The identity whose backward pass scales the gradient by 1.5: a kernel wrong only in backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1.5
+
+
+def test_a_wrong_backward_pass_is_named_by_its_parameter(monkeypatch, checkpoint, tmp_path):
+    copy_for_device = doctor_module.device_copy
+
+    def broken_copy(model, device):
+        checked = copy_for_device(model, device)
+        c_fc = checked.transformer.h[1].mlp.c_fc
+        forward = c_fc.forward
+        c_fc.forward = lambda x: WrongBackward.apply(forward(x))
+        return checked
+
+    monkeypatch.setattr(doctor_module, "device_copy", broken_copy)
+    out = tmp_path / "doctor.json"
+    assert main(["doctor", "--device", "cpu", "--model", str(checkpoint), "--json", str(out), "--steps", "1",
+                 "--batch-size", "3"]) == 1
+    report = json.loads(out.read_text())
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["module outputs (step 1)"]["pass"] and checks["step 1 loss"]["pass"]  # the forward pass is right
+    assert not checks["parameter gradients (step 1)"]["pass"] and not checks["step 1 gradient norm"]["pass"]
+    # backward reaches c_proj's parameters before the wrong op, c_fc's after it
+    assert report["first_gradient_divergence"] == {"fp32": "transformer.h.1.mlp.c_fc.bias"}
 
 
 def test_a_missing_device_is_a_usage_error(capsys):

@@ -72,6 +72,8 @@ def doctor(cfg: DoctorConfig) -> int:
     print()
     for precision, name in report.first_divergence.items():
         print(f"first diverging module ({precision}): {name or 'none'}")
+    for precision, name in report.first_gradient_divergence.items():
+        print(f"first diverging gradient ({precision}, backward order): {name or 'none'}")
     for note in report.notes:
         print(note)
     print("versions: " + ", ".join(f"{key} {value}" for key, value in report.versions.items()))

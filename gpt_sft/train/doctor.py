@@ -7,7 +7,8 @@ checked: the device's default one (CUDA: bf16 autocast where supported, else fp1
 (TF32 off). Per step: the loss's and the gradient norm's relative differences; after the steps: the relative
 difference of the weights' total update. Before the first step, forward hooks on every module compare each
 module's output with the reference's: the first module (in the order outputs complete, so a child before its
-parent) whose inputs agree with the reference but whose output does not is named -- where the device goes wrong.
+parent) whose inputs agree with the reference but whose output does not is named -- where the device goes wrong;
+after the first backward pass, the first parameter (in backward order) whose gradient diverges is named too.
 
 A device passes when every figure is within its precision's tolerance (:data:`.tolerances.TOLERANCES`).
 """
@@ -38,6 +39,7 @@ from .loss import batch_loss
 from .tolerances import TOLERANCES, UPDATE_TOLERANCE_FACTOR
 
 LEARNING_RATE, WEIGHT_DECAY = 5e-5, 0.1  # gpt-sft train's AdamW defaults
+GRADIENT_FLOOR = 1e-3  # see gradient_errors
 FP16_LOSS_SCALE = 2.0 ** 12  # a static loss scale: fp16 gradients of a few steps must not underflow
 
 
@@ -61,6 +63,7 @@ class Report:
     device: str
     checks: list[Check] = field(default_factory=list)
     first_divergence: dict[str, str | None] = field(default_factory=dict)  # precision -> module name or None
+    first_gradient_divergence: dict[str, str | None] = field(default_factory=dict)  # precision -> parameter or None
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -76,7 +79,8 @@ class Report:
         return {"device": self.device, "trusted": self.trusted, "failures": self.failures(),
                 "checks": [{"precision": c.precision, "check": c.name, "figure": c.figure, "bound": c.bound,
                             "pass": c.passed, "detail": c.detail} for c in self.checks],
-                "first_divergence": self.first_divergence, "versions": self.versions, "notes": self.notes}
+                "first_divergence": self.first_divergence, "first_gradient_divergence": self.first_gradient_divergence,
+                "versions": self.versions, "notes": self.notes}
 
     def table(self) -> str:
         rows = [("precision", "check", "relative difference", "bound", "result", "device vs float64 reference")]
@@ -206,8 +210,10 @@ def precision_context(device: torch.device, precision: str):
 
 def train_steps(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int, device: torch.device,
                 precision: str, recorder: Callable[[nn.Module], ModuleRecorder] | None = None,
+                first_gradients: Callable[[nn.Module], None] | None = None,
                 ) -> tuple[list[float], list[float], ModuleRecorder | None]:
-    """``steps`` AdamW training steps on one batch: per step the loss and the gradient norm (before the step)."""
+    """``steps`` AdamW training steps on one batch: per step the loss and the gradient norm (before the step).
+    ``recorder`` hooks the first forward pass; ``first_gradients`` sees the model after the first backward pass."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     inputs, targets = inputs.to(device), targets.to(device)
     scale = FP16_LOSS_SCALE if precision == "fp16" else 1.0
@@ -225,9 +231,27 @@ def train_steps(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, s
             grad.div_(scale)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.cpu().double()) for g in grads]))
         norms.append(float(norm))
+        if step == 0 and first_gradients is not None:
+            first_gradients(model)
         losses.append(float(loss.detach()))
         optimizer.step()
     return losses, norms, hooks
+
+
+def gradient_errors(model: nn.Module, reference: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+    """``(parameter, relative error of its gradient)`` in the order backward computes them (the reverse of the
+    forward order): a layer whose backward goes wrong spoils its own gradients and every earlier layer's, so the first
+    diverging parameter in this order is in it. A gradient under :data:`GRADIENT_FLOOR` of the whole one is measured
+    against that share: the key bias's gradient is 0 in exact arithmetic (softmax ignores a shift), round-off there
+    is no fault."""
+    floor = GRADIENT_FLOOR * math.sqrt(sum(float(torch.linalg.vector_norm(g)) ** 2 for g in reference.values()))
+    errors = []
+    for name, param in reversed(list(model.named_parameters())):
+        if name in reference and param.grad is not None:
+            ref = reference[name]
+            diff = float(torch.linalg.vector_norm(param.grad.detach().cpu().double() - ref))
+            errors.append((name, diff / max(float(torch.linalg.vector_norm(ref)), floor, 1e-30)))
+    return errors
 
 
 def update_error(before: dict[str, torch.Tensor], after: nn.Module, reference: nn.Module) -> float:
@@ -265,6 +289,23 @@ def versions(device: torch.device) -> dict[str, str]:
             "driver": driver_version() if device.type == "cuda" else "n/a"}
 
 
+def divergence_checks(report: Report, precision: str, tol: float, hooks: ModuleRecorder | None,
+                      grad_errors: list[tuple[str, float]]) -> None:
+    """The first step's module outputs and parameter gradients: the checks, and the first of each beyond ``tol``."""
+    found = hooks.first_divergence(tol) if hooks is not None else None
+    report.first_divergence[precision] = found[0] if found else None
+    errors = hooks.errors if hooks is not None else []
+    report.checks.append(Check(precision, "module outputs (step 1)",
+                               found[1] if found else max((out for _, _, out in errors), default=0.0), tol,
+                               f"first diverging: {found[0]}" if found else f"all {len(errors)} within"))
+    grad_found = next(((name, e) for name, e in grad_errors if not e <= tol), None)
+    report.first_gradient_divergence[precision] = grad_found[0] if grad_found else None
+    report.checks.append(Check(precision, "parameter gradients (step 1)",
+                               grad_found[1] if grad_found else max((e for _, e in grad_errors), default=0.0), tol,
+                               f"first diverging in backward order: {grad_found[0]}" if grad_found
+                               else f"all {len(grad_errors)} within"))
+
+
 def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, batch_size: int = 4,
                tolerances: dict[str, float] | None = None, seed: int = 0) -> Report:
     """Check ``device`` with ``model`` (any dtype, on any device) on one synthetic batch; see the module's text."""
@@ -277,8 +318,11 @@ def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, 
     reference = reference_copy(model)
     start = {name: p.detach().clone() for name, p in reference.named_parameters()}
     ref_hooks = ModuleRecorder(reference)
-    ref_losses, ref_norms, _ = train_steps(reference, inputs, targets, steps, torch.device("cpu"), "fp64",
-                                           recorder=lambda m: ref_hooks)
+    ref_grads: dict[str, torch.Tensor] = {}
+    ref_losses, ref_norms, _ = train_steps(
+        reference, inputs, targets, steps, torch.device("cpu"), "fp64", recorder=lambda m: ref_hooks,
+        first_gradients=lambda m: ref_grads.update((n, p.grad.clone()) for n, p in m.named_parameters()
+                                                   if p.grad is not None))
     precisions = list(dict.fromkeys([default_precision(device), "fp32"]))
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -286,8 +330,10 @@ def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, 
         for precision in precisions:
             tol = tolerances[precision]
             checked = device_copy(model, device)
-            losses, norms, hooks = train_steps(checked, inputs, targets, steps, device, precision,
-                                               recorder=lambda m: ModuleRecorder(m, ref_hooks))
+            grad_errors: list[tuple[str, float]] = []
+            losses, norms, hooks = train_steps(
+                checked, inputs, targets, steps, device, precision, recorder=lambda m: ModuleRecorder(m, ref_hooks),
+                first_gradients=lambda m: grad_errors.extend(gradient_errors(m, ref_grads)))
             for step, (loss, ref) in enumerate(zip(losses, ref_losses), 1):
                 report.checks.append(Check(precision, f"step {step} loss", abs(loss - ref) / max(abs(ref), 1e-30),
                                            tol, f"{loss:.8g} vs {ref:.8g}"))
@@ -297,12 +343,7 @@ def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, 
             report.checks.append(Check(precision, f"weight update after {steps} steps",
                                        update_error(start, checked, reference), tol * UPDATE_TOLERANCE_FACTOR,
                                        f"AdamW, lr {LEARNING_RATE:g}, weight decay {WEIGHT_DECAY:g}"))
-            found = hooks.first_divergence(tol) if hooks is not None else None
-            report.first_divergence[precision] = found[0] if found else None
-            errors = hooks.errors if hooks is not None else []
-            worst = max((out for _, _, out in errors), default=0.0)
-            report.checks.append(Check(precision, "module outputs (step 1)", worst if found is None else found[1], tol,
-                                       f"first diverging: {found[0]}" if found else f"all {len(errors)} within"))
+            divergence_checks(report, precision, tol, hooks, grad_errors)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return report
