@@ -340,7 +340,7 @@ def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, 
             for step, (norm, ref) in enumerate(zip(norms, ref_norms), 1):
                 report.checks.append(Check(precision, f"step {step} gradient norm", abs(norm - ref) / max(ref, 1e-30),
                                            tol, f"{norm:.8g} vs {ref:.8g}"))
-            report.checks.append(Check(precision, f"weight update after {steps} steps",
+            report.checks.append(Check(precision, f"weight update after {steps} step{'s' if steps > 1 else ''}",
                                        update_error(start, checked, reference), tol * UPDATE_TOLERANCE_FACTOR,
                                        f"AdamW, lr {LEARNING_RATE:g}, weight decay {WEIGHT_DECAY:g}"))
             divergence_checks(report, precision, tol, hooks, grad_errors)
