@@ -15,6 +15,7 @@ A device passes when every figure is within its precision's tolerance (:data:`.t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -93,9 +94,11 @@ class Report:
 
 def device_available(device: str) -> str | None:
     """Why ``device`` cannot be used here, or ``None``."""
-    kind = torch.device(device).type
+    kind, index = torch.device(device).type, torch.device(device).index
     if kind == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available on this machine (torch " + torch.__version__ + ")"
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
     if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
         return "MPS is not available on this machine"
     if kind not in ("cpu", "cuda", "mps"):
@@ -204,7 +207,7 @@ class ModuleRecorder:
 
 def precision_context(device: torch.device, precision: str):
     if precision not in ("bf16", "fp16"):
-        return torch.autocast(device.type, enabled=False)
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
