@@ -1,5 +1,6 @@
 """``gpt-sft doctor``: a CPU passes against its float64 reference, with real figures; a wrong activation patched into
-one layer of the checked copy fails it and is named; a checkpoint is checked; a missing device is a usage error."""
+one layer of the checked copy fails it and is named, as is a kernel wrong only in backward; a wrong optimizer step fails
+the update check; a checkpoint is checked; a missing device is a usage error."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gpt_sft.cli.main import main
 from gpt_sft.model.configuration_gpt import GPTConfig
@@ -128,3 +130,40 @@ def test_a_missing_device_is_a_usage_error(capsys):
     assert main(["doctor", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --device cuda: CUDA is not available")
+
+
+def test_an_unknown_device_is_an_option_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["doctor", "--device", "tpu"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'")
+
+
+def test_a_wrong_optimizer_step_fails_the_update_check(monkeypatch, checkpoint, tmp_path):
+    """Every step of the device's AdamW moves each weight one learning rate further than it should: the first step's
+    loss, module outputs and gradients are right, the update is not."""
+    copy_for_device = doctor_module.device_copy
+    handles = []
+
+    def overshoot(optimizer, args, kwargs):
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.add_(param.grad.sign(), alpha=-group["lr"])
+
+    def broken_copy(model, device):  # the reference has stepped by now: only the device's optimizer overshoots
+        handles.append(register_optimizer_step_post_hook(overshoot))
+        return copy_for_device(model, device)
+
+    monkeypatch.setattr(doctor_module, "device_copy", broken_copy)
+    out = tmp_path / "doctor.json"
+    try:
+        status = main(["doctor", "--device", "cpu", "--model", str(checkpoint), "--json", str(out), "--steps", "1",
+                       "--batch-size", "3"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    checks = {c["check"]: c for c in json.loads(out.read_text())["checks"]}
+    assert status == 1
+    assert [name for name, check in checks.items() if not check["pass"]] == ["weight update after 1 step"]
+    assert checks["weight update after 1 step"]["figure"] > 0.5

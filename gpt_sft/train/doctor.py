@@ -37,7 +37,7 @@ from ..model.configuration_gpt import GPTConfig
 from ..model.modeling_gpt import GPTForCausalLM
 from ..model.tokenizer import END_OF_TEXT, get_tokenizer
 from .loss import batch_loss
-from .tolerances import TOLERANCES, UPDATE_TOLERANCE_FACTOR
+from .tolerances import TOLERANCES, UPDATE_TOLERANCES
 
 LEARNING_RATE, WEIGHT_DECAY = 5e-5, 0.1  # gpt-sft train's AdamW defaults
 GRADIENT_FLOOR = 1e-3  # see gradient_errors
@@ -344,7 +344,7 @@ def run_doctor(model: nn.Module, device: str | torch.device, *, steps: int = 3, 
                 report.checks.append(Check(precision, f"step {step} gradient norm", abs(norm - ref) / max(ref, 1e-30),
                                            tol, f"{norm:.8g} vs {ref:.8g}"))
             report.checks.append(Check(precision, f"weight update after {steps} step{'s' if steps > 1 else ''}",
-                                       update_error(start, checked, reference), tol * UPDATE_TOLERANCE_FACTOR,
+                                       update_error(start, checked, reference), UPDATE_TOLERANCES[precision],
                                        f"AdamW, lr {LEARNING_RATE:g}, weight decay {WEIGHT_DECAY:g}"))
             divergence_checks(report, precision, tol, hooks, grad_errors)
     finally:

@@ -157,4 +157,5 @@ def batch_losses(model: nn.Module, batches: list[dict], paths: LossPaths = LossP
 
 
 __all__ = ["BOOK", "HEAD_CHUNK", "LossPaths", "TrainingLoss", "at_least_float32", "base_model", "batch_loss",
-           "batch_losses", "divide", "head_losses", "per_target_losses", "positions_up_to_last_target", "shared_prefix_length", "token_loss"]
+           "batch_losses", "divide", "head_losses", "per_target_losses", "positions_up_to_last_target",
+           "shared_prefix_length", "token_loss"]
