@@ -64,8 +64,8 @@ def doctor(cfg: DoctorConfig) -> int:
         return 2
     model = plain_model(cfg.model) if cfg.model else fresh_model(n_layer=cfg.layers, seed=cfg.seed)
     what = cfg.model or f"a fresh {cfg.layers}-layer GPT-2-shaped model (seed {cfg.seed})"
-    print(f"gpt-sft doctor: {device} against a float64 CPU reference, {what}, {cfg.steps} step{'s' if cfg.steps > 1 else ''}",
-          file=sys.stderr)
+    steps = f"{cfg.steps} step{'s' if cfg.steps > 1 else ''}"
+    print(f"gpt-sft doctor: {device} against a float64 CPU reference, {what}, {steps}", file=sys.stderr)
     report = run_doctor(model, torch.device(device), steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
                         tolerances={"fp32": cfg.fp32_tolerance, "bf16": cfg.bf16_tolerance,
                                     "fp16": cfg.fp16_tolerance})
