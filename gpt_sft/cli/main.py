@@ -24,6 +24,8 @@ COMMANDS = {
                          "make_preferences"),
     "export": ("export a checkpoint to stock GPT-2 (no remote code), GGUF (llama.cpp) or Ollama", "export"),
     "serve": ("serve a checkpoint or GGUF file with an OpenAI-compatible API (llama.cpp's server)", "serve"),
+    "doctor": ("check that a device (cpu, cuda, mps) trains as a float64 CPU reference does: exit 0 if trusted",
+               "doctor"),
     "refresh-code": ("replace a checkpoint's copy of the model code with the installed one", "refresh_code"),
 }
 

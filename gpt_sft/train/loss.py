@@ -46,18 +46,23 @@ def divide(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
     return total / max(int(count), 1)
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the cross-entropy: bf16/fp16 ones in float32, float64 ones (gpt-sft doctor's reference) kept."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def token_loss(logits: torch.Tensor, targets: torch.Tensor,
                num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
     """The book's loss: cross-entropy of ``logits`` (B, T, vocab) against ``targets`` (B, T)."""
     flat = targets.flatten()  # (B*T,)
-    total = F.cross_entropy(logits.flatten(0, 1).float(), flat, ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(at_least_float32(logits.flatten(0, 1)), flat, ignore_index=IGNORE_INDEX, reduction="sum")
     return divide(total, (flat != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch)
 
 
 def head_losses(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the output layer at M positions: ``hidden`` (M, d), ``targets`` (M,) -> (M,),
     in chunks of :data:`HEAD_CHUNK` targets."""
-    pieces = [F.cross_entropy(lm_head(h).float(), t, reduction="none")
+    pieces = [F.cross_entropy(at_least_float32(lm_head(h)), t, reduction="none")
               for h, t in zip(hidden.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))]
     return torch.cat(pieces) if pieces else hidden.new_zeros(0)
 
@@ -151,5 +156,6 @@ def batch_losses(model: nn.Module, batches: list[dict], paths: LossPaths = LossP
     return [part.float().sum() / max(count, 1) for part, count in zip(per_target.split(counts), counts)]
 
 
-__all__ = ["BOOK", "HEAD_CHUNK", "LossPaths", "TrainingLoss", "base_model", "batch_loss", "batch_losses", "divide",
-           "head_losses", "per_target_losses", "positions_up_to_last_target", "shared_prefix_length", "token_loss"]
+__all__ = ["BOOK", "HEAD_CHUNK", "LossPaths", "TrainingLoss", "at_least_float32", "base_model", "batch_loss",
+           "batch_losses", "divide", "head_losses", "per_target_losses", "positions_up_to_last_target",
+           "shared_prefix_length", "token_loss"]
