@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from conftest import REPO_ROOT
 from gpt_sft.cli.main import main
 from gpt_sft.cli.verify import verify_after_training
 from gpt_sft.common.options import parse_config
@@ -92,8 +93,9 @@ def test_the_full_verify_of_the_demo_passes_and_replaces_the_cards_section(demo_
     assert "loaded as GPTForCausalLM" in remote["detail"]
     assert sum("gradients" in name for name in checks) == 3
     assert next(c for c in checks.values() if c["group"] == "tokenizer")["detail"].startswith("70 held-out")
-    for check in verification["checks"]:  # the table printed is the one written
-        assert check["check"] in out
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8").split("### Can I trust it?")[1].split("\n### ")[0]
+    for check in verification["checks"]:  # the table printed is the one written, and the README shows its rows
+        assert check["check"] in out and f"{check['group']:<15}{check['check']}" in readme
     assert out.strip().splitlines()[-1].startswith(f"{verification['summary']} in ")
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert card.count(VERIFIED_HEADING) == 1, "training's section replaced, not a second one"
