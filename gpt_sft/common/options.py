@@ -126,7 +126,8 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
         base, optional = _base_type(types_[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        kwargs["help"] += f" (default: {default!r})"
+        if not f.metadata.get("positional"):  # a positional argument is named, not defaulted
+            kwargs["help"] += f" (default: {default!r})"
         if f.metadata.get("positional"):
             del kwargs["dest"]  # a positional argument's name is its dest
             parser.add_argument(f.name, metavar=f.metadata["positional"], nargs="?", type=str, **kwargs)

@@ -76,10 +76,11 @@ def training_batches(subject: Subject, sizes: Sizes) -> list[tuple[torch.Tensor,
         return []
     dataset = Dataset.from_list(entries)
     train_on = (subject.recipe.train_on if subject.recipe else None) or "assistant"
-    tokenized = tokenize_dataset(dataset, style=subject.style, allowed_max_length=subject.allowed_max_length,
-                                 keep_columns=False, train_on=train_on)
+    limit = subject.allowed_max_length or context_length_of(subject.model)  # training's default: the context
+    tokenized = tokenize_dataset(dataset, style=subject.style, allowed_max_length=limit, keep_columns=False,
+                                 train_on=train_on)
     collate = InstructionDataCollator(mask_prompt=subject.mask_prompt and not subject.conversational,
-                                      allowed_max_length=subject.allowed_max_length)
+                                      allowed_max_length=limit)
     rows = list(tokenized)
     return [to_book_batch(collate(rows[i: i + sizes.batch_size])) for i in range(0, len(rows), sizes.batch_size)]
 

@@ -47,6 +47,7 @@ class Subject:
         held_out, train: The run's entries (the test split, else the validation split; the training split).
         data_error: Why there are no entries (no recipe, its data not here...).
         mask_prompt, allowed_max_length, max_new_tokens: What the run trained and generated with.
+        recipe: The run's recipe (``recipe.json``; its data replaced by ``--data``), ``None`` for a folder without.
     """
 
     folder: Path
