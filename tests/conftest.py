@@ -107,9 +107,11 @@ DEMO_CONVERSATIONS_RECIPE = REPO_ROOT / "scripts" / "recipes" / "demo-conversati
 # The tiny training run every training test starts from: 1 layer, width 32, context 64, no generation, the loss on
 # the answers only (the 50,257-wide output layer is most of a tiny model's step, and the prompt most of its targets:
 # a quarter of the step's time; the book's loss on every token is run where a test is about it). Conversations refuse
-# --mask-prompt (--train-on says what their loss covers): their runs set mask_prompt=False.
+# --mask-prompt (--train-on says what their loss covers): their runs set mask_prompt=False. No quick checks at the end
+# (about 1 s of a core each, in some 80 tiny runs): the demo models, the LoRA runs and the stages' CLI runs end with them
+# (test_verify).
 TINY_TRAIN = dict(model="scratch", n_layers=1, emb_dim=32, n_heads=2, context_length=64, eval_batches=2,
-                  generate=False, sample_every_epoch=False, tie_word_embeddings=True, mask_prompt=True)
+                  generate=False, sample_every_epoch=False, tie_word_embeddings=True, mask_prompt=True, verify=False)
 
 
 def tiny_train_config(data: Path, output_dir: Path, config_type=None, **overrides):
@@ -823,3 +825,33 @@ def step_gradients(run, window: list[dict]) -> tuple[float, dict]:
     grads = {name: p.grad.clone() for name, p in run.model.named_parameters() if p.grad is not None}
     run.optimizer.zero_grad(set_to_none=True)
     return loss, grads
+
+
+# The unmerged-LoRA runs (test_lora_unmerged, test_verify): 2 layers, width 128 (the embedding alone is 50257 x 128
+# floats, 25.7 MB; the LoRA weights far less), 3 steps; the adapters end with the quick checks of gpt-sft verify.
+LORA_TRAIN = dict(model="scratch", n_layers=2, emb_dim=128, n_heads=2, context_length=64, eval_batches=1,
+                  eval_every=100, generate=False, sample_every_epoch=False, lora_rank=2, learning_rate=1e-2,
+                  max_steps=3, batch_size=4, mask_prompt=True)
+LORA_HEADS = {"tied": True, "untied": False}
+
+
+@pytest.fixture(scope="session")
+def lora_runs(tmp_path_factory) -> dict[tuple[str, bool], Path]:
+    """``{(head, merge_lora): output folder}``: the same training (same seed) saved both ways, with a tied and an
+    untied head; trained once per session for every pytest-xdist worker, read-only."""
+    from gpt_sft.cli.train import train
+    from gpt_sft.data.synthetic import make_synthetic_instructions
+    from gpt_sft.train.config import TrainConfig
+
+    def build(root: Path) -> None:
+        data = root / "tasks.json"
+        data.write_text(json.dumps(make_synthetic_instructions(40, seed=1)))
+        for head, tie in LORA_HEADS.items():
+            for merge in (False, True):
+                train(TrainConfig(**LORA_TRAIN, tie_word_embeddings=tie, merge_lora=merge, data=str(data),
+                                  output_dir=str(root / f"{head}-{'merged' if merge else 'adapter'}"),
+                                  verify=not merge))  # the adapters' quick checks hold their LoRA rows
+
+    for root in built_once(tmp_path_factory, "lora-runs", build):
+        yield {(head, merge): root / f"{head}-{'merged' if merge else 'adapter'}"
+               for head in LORA_HEADS for merge in (False, True)}

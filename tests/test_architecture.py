@@ -26,7 +26,8 @@ LATE_IMPORTS = {
 # (tests/test_light_cli.py holds them to it).
 LAZY_COMMANDS = {"gpt_sft.cli.train", "gpt_sft.cli.generate", "gpt_sft.cli.chat", "gpt_sft.cli.evaluate",
                  "gpt_sft.cli.judge_options", "gpt_sft.cli.export", "gpt_sft.cli.serve", "gpt_sft.cli.make_preferences",
-                 "gpt_sft.cli.refresh_code", "gpt_sft.cli.data_dedupe", "gpt_sft.cli.doctor"}
+                 "gpt_sft.cli.refresh_code", "gpt_sft.cli.data_dedupe", "gpt_sft.cli.doctor",
+                 "gpt_sft.cli.verify"}
 
 
 def modules() -> dict[str, Path]:

@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "peft")
 # The commands whose --help and option errors import none of HEAVY: every one.
 LIGHT = ["chat", "data", "doctor", "dpo", "evaluate", "export", "generate", "make-preferences", "orpo", "refresh-code",
-         "serve", "simpo", "train"]
+         "serve", "simpo", "train", "verify"]
 
 # Every run asked of one fresh interpreter: (argv, its exit status, the start of its last stderr line)
 PROBE = """

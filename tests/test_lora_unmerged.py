@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import built_once, run_generate
+from conftest import LORA_HEADS, LORA_TRAIN, built_once, run_generate
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gpt_sft.cli.generate import main as generate_main
-from gpt_sft.cli.train import train
-from gpt_sft.data.synthetic import make_synthetic_instructions
 from gpt_sft.export import run_folder
 from gpt_sft.export.run_folder import prepare_output_dir
 from gpt_sft.model.adapters import AdapterBaseWarning
@@ -33,29 +31,14 @@ from gpt_sft.model.weights import ModelNotFoundError, WeightLoadingError
 from gpt_sft.train.config import TrainConfig
 from gpt_sft.train.loop import build_model
 
-# 2 layers, width 128: the embedding alone is 50257 x 128 floats (25.7 MB), the LoRA weights far less
-TINY = dict(model="scratch", n_layers=2, emb_dim=128, n_heads=2, context_length=64, eval_batches=1, eval_every=100,
-            generate=False, sample_every_epoch=False, lora_rank=2, learning_rate=1e-2, max_steps=3, batch_size=4,
-            mask_prompt=True)
+TINY, HEADS = LORA_TRAIN, LORA_HEADS
 IDS = torch.tensor([[21106, 318, 281, 12064, 326, 8477, 257, 4876, 13, 15496, 11, 314]])
-HEADS = {"tied": True, "untied": False}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[tuple[str, bool], Path]:
-    """``{(head, merge_lora): output folder}``: the same training (same seed) saved both ways; trained once per
-    session for every pytest-xdist worker, read-only."""
-
-    def build(root: Path) -> None:
-        data = root / "tasks.json"
-        data.write_text(json.dumps(make_synthetic_instructions(40, seed=1)))
-        for head, tie in HEADS.items():
-            for merge in (False, True):
-                train(TrainConfig(**TINY, tie_word_embeddings=tie, merge_lora=merge, data=str(data),
-                                  output_dir=str(root / f"{head}-{'merged' if merge else 'adapter'}")))
-
-    for root in built_once(tmp_path_factory, "lora-runs", build):
-        yield {(head, merge): root / f"{head}-{'merged' if merge else 'adapter'}" for head in HEADS for merge in (False, True)}
+def runs(lora_runs) -> dict[tuple[str, bool], Path]:
+    """``conftest.lora_runs``: the same training (same seed) saved as an adapter and merged, tied and untied."""
+    return lora_runs
 
 
 def logits(model) -> torch.Tensor:

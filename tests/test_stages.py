@@ -131,6 +131,7 @@ SHOWN_ELSEWHERE = {
     "model_format": "build_model, before any stage code: test_weights",
     "overwrite": "prepare_output_dir in train(), before the stage exists: test_hardening, test_run_ownership",
     "push_to_hub": "train() after the final save: test_training's push test",
+    "verify": "train() after the final save (the demo builds, the LoRA runs, the stages' CLI runs): test_verify",
     "hub_private": "train() after the final save: test_training's push test",
     "data_format": "conversations: SFT's in test_conversations, the preference stages' pairs in "
                    "test_conversation_pairs",

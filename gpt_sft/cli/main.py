@@ -26,6 +26,8 @@ COMMANDS = {
     "serve": ("serve a checkpoint or GGUF file with an OpenAI-compatible API (llama.cpp's server)", "serve"),
     "doctor": ("check that a device (cpu, cuda, mps) trains as a float64 CPU reference does: exit 0 if trusted",
                "doctor"),
+    "verify": ("check a trained checkpoint: remote code, tokenizer, chat template, loss shortcuts, generation, LoRA; "
+               "exit 0 if every check passed", "verify"),
     "refresh-code": ("replace a checkpoint's copy of the model code with the installed one", "refresh_code"),
 }
 

@@ -31,6 +31,10 @@ from .errors import report_errors
 # The training machinery (torch, accelerate, transformers, datasets: seconds to import) is imported inside the
 # functions that run it, after the options parse: `gpt-sft train --help` and an option error answer without it.
 
+class VerificationFailed(RuntimeError):
+    """A run's model is saved, but the quick checks that end the run found a fault in it."""
+
+
 def generate_test_responses(run: Any, model) -> Path | None:
     """The book's ``instruction-data-with-response.json``: greedy responses to the test split (``run``: a
     :class:`~gpt_sft.train.loop.Run`)."""
@@ -66,6 +70,7 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Any], Any] | None 
     from ..train.report import hardware_description
     from ..train.state import Interruptions, InterruptedRun, resolve_resume, say
     from .export import ExportConfig, export
+    from .verify import verify_after_training
 
     setup_run = setup if setup_run is None else setup_run
     accelerator = make_accelerator(cfg)
@@ -99,7 +104,10 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Any], Any] | None 
         for fmt in cfg.export:
             export(ExportConfig(model=str(output_dir), format=fmt, output=str(Path(output_dir) / "export" / fmt),
                                 overwrite=True))
-    if cfg.push_to_hub and accelerator.is_main_process:
+    verified = verify_after_training(output_dir, cfg.verify) if accelerator.is_main_process else None
+    if cfg.push_to_hub and accelerator.is_main_process and verified is False:
+        say(accelerator, f"Not pushed to {cfg.push_to_hub}: the model's quick checks failed")
+    elif cfg.push_to_hub and accelerator.is_main_process:
         url = push_folder_to_hub(output_dir, cfg.push_to_hub, private=cfg.hub_private)
         say(accelerator, f"Pushed to {url}")
     # The data-parallel wrapper goes first, while the process group it holds is still alive: end_training destroys
@@ -109,6 +117,10 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Any], Any] | None 
     del run
     accelerator.free_memory()
     accelerator.end_training()
+    if verified is False:
+        raise VerificationFailed(f"{output_dir}: the trained model is saved there, but its quick checks failed (the "
+                                 f"table above, and verification.json; not pushed): gpt-sft verify {output_dir} runs "
+                                 "them all")
     return output_dir
 
 

@@ -110,7 +110,8 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
 
     Field metadata besides ``help``: ``choices``; ``switch=True`` for a bool that is only ever turned
     on (``--interactive``; no ``--no-...`` twin); ``repeat=True`` for a list given one item per flag
-    (``--option a=1 --option b=2``)."""
+    (``--option a=1 --option b=2``); ``positional="DIR"`` for the one field given without a flag
+    (``gpt-sft verify DIR``; required unless the YAML recipe sets it)."""
     parser = CommandParser(
         prog=prog,
         description=description or (cls.__doc__ or "").split("\n\n")[0],
@@ -125,8 +126,12 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
         base, optional = _base_type(types_[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        kwargs["help"] += f" (default: {default!r})"
-        if base is bool and f.metadata.get("switch"):
+        if not f.metadata.get("positional"):  # a positional argument is named, not defaulted
+            kwargs["help"] += f" (default: {default!r})"
+        if f.metadata.get("positional"):
+            del kwargs["dest"]  # a positional argument's name is its dest
+            parser.add_argument(f.name, metavar=f.metadata["positional"], nargs="?", type=str, **kwargs)
+        elif base is bool and f.metadata.get("switch"):
             parser.add_argument(flag, action="store_true", **kwargs)
         elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

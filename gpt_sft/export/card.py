@@ -143,6 +143,45 @@ def render_model_card(cfg, metrics: dict, repo_id: str | None = None, stage=None
 
 
 
+# gpt-sft verify's section (gpt_sft.verify.report): kept when the card is rendered again
+VERIFIED_HEADING = "## Verified"
+
+
+def section_span(card: str, heading: str) -> tuple[int, int] | None:
+    """Where the section under the line ``heading`` is in ``card``: from that line to the next heading of the same
+    or a higher level (or the end); ``None`` when there is none."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = card.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith("#") and 0 < len(lines[i]) - len(lines[i].lstrip("#")) <= level), len(lines))
+    return offsets[start], offsets[end]
+
+
+def with_section(card: str, heading: str, body: str) -> str:
+    """``card`` with the section ``heading`` holding ``body``: replaced where it is, else added at the end."""
+    block = f"{heading}\n\n{body.strip()}\n"
+    span = section_span(card, heading)
+    if span is None:
+        return card.rstrip("\n") + "\n\n" + block
+    start, end = span
+    return card[:start] + block + ("\n" if end < len(card) else "") + card[end:]
+
+
+def keep_verified_section(old_card: str, new_card: str) -> str:
+    """A card rendered again (a judge score recorded) keeps the "Verified" section the old one had."""
+    span = section_span(old_card, VERIFIED_HEADING)
+    if span is None:
+        return new_card
+    body = old_card[span[0]:span[1]].split("\n", 1)[1] if "\n" in old_card[span[0]:span[1]] else ""
+    return with_section(new_card, VERIFIED_HEADING, body)
+
+
 def judge_scale(judge: dict) -> str:
     """What the judge's figure is: its scale and the prompt mode that asked for it."""
     mode = judge.get("prompt_mode") or "book"
@@ -186,6 +225,9 @@ def record_judge_score(checkpoint_dir: str | os.PathLike, report_path: str | os.
     args = json.loads((folder / "training_args.json").read_text(encoding="utf-8"))
     stage_type = stage_of_metrics(metrics)
     cfg = stage_type.config_type(**args)
-    write_text_atomic(folder / "README.md", render_model_card(cfg, metrics, stage=stage_type(cfg)))
+    card = render_model_card(cfg, metrics, stage=stage_type(cfg))
+    if (folder / "README.md").is_file():
+        card = keep_verified_section((folder / "README.md").read_text(encoding="utf-8"), card)
+    write_text_atomic(folder / "README.md", card)
     write_json_atomic(folder / "metrics.json", metrics)
     return entry

@@ -103,6 +103,9 @@ class TrainConfig:
                              "--output-dir is refused unless resuming")
     generate: bool = option(True, "Generate test-set responses at the end (--no-generate skips it)")
     max_new_tokens: int = option(256, "New tokens per test-set response")
+    verify: bool = option(True, "End with gpt-sft verify's quick checks of the saved model (a few seconds; the table "
+                          "goes into the model card and verification.json; a failure exits 1 and keeps the model); "
+                          "--no-verify skips them")
     export: list[str] = option([], "Also export the final model: hf-gpt2 (stock GPT-2, no remote code), gguf, ollama; "
                                "each into <output-dir>/export/<format> (as gpt-sft export does)")
     push_to_hub: str | None = option(None, "Hub repo id to upload the final folder to (token from HF login/env)")
