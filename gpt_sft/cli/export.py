@@ -59,19 +59,6 @@ class ExportConfig:
             raise ValueError(f"--output {self.output} is a file, not a folder: choose a folder for the export")
 
 
-def plain_model(path: str):
-    """The checkpoint as one plain ``GPTForCausalLM`` on the CPU, LoRA merged."""
-    from ..model.loading import load_model
-
-    model = load_model(path, device="cpu", dtype="auto")
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if getattr(model.config, "model_type", None) != "gpt_sft":
-        raise ValueError(f"--model {path}: a gpt-sft checkpoint (or a GPT-2 source gpt-sft loads) is needed, "
-                         f"got model_type {model.config.model_type!r}")
-    return model.eval()
-
-
 def _usage(fmt: str, output: Path, gguf_name: str | None, name: str) -> str:
     if fmt == "hf-gpt2":
         return "\n".join([
@@ -98,6 +85,7 @@ def export(cfg: ExportConfig) -> Path:
     from ..common.atomic_io import atomic_directory, write_text_atomic
     from ..common.run_manifest import record_stage_outputs
     from ..data.recipe import checkpoint_layout, checkpoint_style
+    from ..export.checkpoint import plain_model
     from ..export.gguf_file import write_gguf
     from ..export.hf_gpt2 import export_hf_gpt2
     from ..export.ollama import modelfile
