@@ -55,10 +55,11 @@ def export_checks(run_dir: Path, *, quick: bool) -> list[Check]:
 
 def check_export(export_dir: Path, fmt: str, checkpoint: Path, *, quick: bool) -> list[Check]:
     """The checks of one export folder of format ``fmt`` (``hf-gpt2``, ``gguf``, ``ollama``) against
-    ``checkpoint``: what ``gpt-sft export --verify`` runs."""
+    ``checkpoint``, what ``gpt-sft export --verify`` runs: those of the exported files only (no conversions of the
+    checkpoint to the other GGUF types, which ``gpt-sft verify`` adds)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"not an export format: {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    return _checks(Path(export_dir), fmt, HeldOut(checkpoint, quick=quick), convert=not quick)
+    return _checks(Path(export_dir), fmt, HeldOut(checkpoint, quick=quick), convert=False)
 
 
 def _checks(folder: Path, fmt: str, held: HeldOut, *, convert: bool) -> list[Check]:
@@ -71,7 +72,7 @@ def _checks(folder: Path, fmt: str, held: HeldOut, *, convert: bool) -> list[Che
         if not modelfile.is_file():
             return [unreadable(group, modelfile, FileNotFoundError("no Modelfile in the Ollama export"))]
         rows.append(template_check(modelfile, held, group))
-        _, source = modelfile_parts(modelfile)
+        _, source = modelfile_parts(modelfile.read_text(encoding="utf-8"))
         path = (folder / source).resolve() if source else None
         if path is None or not path.is_file() or path.suffix != ".gguf":
             return rows + [unreadable(group, modelfile, FileNotFoundError(

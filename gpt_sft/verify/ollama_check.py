@@ -77,9 +77,8 @@ def render_template(renderer: Path, template: str, values: list[dict]) -> list[s
     return json.loads(result.stdout)
 
 
-def modelfile_parts(modelfile: Path) -> tuple[str | None, str | None]:
-    """The Modelfile's TEMPLATE text and its FROM file name (each None when the Modelfile has none)."""
-    text = modelfile.read_text(encoding="utf-8")
+def modelfile_parts(text: str) -> tuple[str | None, str | None]:
+    """A Modelfile's TEMPLATE text and its FROM file name (each None when the Modelfile has none)."""
     template, source = _TEMPLATE.search(text), _FROM.search(text)
     return (template.group(1) if template else None), (source.group(1) if source else None)
 
@@ -94,7 +93,7 @@ def request_values(held: HeldOut) -> list[dict]:
 
 def template_check(modelfile: Path, held: HeldOut, group: str, *, cache: str | os.PathLike | None = None) -> Check:
     """The Modelfile's TEMPLATE against the training text (:data:`TEMPLATE_CHECK`)."""
-    template, _ = modelfile_parts(modelfile)
+    template, _ = modelfile_parts(modelfile.read_text(encoding="utf-8"))
     if template is None:
         return Check(group, TEMPLATE_CHECK, None, 0.0, detail=f'{modelfile}: no TEMPLATE """...""" to render')
     try:
