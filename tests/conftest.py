@@ -855,3 +855,27 @@ def lora_runs(tmp_path_factory) -> dict[tuple[str, bool], Path]:
     for root in built_once(tmp_path_factory, "lora-runs", build):
         yield {(head, merge): root / f"{head}-{'merged' if merge else 'adapter'}"
                for head in LORA_HEADS for merge in (False, True)}
+
+
+@pytest.fixture(scope="session")
+def go_renderer(tmp_path_factory) -> Path:
+    """The package's Ollama template renderer (gpt_sft/verify/ollama_render.go: Go's text/template, as Ollama uses),
+    built once per session by the product's builder into ``<folder>/go`` (``$GPT_SFT_CACHE/go`` for a test that sets
+    ``GPT_SFT_CACHE`` to the folder), with a build cache of its own. Read-only."""
+    from gpt_sft.verify.ollama_check import ollama_renderer
+
+    if shutil.which("go") is None:
+        if os.environ.get("GPT_SFT_LANE"):
+            pytest.fail("Go is missing: .ci/run installs golang-go to test the Ollama template")
+        pytest.skip("Go is not installed (apt-get install golang-go): it renders the Modelfile's template")
+
+    def build(folder: Path) -> None:
+        saved = os.environ.get("GOCACHE")
+        os.environ["GOCACHE"] = str(tmp_path_factory.mktemp("go-build-cache"))
+        try:
+            ollama_renderer(folder / "go")
+        finally:
+            os.environ.pop("GOCACHE") if saved is None else os.environ.__setitem__("GOCACHE", saved)
+
+    for folder in built_once(tmp_path_factory, "go-renderer", build):
+        yield next((folder / "go").glob("ollama_render-*"))

@@ -37,9 +37,9 @@ from gpt_sft.model.configuration_gpt import GPTConfig
 from gpt_sft.model.loading import load_model
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
 from gpt_sft.model.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from gpt_sft.verify.ollama_check import modelfile_parts
 
 REPO = Path(__file__).resolve().parents[1]
-IN_CI = bool(os.environ.get("GPT_SFT_LANE"))
 NEW_TOKENS = 32
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
@@ -363,23 +363,11 @@ def test_gguf_greedy_tokens_equal_ours_on_the_book_test_prompts(demo_run, book_t
 # ------------------------------------------------------------------ Ollama
 
 
-@pytest.fixture(scope="module")
-def go_renderer(tmp_path_factory) -> Path:
-    """tests/go/ollama_render.go built with Go (Debian's golang-go): Go's text/template, as Ollama uses."""
-    if shutil.which("go") is None:
-        if IN_CI:
-            pytest.fail("Go is missing: .ci/run installs golang-go to test the Ollama template")
-        pytest.skip("Go is not installed (apt-get install golang-go): it renders the Modelfile's template")
-    binary = tmp_path_factory.mktemp("go") / "ollama_render"
-    env = {**os.environ, "GOCACHE": str(binary.parent / "cache"), "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
-    subprocess.run(["go", "build", "-o", str(binary), str(REPO / "tests" / "go" / "ollama_render.go")],
-                   check=True, env=env, timeout=300)
-    return binary
-
-
 def _modelfile_template(text: str) -> str:
     start = text.index('TEMPLATE """') + len('TEMPLATE """')
-    return text[start: text.index('"""', start)]
+    template = text[start: text.index('"""', start)]
+    assert modelfile_parts(text)[0] == template, "gpt-sft verify reads the same TEMPLATE"
+    return template
 
 
 @pytest.mark.parametrize("style", ["alpaca", "phi3"])

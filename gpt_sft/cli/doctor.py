@@ -55,7 +55,7 @@ def doctor(cfg: DoctorConfig) -> int:
     from ..common.atomic_io import write_json_atomic
     from ..model.loading import resolve_device
     from ..train.doctor import device_available, fresh_model, run_doctor
-    from .export import plain_model
+    from ..export.checkpoint import plain_model
 
     device = str(resolve_device(cfg.device))
     missing = device_available(device)

@@ -6,7 +6,8 @@
 * ``--format ollama``: the GGUF file plus a ``Modelfile`` carrying the checkpoint's prompt template.
 
 A LoRA checkpoint is merged first. The prompt style is the checkpoint's recipe's unless
-``--prompt-style`` says otherwise. The output folder is written as a whole or not at all.
+``--prompt-style`` says otherwise. The output folder is written as a whole or not at all. ``--verify`` then runs the
+export's checks (:mod:`gpt_sft.verify.exports`), prints their table, and removes the export when one fails.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class ExportConfig:
     name: str | None = option(None, "Model name (GGUF general.name, Ollama model); default: the checkpoint "
                               "folder's name")
     overwrite: bool = option(False, "Replace a non-empty --output folder", switch=True)
+    verify: bool = option(False, "Then check the export against the checkpoint on its held-out prompts (gpt-sft "
+                          "verify's export checks) and remove it when a check fails (exit status 1)", switch=True)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -57,19 +60,6 @@ class ExportConfig:
                              "folder outside it")
         if output.exists() and not output.is_dir():
             raise ValueError(f"--output {self.output} is a file, not a folder: choose a folder for the export")
-
-
-def plain_model(path: str):
-    """The checkpoint as one plain ``GPTForCausalLM`` on the CPU, LoRA merged."""
-    from ..model.loading import load_model
-
-    model = load_model(path, device="cpu", dtype="auto")
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if getattr(model.config, "model_type", None) != "gpt_sft":
-        raise ValueError(f"--model {path}: a gpt-sft checkpoint (or a GPT-2 source gpt-sft loads) is needed, "
-                         f"got model_type {model.config.model_type!r}")
-    return model.eval()
 
 
 def _usage(fmt: str, output: Path, gguf_name: str | None, name: str) -> str:
@@ -98,6 +88,7 @@ def export(cfg: ExportConfig) -> Path:
     from ..common.atomic_io import atomic_directory, write_text_atomic
     from ..common.run_manifest import record_stage_outputs
     from ..data.recipe import checkpoint_layout, checkpoint_style
+    from ..export.checkpoint import plain_model
     from ..export.gguf_file import write_gguf
     from ..export.hf_gpt2 import export_hf_gpt2
     from ..export.ollama import modelfile
@@ -144,8 +135,48 @@ def export(cfg: ExportConfig) -> Path:
     return output
 
 
+def verify_export(cfg: ExportConfig, output: Path, existed: bool, made: Path | None) -> int:
+    """``--verify``: the export's checks against the checkpoint; on a failure the export is removed (0: it passed,
+    1: removed). What the export made goes: the output folder (left empty when it was there before: only its
+    contents were the export's) and the folders above it that it created (``made``: the highest of them)."""
+    import shutil
+
+    from ..verify.exports import check_export
+    from ..verify.report import format_table
+
+    start = time.perf_counter()
+    checks = check_export(output, cfg.format, Path(cfg.model), quick=False)
+    print(format_table(checks))
+    failed = [c for c in checks if c.status == "fail"]
+    seconds = f"{time.perf_counter() - start:.1f} s"
+    if not failed:
+        skips = sum(c.status == "skip" for c in checks)
+        print(f"verified {output}: {len(checks) - skips} checks passed" + (f", {skips} skipped" if skips else "")
+              + f", in {seconds}", file=sys.stderr)
+        return 0
+    shutil.rmtree(made if made is not None else output)
+    if existed:
+        output.mkdir()
+    print(f"error: --verify: the export failed {len(failed)} check(s) ({'; '.join(c.name for c in failed)}): "
+          f"removed {output}", file=sys.stderr)
+    return 1
+
+
+def _first_made(output: Path) -> Path | None:
+    """The highest folder of ``output``'s path that does not exist yet (``None``: ``output`` exists)."""
+    made = None
+    for folder in [output, *output.parents]:
+        if folder.exists():
+            return made
+        made = folder
+    return made
+
+
 @report_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpt-sft export``."""
-    export(parse_config(ExportConfig, argv, prog="gpt-sft export"))
-    return 0
+    cfg = parse_config(ExportConfig, argv, prog="gpt-sft export")
+    output = Path(cfg.output).absolute()
+    existed, made = output.is_dir(), _first_made(output)
+    export(cfg)
+    return verify_export(cfg, output, existed, made) if cfg.verify else 0

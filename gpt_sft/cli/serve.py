@@ -87,7 +87,7 @@ def gguf_for(cfg: ServeConfig) -> tuple[Path, str, int | None]:
     from ..export.gguf_file import write_gguf
     from ..model.loading import peek_context_length
     from ..model.sources import default_cache_dir
-    from .export import plain_model
+    from ..export.checkpoint import plain_model
 
     source = Path(cfg.model)
     if source.is_file():

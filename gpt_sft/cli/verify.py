@@ -42,10 +42,10 @@ class VerifyConfig:
 
 def show(verification, stream=None) -> None:
     """The table, the verdict and the versions, on ``stream`` (stdout)."""
-    from ..verify.report import table
+    from ..verify.report import format_table
 
     stream = stream or sys.stdout
-    print(table(verification), file=stream)
+    print(format_table(verification.checks), file=stream)
     print(file=stream)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in verification.versions.items()), file=stream)
     failed = "; ".join(f"{c.group}: {c.name}" + (f" ({c.detail})" if c.detail else "") for c in verification.failures)

@@ -21,6 +21,7 @@ from ..common.atomic_io import atomic_directory, write_json_atomic
 from ..data.chat_template import chat_template
 from ..data.conversation_format import ConversationLayout, conversation_chat_template
 from ..data.prompts import PromptStyle
+from ..model.loading import load_model
 from ..model.tokenizer import END_OF_TEXT_ID, get_hf_tokenizer
 
 
@@ -74,6 +75,16 @@ def save_checkpoint(
             write_extra(tmp)
     return Path(output_dir)
 
+
+def plain_model(path: str):
+    """The checkpoint as one plain ``GPTForCausalLM`` on the CPU, LoRA merged."""
+    model = load_model(path, device="cpu", dtype="auto")
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if getattr(model.config, "model_type", None) != "gpt_sft":
+        raise ValueError(f"--model {path}: a gpt-sft checkpoint (or a GPT-2 source gpt-sft loads) is needed, "
+                         f"got model_type {model.config.model_type!r}")
+    return model.eval()
 
 
 def publish_folder(stage: Path, output_dir: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,19 +89,19 @@ def figure_text(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def rows(verification: Verification) -> list[tuple[str, ...]]:
+def rows(checks: Sequence[Check]) -> list[tuple[str, ...]]:
     """``(group, check, figure, bound, result, detail)`` per check; a skip's detail is its reason."""
     return [(c.group, c.name, figure_text(c.figure), f"{c.comparison} {figure_text(c.bound)}" if not c.skipped else "-",
              {"pass": "pass", "fail": "FAIL", "skip": "skip"}[c.status], c.skipped or c.detail)
-            for c in verification.checks]
+            for c in checks]
 
 
 HEADER = ("group", "check", "figure", "bound", "result", "detail")
 
 
-def table(verification: Verification) -> str:
+def format_table(checks: Sequence[Check]) -> str:
     """The checks as aligned columns, for the terminal."""
-    lines = [HEADER, *rows(verification)]
+    lines = [HEADER, *rows(checks)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER) - 1)]
     text = ["  ".join([cell.ljust(w) for cell, w in zip(line, widths)] + [line[-1]]).rstrip() for line in lines]
     return "\n".join(text[:1] + ["  ".join("-" * w for w in widths) + "  ------"] + text[1:])
@@ -119,7 +120,7 @@ def card_section(verification: Verification) -> str:
              "Each figure is a difference between two ways to compute the same thing (or a count of entries that "
              "differ), held to its bound; `verification.json` has the same table.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(markdown_cell(cell) for cell in row) + " |" for row in rows(verification)]
+    lines += ["| " + " | ".join(markdown_cell(cell) for cell in row) + " |" for row in rows(verification.checks)]
     return "\n".join(lines)
 
 
@@ -136,5 +137,5 @@ def write_verification(verification: Verification) -> list[Path]:
     return written
 
 
-__all__ = ["VERIFICATION_FILE", "Verification", "card_section", "figure_text", "table", "versions",
+__all__ = ["VERIFICATION_FILE", "Verification", "card_section", "figure_text", "format_table", "versions",
            "write_verification"]

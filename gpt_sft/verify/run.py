@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .check import AT_LEAST, Check, skipped
+from .exports import export_checks
 from .model_checks import Sizes, generation_checks, lora_checks, loss_path_checks
 from .remote_code import GROUP as CHECKPOINT, NAME as REMOTE, remote_code_check
 from .report import Verification
@@ -62,7 +63,7 @@ def verify_folder(folder: str | Path, *, quick: bool = False, data: str | None =
     subject = load_subject(folder, data)
     verification = Verification(subject.folder, quick)
     verification.checks += checkpoint_checks(subject, quick)
-    # the exports' checks (gpt_sft.verify.exports) join here: export_checks(subject.folder, quick=quick)
+    verification.checks += export_checks(subject.folder, quick=quick)
     verification.seconds = time.perf_counter() - start
     return verification
 

@@ -6,12 +6,15 @@
 // templates: .Messages holds every message (consecutive messages of one role merged), .System the system messages'
 // contents, and nothing is cut.
 //
-// Usage: go run ollama_render.go TEMPLATE_FILE VALUES_JSON  (prints the rendered prompt to stdout). VALUES_JSON is
-// {"System": ..., "Prompt": ...} for one request, or {"messages": [{"role": ..., "content": ...}, ...]}.
+// Usage: ollama_render TEMPLATE_FILE VALUES_JSON  (prints the rendered prompt to stdout). VALUES_JSON is
+// {"System": ..., "Prompt": ...} for one request, or {"messages": [{"role": ..., "content": ...}, ...]}; a JSON array
+// of such objects renders each (gpt-sft verify's many held-out entries in one process) and prints a JSON array of the
+// renderings. VALUES_JSON "-" reads it from stdin. gpt-sft builds it once with Go (gpt_sft/verify/ollama_check.py).
 package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 	"strings"
 	"text/template"
@@ -104,34 +107,57 @@ func conversation(raw []map[string]string) (string, []*Message) {
 	return strings.Join(system, "\n\n"), merged
 }
 
+// render executes the template for one request's values, as Ollama builds that request's prompt.
+func render(tmpl *template.Template, raw json.RawMessage, out *strings.Builder) error {
+	if usesMessages(tmpl.Tree.Root) {
+		var request struct {
+			Messages []map[string]string `json:"messages"`
+		}
+		if err := json.Unmarshal(raw, &request); err != nil {
+			return err
+		}
+		system, messages := conversation(request.Messages)
+		return tmpl.Execute(out, map[string]any{"System": system, "Messages": messages, "Response": ""})
+	}
+	var values map[string]any
+	if err := json.Unmarshal(raw, &values); err != nil {
+		return err
+	}
+	values["Response"] = ""
+	tree := &parse.Tree{Root: cutAtResponse(tmpl.Tree.Root)}
+	return template.Must(template.New("").AddParseTree("", tree)).Execute(out, values)
+}
+
 func main() {
 	text, err := os.ReadFile(os.Args[1])
 	if err != nil {
 		panic(err)
 	}
-	var values map[string]any
-	if err := json.Unmarshal([]byte(os.Args[2]), &values); err != nil {
-		panic(err)
-	}
 	tmpl := template.Must(template.New("").Option("missingkey=zero").Parse(string(text)))
-	if usesMessages(tmpl.Tree.Root) {
-		var request struct {
-			Messages []map[string]string `json:"messages"`
-		}
-		if err := json.Unmarshal([]byte(os.Args[2]), &request); err != nil {
+	arg := json.RawMessage(os.Args[2])
+	if os.Args[2] == "-" { // the values on stdin: a command line holds at most 128 KiB
+		if arg, err = io.ReadAll(os.Stdin); err != nil {
 			panic(err)
 		}
-		system, messages := conversation(request.Messages)
-		whole := map[string]any{"System": system, "Messages": messages, "Response": ""}
-		if err := tmpl.Execute(os.Stdout, whole); err != nil {
+	}
+	var many []json.RawMessage
+	if json.Unmarshal(arg, &many) != nil {
+		var out strings.Builder
+		if err := render(tmpl, arg, &out); err != nil {
 			panic(err)
 		}
+		os.Stdout.WriteString(out.String())
 		return
 	}
-	values["Response"] = ""
-	tree := &parse.Tree{Root: cutAtResponse(tmpl.Tree.Root)}
-	cut := template.Must(template.New("").AddParseTree("", tree))
-	if err := cut.Execute(os.Stdout, values); err != nil {
+	rendered := make([]string, len(many))
+	for i, raw := range many {
+		var out strings.Builder
+		if err := render(tmpl, raw, &out); err != nil {
+			panic(err)
+		}
+		rendered[i] = out.String()
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(rendered); err != nil {
 		panic(err)
 	}
 }
