@@ -55,12 +55,13 @@ def steps(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str], int
         ]
     # Time on an H100/H200, from FLOPs: an epoch of the recipe at 355M is ~0.12 PFLOP of training (935 entries x
     # 57 tokens x 6 x 355M) and ~0.1 PFLOP of evaluation (24 x 10 batches): ~10 s in fp32 (~25-40 TFLOP/s at these
-    # small shapes), ~4 s in bf16, so 2 epochs of 8 methods ~150 s, plus ~5 s to build each model and ~60 s to
-    # compile; Exercise 7.3's fraction (33 steps of 4 entries, ~7 evaluations, 52,800 entries prepared) ~30 s.
+    # small shapes), ~4 s in bf16, so 2 epochs of the 6 fp32-class and 2 bf16 methods ~140 s, plus ~5 s to build
+    # each model, ~60 s to compile and ~15 s to start: ~250 s. Exercise 7.3's fraction (33 steps of 4 entries,
+    # ~7 evaluations, 52,800 entries prepared) ~30 s. With generation and memory, ~7 min in all.
     return [
         ("training", py + ["benchmarks/training.py", "--model-size", args.size, "--full-epoch", "--epochs", "2",
                            "--methods", "book", "gpt-sft", "hf", "trl", "bf16", "trl-bf16", "tf32", "compile",
-                           "--device", "cuda", "--no-generation", "--json", str(out / "training.json")], 270),
+                           "--device", "cuda", "--no-generation", "--json", str(out / "training.json")], 300),
         ("exercise-7-3", py + ["benchmarks/training.py", "--model-size", args.size, "--exercise-7-3", "--methods",
                                "bf16", "--steps", "30", "--warmup", "3", "--device", "cuda",
                                "--json", str(out / "exercise-7-3.json")], 60),
