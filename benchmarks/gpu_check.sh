@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The GPU check in one call (benchmarks/gpu_check.py): the book's recipe timed, the 110 test responses and
-# peak memory per size, side by side with book mode, as JSON and Markdown in $OUT.
+# The GPU check in one call (benchmarks/gpu_check.py): the book's recipe timed beside transformers and TRL,
+# Exercise 7.3's size, the 110 test responses and peak memory per size, side by side with book mode, as JSON and
+# Markdown in $OUT.
 #
 #   benchmarks/gpu_check.sh --prepare   here: download into .whl/ the wheels the GPU machine lacks
 #                                       (benchmarks/gpu_wheels.txt; Python 3.12, manylinux x86-64)
 #   benchmarks/gpu_check.sh             on the GPU machine: install .whl/ into /tmp/site, then measure
 #   benchmarks/gpu_check.sh --dry-run   anywhere: the same steps on a tiny model on the CPU
 #
-# The device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540).
+# The device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600): the steps' own
+# limits add up to 570 s (about 7 min expected, gpu_check.py says from what), the wheels' install to ~20 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Speed of the book's chapter 7 training recipe: gpt-sft against the book and transformers, side by side.
+"""Speed of the book's chapter 7 training recipe: gpt-sft against the book, transformers and TRL, side by side.
 
 One run measures, on the book's data with the book's batch size (8) and optimizer (AdamW, lr 5e-5,
-weight decay 0.1), each method on a freshly and identically seeded random model of ``--model-size``
-(random weights are fine for speed):
+weight decay 0.1), each method from the same random initial weights of ``--model-size`` (made once,
+loaded by every method; random weights are fine for speed):
 
 (a) **Training** -- the first ``--warmup + --steps`` batches of an epoch (seeded shuffled order of the
     train split, collated by :class:`gpt_sft.data.collator.InstructionDataCollator`, Alpaca style), with the
@@ -11,9 +11,10 @@ weight decay 0.1), each method on a freshly and identically seeded random model 
     5 train and 5 validation batches). Reported per method: seconds per training step, seconds per
     evaluation, tokens/s (padded input tokens, the book's ``tokens_seen``), achieved TFLOP/s of *useful*
     work (model FLOPs of the real tokens, the same for every method; MFU against the device's peak on a
-    GPU or with ``--peak-tflops``), peak memory, and an **epoch time** = steps/epoch x s/step +
-    evaluations/epoch x s/evaluation (or measured outright with ``--full-epoch``), with speed-ups against
-    the book and transformers. Methods (``--methods``):
+    GPU or with ``--peak-tflops``), peak memory, the validation loss (the book's ``calc_loss_loader`` over
+    the whole validation split) before and after training, and an **epoch time** = steps/epoch x s/step +
+    evaluations/epoch x s/evaluation (or measured outright with ``--full-epoch``; ``--epochs 2`` measures
+    the book's whole recipe), with speed-ups against the book, transformers and TRL. Methods (``--methods``):
 
     * ``book`` -- ours with every speed switch off: logits at every position, the book's
       ``cross_entropy(logits.flatten(0, 1), targets.flatten())``, padded batches, torch's default AdamW;
@@ -22,6 +23,8 @@ weight decay 0.1), each method on a freshly and identically seeded random model 
     * ``hf`` -- ``transformers.GPT2LMHeadModel`` in a plain loop (``model(input_ids, labels).loss``, SDPA
       attention, torch's default AdamW), untied output head like the book (``--hf-tied`` for HF's default):
       the stand-in for the book's implementation;
+    * ``trl`` -- TRL's ``SFTTrainer`` on ``GPT2LMHeadModel`` with its fastest documented settings that keep
+      the recipe (padding-free, fp32; ``trl_sft.py`` says which and why); ``trl-bf16`` with bf16, its default;
     * one switch at a time on top of ``book`` (``--ablation`` adds the first four): ``targets-only``
       (output layer only at target positions), ``padding-free`` (that plus no compute for padding),
       ``shared-prefix`` (that plus the prompt template's common preamble computed once per batch),
@@ -30,13 +33,21 @@ weight decay 0.1), each method on a freshly and identically seeded random model 
 
     Every ``ours`` method must give the book's loss: on the first batch at init and after every step (same
     weights, same batches) the differences to ``book`` are printed and checked (``--loss-tolerance``;
-    not for bf16/tf32, which change the numbers by design).
+    not for bf16/tf32, which change the numbers by design). Every method, TRL's own data path included,
+    must score the same validation targets (their count and id sum) with the same initial validation loss
+    (computed in fp32): the **parity** line, checked with the same tolerance.
 (b) **Data preparation** -- entries/s of :func:`gpt_sft.data.tokenize_dataset` on the train split against
     the book's one-``encode``-per-entry loop.
 (c) **Generation** of the test responses (``benchmarks/generation.py``; ``--no-generation`` skips).
 
+``--exercise-7-3`` times a fraction of an epoch at Exercise 7.3's size: 52,800 entries, the book's 1,100
+repeated 48 times (its length distribution; nothing invented), batch 4, max length 512 (default method
+``gpt-sft``), and extrapolates the epoch from the measured steps (no validation loss, no part (b)).
+
     python benchmarks/training.py                                  # 124M, 10 timed steps, the table
-    python benchmarks/training.py --model-size 355M --full-epoch --ablation --json bench.json
+    python benchmarks/training.py --methods book gpt-sft hf trl     # the peers
+    python benchmarks/training.py --model-size 355M --full-epoch --epochs 2 --ablation --json bench.json
+    python benchmarks/training.py --exercise-7-3 --steps 5         # Exercise 7.3's size, extrapolated
     python benchmarks/training.py --model-size tiny --steps 2 --no-generation   # smoke (seconds)
 
 Timings on a shared CPU are noisy: methods run one after another, so a neighbour's load hits one and
@@ -60,217 +71,56 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py beside this script, however it is run
 
-import datasets  # noqa: E402
-from common import DEFAULT_DATA, REPO_ROOT, MemoryMeter, gpt_config, load_entries, machine_load, trim_heap  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from common import DEFAULT_DATA, REPO_ROOT, MemoryMeter, load_entries, machine_load, trim_heap  # noqa: E402
+from training_data import (EXERCISE_7_3, EXERCISE_7_3_REFERENCE, BenchData, parity, prepare_data,  # noqa: E402
+                           validation_loss)
+from training_methods import (ABLATION, DEFAULT_METHODS, Method, build, initial_weights, loss_fn,  # noqa: E402
+                              method_table, our_config, peak_tflops, sync, useful_flops)
 
-from gpt_sft import GPTForCausalLM  # noqa: E402
-from gpt_sft.data.collator import InstructionDataCollator  # noqa: E402
-from gpt_sft.data.load import load_instruction_data  # noqa: E402
-from gpt_sft.data.prompts import format_text  # noqa: E402
-from gpt_sft.data.split import split_dataset  # noqa: E402
-from gpt_sft.data.tokenize import tokenize_dataset  # noqa: E402
-from gpt_sft.model.tokenizer import get_tokenizer  # noqa: E402
-from gpt_sft.train.config import TrainConfig  # noqa: E402
 from gpt_sft.train.loop import compile_blocks  # noqa: E402
-from gpt_sft.train.loss import BOOK, LossPaths, batch_loss, batch_losses, positions_up_to_last_target  # noqa: E402
+from gpt_sft.train.loss import batch_losses  # noqa: E402
+
 if importlib.util.find_spec("gpt_sft") is None:  # running from a clone without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-TINY = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 1025}
 # The book's figures (chapter 7, "Training completed in ... minutes", gpt2-medium, 2 epochs) for reference.
 BOOK_REFERENCE = ("the book (2 epochs incl. evaluation): gpt2-medium 0.86 min on an A100, 1.83 min on an L4, "
                   "15.78 min on an M3 CPU; gpt2-small 0.39 min on an A100")
-# Dense peak TFLOP/s by (device name fragment, precision); MFU uses the precision the method computes in.
-PEAK_TFLOPS = {
-    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
-    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM; the PCIe card is ~25% lower
-    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
-    "L4": {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3},
-}
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """One way of running the training step; ``impl`` "ours" (GPTForCausalLM) or "hf" (GPT2LMHeadModel)."""
-
-    name: str
-    impl: str = "ours"
-    paths: LossPaths = BOOK
-    fused: bool = False
-    autocast: str | None = None  # "bf16"
-    compile: bool = False
-    tf32: bool = False
-
-    @property
-    def exact(self) -> bool:
-        """Whether it must reproduce the book's loss (float round-off only)."""
-        return self.impl == "ours" and self.autocast is None and not self.tf32
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.autocast else ("tf32" if self.tf32 else "fp32")
+def to_device(batches: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
-def method_table() -> dict[str, Method]:
-    default = TrainConfig()
-    ours = Method("gpt-sft (trainer defaults)", paths=default.loss_paths(), fused=default.fused_optimizer)
-    return {
-        "book": Method("book mode (ours, switches off)"),
-        "gpt-sft": ours,
-        "hf": Method("transformers GPT2LMHeadModel", impl="hf"),
-        "targets-only": Method("book + targets-only logits", paths=LossPaths(padding_free=False, share_prefix=False)),
-        "padding-free": Method("book + targets-only + padding-free", paths=LossPaths(share_prefix=False)),
-        "shared-prefix": Method("book + targets-only + padding-free + prefix", paths=LossPaths()),
-        "fused": Method("book + fused AdamW", fused=True),
-        "bf16": dataclasses.replace(ours, name="gpt-sft + bf16 autocast", autocast="bf16"),
-        "compile": dataclasses.replace(ours, name="gpt-sft + torch.compile", compile=True),
-        "tf32": dataclasses.replace(ours, name="gpt-sft + TF32", tf32=True),
-    }
-
-
-DEFAULT_METHODS = ["book", "gpt-sft", "hf"]
-ABLATION = ["targets-only", "padding-free", "shared-prefix", "fused"]
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-@dataclasses.dataclass
-class BenchData:
-    train: list[dict]  # the timed epoch's batches, in order
-    val: list[dict]  # the first validation batches (the book evaluates the same ones every time)
-    train_batches_per_epoch: int
-    report: dict  # data preparation timings
-
-
-def prepare_data(entries: list[dict], n_batches: int, args) -> BenchData:
-    """Part (b) timed, then the train batches of one epoch's seeded order and the first val batches."""
-    datasets.disable_progress_bars()
-    tokenizer = get_tokenizer()
-    splits = split_dataset(load_instruction_data(entries, progress=False))
-    train = splits["train"]
-
-    def book_loop():
-        for entry in train.to_list():
-            prompt, full = format_text(entry, "alpaca")
-            tokenizer.encode(full)
-            len(tokenizer.encode(prompt))
-
-    timings, tokenized = {}, None
-    for name, run in (("tokenize_dataset", None), ("book loop", book_loop)):
-        best = float("inf")
-        for _ in range(max(1, args.data_repeats)):
-            start = time.perf_counter()
-            if run is None:
-                tokenized = tokenize_dataset(train, tokenizer, "alpaca", allowed_max_length=args.allowed_max_length,
-                                             keep_columns=False)
-            else:
-                run()
-            best = min(best, time.perf_counter() - start)
-        timings[name] = {"seconds": best, "entries_per_s": len(train) / best}
-    report = {"entries": len(train), **timings,
-              "speedup_vs_book_loop": timings["book loop"]["seconds"] / timings["tokenize_dataset"]["seconds"]}
-
-    collate = InstructionDataCollator(allowed_max_length=args.allowed_max_length, mask_prompt=args.mask_prompt)
-    examples = tokenized.with_format(columns=["input_ids", "prompt_length"])
-    per_epoch = len(examples) // args.batch_size  # drop_last, like the book's train loader
-    if n_batches > per_epoch:
-        raise SystemExit(f"need {n_batches} batches of {args.batch_size} but an epoch has {per_epoch}")
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    bs = args.batch_size
-    batches = [collate([examples[j] for j in order[i * bs:(i + 1) * bs]]) for i in range(n_batches)]
-    val_examples = tokenize_dataset(splits["validation"], tokenizer, "alpaca",
-                                    allowed_max_length=args.allowed_max_length, keep_columns=False)
-    val_examples = val_examples.with_format(columns=["input_ids", "prompt_length"])
-    n_val = min(args.eval_batches, math.ceil(len(val_examples) / bs))
-    val = [collate([val_examples[j] for j in range(i * bs, min((i + 1) * bs, len(val_examples)))])
-           for i in range(n_val)]
-    return BenchData(batches, val, per_epoch, report)
-
-
-def useful_flops(batch: dict, config) -> float:
-    """Model FLOPs of a training step (forward + backward = 3 x forward) on the real tokens of ``batch``.
-
-    Per row, the tokens up to its last target (padding after it is not useful work, a masked prompt
-    is): 6 x (12 L d^2 + d V) per token for the matmuls, plus causal attention 6 L d n^2 per row."""
-    used = positions_up_to_last_target(batch["labels"][:, 1:]).double()
-    d, L, V = config.n_embd, config.n_layer, config.vocab_size
-    return float(6 * (12 * L * d * d + d * V) * used.sum() + 6 * L * d * (used ** 2).sum())
-
-
-def peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
-    if override:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for fragment, peaks in PEAK_TFLOPS.items():
-        if fragment in name:
-            return peaks[precision]
-    return None
-
-
-# ------------------------------------------------------------------------------------------- models
-
-
-def our_config(size: str):
-    return gpt_config(size, TINY)
-
-
-def build(method: Method, size: str, seed: int, device: torch.device, hf_tied: bool):
-    torch.manual_seed(seed)
-    config = our_config(size)
-    if method.impl == "ours":
-        model = GPTForCausalLM(config)
-    else:
-        hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
-                               n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                               attn_pdrop=0.0, layer_norm_epsilon=config.layer_norm_epsilon,
-                               tie_word_embeddings=hf_tied, attn_implementation="sdpa")
-        model = GPT2LMHeadModel(hf_config)
-    model = model.to(device).train()
-    if method.compile:  # the trainer's --compile
-        compile_blocks(model)
-    return model, config
-
-
-def loss_fn(method: Method):
-    """``(model, batch) -> loss``; ``batch`` is the collator's HF form on the device."""
-    if method.impl == "hf":
-        return lambda model, batch: model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-    if method.paths.book:  # the book's calc_loss_batch
-        def step(model, batch):
-            logits = model(input_ids=batch["input_ids"][:, :-1]).logits
-            return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten())
-        return step
-    return lambda model, batch: batch_loss(model, batch["input_ids"][:, :-1], batch["labels"][:, 1:], method.paths)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_method(method: Method, args, data: BenchData, device: torch.device) -> dict:
+def run_method(method: Method, args, data: BenchData, device: torch.device, initial: dict) -> dict:
     """Train on ``data.train`` with the book's evaluation cadence; time steps and evaluations apart."""
     trim_heap()
-    if method.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
     memory = MemoryMeter(device)
     memory.start()
-    model, config = build(method, args.model_size, args.seed, device, args.hf_tied)
+    model, _ = build(method, args.model_size, initial, device, args.hf_tied)
     n_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True if method.fused else None)
     compute = loss_fn(method)
-    train = [{k: v.to(device) for k, v in b.items()} for b in data.train]
-    val = [{k: v.to(device) for k, v in b.items()} for b in data.val]
+    train, val = to_device(data.train, device), to_device(data.val, device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if method.autocast == "bf16"
                 else contextlib.nullcontext())
+
+    def split_loss(model_autocast) -> dict | None:
+        if not args.validation_loss:
+            return None
+        model.eval()
+        with model_autocast:
+            result = validation_loss(to_device(data.validation, device), lambda b: compute(model, b))
+        model.train()
+        return result
+
+    at_init = split_loss(contextlib.nullcontext())  # fp32, before TF32 or compilation: the parity line
+    torch.backends.cuda.matmul.allow_tf32 = method.tf32
+    if method.compile:  # the trainer's --compile
+        compile_blocks(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1, fused=True if method.fused else None)
 
     def evaluate() -> tuple[float, float]:
         """The book's evaluate_model: mean loss of the first eval batches of train and val (padding-free:
@@ -300,7 +150,7 @@ def run_method(method: Method, args, data: BenchData, device: torch.device) -> d
     losses, times, cpu_times, eval_times, eval_losses = [], [], [], [], []
     epoch_start = time.perf_counter()
     for step, batch in enumerate(train):
-        _sync(device)
+        sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -308,7 +158,7 @@ def run_method(method: Method, args, data: BenchData, device: torch.device) -> d
         loss.backward()
         optimizer.step()
         value = loss.item()  # synchronises, as the book's loop does when it logs
-        _sync(device)
+        sync(device)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         losses.append(value)
         if step >= args.warmup:
@@ -317,17 +167,31 @@ def run_method(method: Method, args, data: BenchData, device: torch.device) -> d
         if step % args.eval_every == 0:
             start = time.perf_counter()
             eval_losses.append(evaluate())
-            _sync(device)
+            sync(device)
             if step >= args.warmup or step == len(train) - 1:
                 eval_times.append(time.perf_counter() - start)
-    measured_epoch = time.perf_counter() - epoch_start
+    measured = time.perf_counter() - epoch_start
     if not eval_times:  # no evaluation fell into the timed steps
         start = time.perf_counter()
         evaluate()
-        _sync(device)
+        sync(device)
         eval_times.append(time.perf_counter() - start)
-    peak_mb = memory.stop() / 2**20
+    final = split_loss(autocast)
+    peak = memory.stop()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return {  # the model and optimizer go with this frame; the next method trims the heap first
+        "parameters": n_params, "step_seconds": times, "cpu_step_seconds": cpu_times, "evaluation_seconds": eval_times,
+        "measured_seconds": measured, "peak_bytes": peak, "compile_seconds": compile_seconds or None,
+        "losses": losses, "eval_losses": eval_losses, "first_batch_loss_at_init": first_loss,
+        "validation_at_init": at_init, "validation_final": final, "optimizer_steps": len(train),
+        "collate_seconds_per_batch": data.collate_seconds_per_batch,
+    }
 
+
+def summarize(method: Method, raw: dict, args, data: BenchData, device: torch.device) -> dict:
+    """A method's figures from its raw measurements (``run_method`` or ``trl_sft.run_trl``)."""
+    config = our_config(args.model_size)
+    times, eval_times = raw["step_seconds"], raw["evaluation_seconds"]
     timed = data.train[args.warmup:]
     step_s = sum(times) / len(times)
     eval_s = sum(eval_times) / len(eval_times)
@@ -337,29 +201,50 @@ def run_method(method: Method, args, data: BenchData, device: torch.device) -> d
     flops = sum(useful_flops(b, config) for b in timed) / len(timed)
     peak = peak_tflops(device, method.precision, args.peak_tflops)
     result = {
-        "method": dataclasses.asdict(method), "parameters": n_params,
-        "seconds_per_step": step_s, "step_seconds": times, "cpu_seconds_per_step": sum(cpu_times) / len(cpu_times),
+        "method": dataclasses.asdict(method), "parameters": raw["parameters"],
+        "seconds_per_step": step_s, "step_seconds": times,
+        "cpu_seconds_per_step": sum(raw["cpu_step_seconds"]) / len(raw["cpu_step_seconds"]),
         "seconds_per_evaluation": eval_s, "evaluation_seconds": eval_times,
         "tokens_per_s": tokens / sum(times), "timed_tokens": tokens,
         "useful_tflops_per_s": flops / step_s / 1e12, "mfu": flops / step_s / 1e12 / peak if peak else None,
-        "peak_tflops": peak, "peak_memory_mb": peak_mb, "compile_seconds": compile_seconds or None,
+        "peak_tflops": peak, "peak_memory_mb": raw["peak_bytes"] / 2**20, "compile_seconds": raw["compile_seconds"],
         "epoch_seconds_estimated": steps_per_epoch * step_s + evals_per_epoch * eval_s,
-        "epoch_seconds_measured": measured_epoch if args.full_epoch else None,
-        "losses": losses, "eval_losses": eval_losses, "first_batch_loss_at_init": first_loss,
+        "epoch_seconds_measured": raw["measured_seconds"] / args.epochs if args.full_epoch else None,
+        "wall_seconds": raw["measured_seconds"], "optimizer_steps": raw["optimizer_steps"],
+        "losses": raw["losses"], "eval_losses": raw["eval_losses"],
+        "first_batch_loss_at_init": raw["first_batch_loss_at_init"],
+        "validation_at_init": raw["validation_at_init"], "validation_final": raw["validation_final"],
+        "final_validation_loss": raw["validation_final"]["loss"] if raw["validation_final"] else None,
+        "collate_seconds_per_batch": raw["collate_seconds_per_batch"], "setup_seconds": raw.get("setup_seconds"),
     }
-    torch.backends.cuda.matmul.allow_tf32 = False
-    return result  # the model and optimizer go with this frame; the next method trims the heap first
+    if raw["optimizer_steps"] != len(data.train):
+        raise SystemExit(f"{method.name}: {raw['optimizer_steps']} optimizer steps, not {len(data.train)}")
+    return result
 
 
-# ------------------------------------------------------------------------------------------- main
+def run(key: str, method: Method, args, data: BenchData, device: torch.device, initial: dict) -> dict:
+    if method.impl != "trl":
+        return run_method(method, args, data, device, initial)
+    try:  # TRL only where it is asked for: the other methods run without it
+        from trl_sft import run_trl
+    except ImportError as err:
+        raise SystemExit(f"--methods {key} needs TRL ({err}): pip install -c constraints/locked.txt -e '.[dev]'")
+    return run_trl(method, args, data, device, initial)
 
 
 def epoch_seconds(r: dict) -> float:
     return r["epoch_seconds_measured"] or r["epoch_seconds_estimated"]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    table = method_table()
+def trl_peer(key: str, table: dict, results: dict) -> dict | None:
+    """The TRL run of ``key``'s precision (fp32 or bf16), if one ran."""
+    precision = table[key].precision
+    if precision == "tf32":
+        return None
+    return results.get("trl-bf16" if precision == "bf16" else "trl")
+
+
+def parse_args(argv: list[str] | None, table: dict) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-size", default="124M", help="tiny (CI smoke), 124M (default), 355M, 774M, 1558M")
@@ -368,18 +253,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--full-epoch", action="store_true",
-                        help="train a whole epoch (every batch, no warm-up) and report its measured time too")
+                        help="train whole epochs (every batch, no warm-up) and report their measured time too")
+    parser.add_argument("--epochs", type=int, default=1, help="with --full-epoch: how many (2: the book's recipe)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5, help="the book's eval_freq")
     parser.add_argument("--eval-batches", type=int, default=5, help="the book's eval_iter")
     parser.add_argument("--allowed-max-length", type=int, default=1024)
     parser.add_argument("--mask-prompt", action="store_true", help="mask the prompt from the loss (exercise 7.2)")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(table), metavar="METHOD",
-                        help=f"in this order, any of: {', '.join(table)} (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--repeat", type=int, default=1, help="repeat the entries this many times before the split")
+    parser.add_argument("--exercise-7-3", action="store_true",
+                        help="Exercise 7.3's size: --repeat 48 (52,800 entries) --batch-size 4 --allowed-max-length "
+                             "512, no validation loss; the epoch extrapolated from the measured steps")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(table), metavar="METHOD",
+                        help=f"in this order, any of: {', '.join(table)} (default: {' '.join(DEFAULT_METHODS)}; "
+                             "gpt-sft with --exercise-7-3)")
     parser.add_argument("--ablation", action="store_true", help=f"also: {' '.join(ABLATION)}")
     parser.add_argument("--hf-tied", action="store_true", help="transformers with its default tied output head")
     parser.add_argument("--loss-tolerance", type=float, default=1e-4,
-                        help="largest allowed |loss - book mode loss| for the exact methods")
+                        help="largest allowed |loss - book mode loss| for the exact methods, and for the parity line")
+    parser.add_argument("--no-validation-loss", dest="validation_loss", action="store_false",
+                        help="skip the validation loss before and after training (and so the parity line)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -392,90 +285,137 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.eval_every < 1 or args.eval_batches < 1:
-        parser.error("--steps, --eval-every and --eval-batches must be >= 1 and --warmup >= 0")
-    methods = list(dict.fromkeys(args.methods + (ABLATION if args.ablation else [])))
+    if args.steps < 1 or args.warmup < 0 or args.eval_every < 1 or args.eval_batches < 1 or args.epochs < 1 \
+            or args.repeat < 1:
+        parser.error("--steps, --eval-every, --eval-batches, --epochs and --repeat must be >= 1 and --warmup >= 0")
+    if args.epochs > 1 and not args.full_epoch:
+        parser.error("--epochs needs --full-epoch (otherwise --steps says how many steps are timed)")
+    if args.exercise_7_3:
+        vars(args).update(EXERCISE_7_3, validation_loss=False, generation=False)
+        args.methods = args.methods or ["gpt-sft"]
+    args.methods = list(dict.fromkeys((args.methods or DEFAULT_METHODS) + (ABLATION if args.ablation else [])))
+    args.time_preparation = args.repeat == 1
+    if args.hf_tied and args.validation_loss:
+        print("note: --hf-tied starts transformers from other weights (its head is the embedding): "
+              "not in the parity line")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    table = method_table()
+    args = parse_args(argv, table)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     entries, source = load_entries(args.data, args.seed)
     if args.full_epoch:
-        args.warmup, n_batches = 0, None
-    else:
-        n_batches = args.warmup + args.steps
-    data = prepare_data(entries, n_batches or 0, args) if n_batches else None
-    if data is None:  # a whole epoch: first learn its length
-        probe = prepare_data(entries, 1, args)
-        data = prepare_data(entries, probe.train_batches_per_epoch, args)
-        args.steps = len(data.train)
+        args.warmup = 0
+    data = prepare_data(entries, None if args.full_epoch else args.warmup + args.steps, args)
+    args.steps = len(data.train) - args.warmup
     widths = [b["input_ids"].shape[1] - 1 for b in data.train]
     print(f"model: random {args.model_size}, {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print(f"data: {source}; train split {data.report['entries']} entries = {data.train_batches_per_epoch} batches of "
-          f"{args.batch_size}/epoch; timing {len(data.train)} of them ({args.warmup} untimed), padded input length "
-          f"{min(widths)}-{max(widths)}; evaluation every {args.eval_every} steps on {args.eval_batches} train + "
-          f"{len(data.val)} val batches")
+    if args.repeat > 1:
+        print(f"data: {data.entries:,} entries = {source}'s {len(entries):,} repeated {args.repeat} times (the same "
+              f"length distribution; nothing invented), batch {args.batch_size}, max length {args.allowed_max_length}")
+    print(f"data: {source}; train split {data.train_split:,} entries = "
+          f"{data.train_batches_per_epoch:,} batches of {args.batch_size}/epoch; timing {len(data.train)} of them "
+          f"({args.warmup} untimed), padded input length {min(widths)}-{max(widths)}; evaluation every "
+          f"{args.eval_every} steps on {args.eval_batches} train + {len(data.val)} val batches")
     print(f"load average before: {machine_load()}", flush=True)
 
+    initial = initial_weights(args.model_size, args.seed)
     results = {}
-    for key in methods:
+    for key in args.methods:
         method = table[key]
-        results[key] = r = run_method(method, args, data, device)
+        results[key] = r = summarize(method, run(key, method, args, data, device, initial), args, data, device)
+        final = f", validation loss {r['final_validation_loss']:.4f}" if r["validation_final"] else ""
         print(f"  {method.name}: {r['seconds_per_step']:.3f} s/step, {r['seconds_per_evaluation']:.2f} s/evaluation, "
-              f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}", flush=True)
+              f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}{final}", flush=True)
+    del initial
 
     checks = {}
-    if "book" in results:
-        book = results["book"]
+    book = results.get("book")
+    if book:
         for key, r in results.items():
-            if key == "book" or not table[key].exact:
+            if key == "book" or table[key].precision != "fp32":
+                continue
+            r["max_abs_loss_diff_vs_book"] = max(abs(a - b) for a, b in zip(book["losses"], r["losses"]))
+            if not table[key].exact:  # another implementation: its differences are reported, not checked
                 continue
             first = abs(book["first_batch_loss_at_init"] - r["first_batch_loss_at_init"])
-            per_step = max(abs(a - b) for a, b in zip(book["losses"], r["losses"]))
+            per_step = r["max_abs_loss_diff_vs_book"]
             evals = max(abs(a - b) for x, y in zip(book["eval_losses"], r["eval_losses"]) for a, b in zip(x, y))
             checks[key] = {"first_batch_abs_diff": first, "max_abs_diff_over_steps": per_step,
                            "max_abs_diff_evaluations": evals,
                            "passed": max(first, per_step, evals) <= args.loss_tolerance}
 
-    hf, book = results.get("hf"), results.get("book")
+    hf = results.get("hf")
     steps_per_epoch = data.train_batches_per_epoch
+    fmt = lambda x: f"{x:.2f}x" if x is not None else "-"  # noqa: E731
     print(f"\n{'method':44s} {'s/step':>7s} {'s/eval':>7s} {'epoch s':>8s} {'tokens/s':>9s} {'TFLOP/s':>8s} "
-          f"{'MFU':>6s} {'peak MB':>8s} {'vs book':>8s} {'vs HF':>7s}")
+          f"{'MFU':>6s} {'peak MB':>8s} {'val loss':>8s} {'vs book':>8s} {'vs HF':>7s} {'vs TRL':>7s}")
     for key, r in results.items():
+        trl = trl_peer(key, table, results)
         r["epoch_speedup_vs_book"] = epoch_seconds(book) / epoch_seconds(r) if book else None
         r["epoch_speedup_vs_hf"] = epoch_seconds(hf) / epoch_seconds(r) if hf else None
+        r["epoch_speedup_vs_trl"] = epoch_seconds(trl) / epoch_seconds(r) if trl else None
         r["step_speedup_vs_book"] = book["seconds_per_step"] / r["seconds_per_step"] if book else None
         r["step_speedup_vs_hf"] = hf["seconds_per_step"] / r["seconds_per_step"] if hf else None
-        fmt = lambda x: f"{x:.2f}x" if x is not None else "-"  # noqa: E731
+        r["step_speedup_vs_trl"] = trl["seconds_per_step"] / r["seconds_per_step"] if trl else None
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        val = f"{r['final_validation_loss']:.4f}" if r["final_validation_loss"] is not None else "-"
         print(f"{table[key].name:44s} {r['seconds_per_step']:7.3f} {r['seconds_per_evaluation']:7.2f} "
               f"{epoch_seconds(r):8.1f} {r['tokens_per_s']:9.0f} {r['useful_tflops_per_s']:8.3f} {mfu:>6s} "
-              f"{r['peak_memory_mb']:8.0f} {fmt(r['epoch_speedup_vs_book']):>8s} {fmt(r['epoch_speedup_vs_hf']):>7s}")
-    kind = "measured (--full-epoch)" if args.full_epoch else (
-        f"estimated: {steps_per_epoch} steps x s/step + {math.ceil(steps_per_epoch / args.eval_every)} evaluations "
-        f"x s/eval")
+              f"{r['peak_memory_mb']:8.0f} {val:>8s} {fmt(r['epoch_speedup_vs_book']):>8s} "
+              f"{fmt(r['epoch_speedup_vs_hf']):>7s} {fmt(r['epoch_speedup_vs_trl']):>7s}")
+    kind = f"measured (--full-epoch, {args.epochs} epoch(s))" if args.full_epoch else (
+        f"{'extrapolated' if args.repeat > 1 else 'estimated'} from {args.steps} measured steps: {steps_per_epoch:,} "
+        f"steps x s/step + {math.ceil(steps_per_epoch / args.eval_every):,} evaluations x s/eval")
     memory_kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS above pre-model baseline"
-    print(f"(epoch s: {kind}; vs book / vs HF: epoch-time speed-ups; TFLOP/s: useful model FLOPs of the real "
-          f"tokens per second of training step; peak MB: {memory_kind}; HF output head "
-          f"{'tied' if args.hf_tied else 'untied, like the book'})")
-    print("training step only (no evaluation): " + ", ".join(
-        f"{table[k].name} {r['step_speedup_vs_hf']:.2f}x vs HF" for k, r in results.items() if hf and k != "hf"))
+    print(f"(epoch s: {kind}; vs book / HF / TRL: epoch-time speed-ups, TRL at the same precision; TFLOP/s: useful "
+          f"model FLOPs of the real tokens per second of training step; peak MB: {memory_kind}; val loss: after "
+          f"training, the whole validation split; HF output head {'tied' if args.hf_tied else 'untied, like the book'})")
+    if hf and len(results) > 1:
+        print("training step only (no evaluation): " + ", ".join(
+            f"{table[k].name} {r['step_speedup_vs_hf']:.2f}x vs HF" for k, r in results.items() if k != "hf"))
     for key, r in results.items():
         if r["compile_seconds"]:
             print(f"{table[key].name}: compilation took {r['compile_seconds']:.1f} s (not in the step times)")
+        if r["setup_seconds"] is not None:
+            print(f"{table[key].name}: building the trainer (its data preparation included) took "
+                  f"{r['setup_seconds']:.1f} s (not in the times); collating took {r['collate_seconds_per_batch']:.4f} "
+                  f"s/batch (in its step times; ours {data.collate_seconds_per_batch:.4f} s/batch, not in ours)")
     two_epochs = {table[k].name: 2 * epoch_seconds(r) / 60 for k, r in results.items()}
     print("2 epochs (the book's recipe) at this size: " + ", ".join(f"{n} {m:.2f} min" for n, m in two_epochs.items()))
-    print(f"  for reference, {BOOK_REFERENCE}")
+    print(f"  for reference, {EXERCISE_7_3_REFERENCE if args.exercise_7_3 else BOOK_REFERENCE}")
+    exercise = None
+    if args.repeat > 1:
+        exercise = {"entries": data.entries, "repeat": args.repeat, "batch_size": args.batch_size,
+                    "max_length": args.allowed_max_length, "measured_steps": args.steps,
+                    "steps_per_epoch": steps_per_epoch, "reference": EXERCISE_7_3_REFERENCE,
+                    "epoch_minutes_extrapolated": {k: epoch_seconds(r) / 60 for k, r in results.items()}}
+        print(f"{data.entries:,} entries, batch {args.batch_size}, max length {args.allowed_max_length}: one epoch "
+              + ", ".join(f"{table[k].name} {m:.1f} min" for k, m in exercise["epoch_minutes_extrapolated"].items())
+              + f" (extrapolated from {args.steps} measured steps)")
     for key, c in checks.items():
         print(f"loss check {table[key].name}: |loss - book mode| first batch at init {c['first_batch_abs_diff']:.1e}, "
               f"max over steps {c['max_abs_diff_over_steps']:.1e}, evaluations {c['max_abs_diff_evaluations']:.1e} "
               f"-> {'PASSED' if c['passed'] else 'FAILED'}")
+    for key, r in results.items():
+        if "max_abs_loss_diff_vs_book" in r and not table[key].exact:
+            print(f"losses of {table[key].name} against book mode (another implementation, not checked): "
+                  f"max |diff| over steps {r['max_abs_loss_diff_vs_book']:.1e}")
+    parity_line = parity({k: r["validation_at_init"] for k, r in results.items()
+                          if r["validation_at_init"] and not (args.hf_tied and k == "hf")},
+                         {k: m.name for k, m in table.items()}, args.loss_tolerance)
     prep = data.report
-    print(f"\ndata preparation ({prep['entries']} train entries, Alpaca): tokenize_dataset "
-          f"{prep['tokenize_dataset']['entries_per_s']:,.0f} entries/s, book loop "
-          f"{prep['book loop']['entries_per_s']:,.0f} entries/s ({prep['speedup_vs_book_loop']:.2f}x)")
+    if prep:
+        print(f"\ndata preparation ({prep['entries']} train entries, Alpaca): tokenize_dataset "
+              f"{prep['tokenize_dataset']['entries_per_s']:,.0f} entries/s, book loop "
+              f"{prep['book loop']['entries_per_s']:,.0f} entries/s ({prep['speedup_vs_book_loop']:.2f}x)")
     print(f"load average after: {machine_load()}  (shared machine: timings are noisy)", flush=True)
 
     generation = None
@@ -492,13 +432,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {
         "model_size": args.model_size, "device": str(device), "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size, "mask_prompt": args.mask_prompt, "warmup_steps": args.warmup,
-        "timed_steps": len(data.train) - args.warmup, "full_epoch": args.full_epoch,
-        "eval_every": args.eval_every, "eval_batches": args.eval_batches, "steps_per_epoch": steps_per_epoch,
-        "data": source, "padded_input_lengths": widths, "optimizer": "AdamW(lr=5e-5, weight_decay=0.1)",
+        "batch_size": args.batch_size, "max_length": args.allowed_max_length, "mask_prompt": args.mask_prompt,
+        "warmup_steps": args.warmup, "timed_steps": args.steps, "full_epoch": args.full_epoch,
+        "epochs": args.epochs, "eval_every": args.eval_every, "eval_batches": args.eval_batches,
+        "steps_per_epoch": steps_per_epoch, "data": source, "entries": data.entries,
+        "padded_input_lengths": widths, "optimizer": "AdamW(lr=5e-5, weight_decay=0.1)",
         "hf_tied": args.hf_tied, "memory_measure": memory_kind, "training": results, "loss_checks": checks,
-        "two_epoch_minutes": two_epochs, "book_reference": BOOK_REFERENCE, "data_preparation": prep,
-        "generation": generation,
+        "parity": parity_line, "two_epoch_minutes": two_epochs, "exercise_7_3": exercise,
+        "book_reference": BOOK_REFERENCE, "data_preparation": prep, "generation": generation,
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -506,6 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [table[k].name for k, c in checks.items() if not c["passed"]]
     if failed:
         print(f"loss check FAILED: {', '.join(failed)}", file=sys.stderr)
+    if parity_line and not parity_line["passed"]:
+        print("parity FAILED: the methods do not score the same validation targets with the same initial loss "
+              "(data, prompt format or masking differ)", file=sys.stderr)
+    if failed or (parity_line and not parity_line["passed"]):
         sys.exit(1)
     return summary
 

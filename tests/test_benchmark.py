@@ -23,7 +23,8 @@ def test_benchmark_script_tiny(tmp_path, training_benchmark, capsys):
     out = tmp_path / "bench.json"
     training_benchmark.main(["--model-size", "tiny", "--steps", "3", "--warmup", "1", "--eval-every", "2",
                              "--eval-batches", "1", "--ablation", "--data", str(data), "--data-repeats", "1",
-                             "--threads", "1", "--no-generation", "--json", str(out)])  # sys.exit(1) on a failed check
+                             "--threads", "1", "--no-generation", "--no-validation-loss",  # the peers' test has it
+                             "--json", str(out)])  # sys.exit(1) on a failed check
     printed = capsys.readouterr().out
     assert printed.count("PASSED") == 5 and "FAILED" not in printed
 
@@ -50,6 +51,56 @@ def test_benchmark_script_tiny(tmp_path, training_benchmark, capsys):
     assert book[0] != book[-1] and abs(book[-1] - ours[-1]) < 1e-4  # it trained, identically
     prep = summary["data_preparation"]
     assert prep["entries"] == 102 and prep["tokenize_dataset"]["entries_per_s"] > 0
+
+
+def test_peers_score_the_same_targets_with_the_same_initial_loss(tmp_path, training_benchmark, capsys):
+    """gpt-sft, transformers and TRL's SFTTrainer (its own formatting, tokenization and collation) from the same
+    weights on the same entries: the parity line holds (same validation targets, same initial loss) and each
+    reports wall time, tokens/s, peak memory and the final validation loss after the same optimizer steps."""
+    data = tmp_path / "synthetic.json"
+    data.write_text(json.dumps(make_synthetic_instructions(120, seed=0)))
+    summary = training_benchmark.main(["--model-size", "tiny", "--steps", "1", "--warmup", "0", "--eval-every", "2",
+                                       "--eval-batches", "1", "--methods", "gpt-sft", "hf", "trl", "--data", str(data),
+                                       "--data-repeats", "1", "--threads", "1", "--no-generation"])
+    assert "parity" in capsys.readouterr().out
+    parity = summary["parity"]
+    assert parity["passed"] and parity["same_targets"] and set(parity["losses"]) == {"gpt-sft", "hf", "trl"}
+    assert parity["max_abs_diff"] < 1e-4 and parity["targets"] > 0
+    scored = [r["validation_at_init"] for r in summary["training"].values()]
+    assert len({(v["targets"], v["target_id_sum"]) for v in scored}) == 1, "the same targets, counted each way"
+    for key, r in summary["training"].items():
+        assert r["optimizer_steps"] == 1 and len(r["losses"]) == 1, key
+        assert r["wall_seconds"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0, key
+        assert r["final_validation_loss"] < r["validation_at_init"]["loss"], f"{key} trained"
+    trl = summary["training"]["trl"]
+    assert trl["epoch_speedup_vs_trl"] == 1.0 and trl["setup_seconds"] > 0 and len(trl["eval_losses"]) == 1
+    assert summary["training"]["gpt-sft"]["epoch_speedup_vs_trl"] > 0
+    # the same batches and updates: TRL's per-step losses are the plain loop's up to float round-off
+    assert max(abs(a - b) for a, b in zip(trl["losses"], summary["training"]["hf"]["losses"])) < 1e-4
+
+
+def test_exercise_7_3_size_extrapolated_from_measured_steps(training_benchmark, capsys):
+    """--exercise-7-3: 52,800 entries (1,100 repeated 48 times), batch 4, max length 512, an epoch extrapolated
+    from the measured steps -- and the GPU check's table row for it."""
+    summary = training_benchmark.main(["--model-size", "tiny", "--exercise-7-3", "--steps", "1", "--warmup", "1",
+                                       "--eval-batches", "1", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "repeated 48 times" in printed and "extrapolated from 1 measured steps" in printed
+    exercise = summary["exercise_7_3"]
+    assert summary["entries"] == exercise["entries"] == 52_800 and exercise["repeat"] == 48
+    assert summary["batch_size"] == exercise["batch_size"] == 4 and exercise["max_length"] == 512
+    assert exercise["steps_per_epoch"] == int(52_800 * 0.85) // 4 and list(summary["training"]) == ["gpt-sft"]
+    assert exercise["epoch_minutes_extrapolated"]["gpt-sft"] > 0 and summary["parity"] is None
+    r = summary["training"]["gpt-sft"]
+    assert abs(60 * exercise["epoch_minutes_extrapolated"]["gpt-sft"] - (11_220 * r["seconds_per_step"] + 2_244 *
+                                                                       r["seconds_per_evaluation"])) < 1e-6
+    gpu_check = next(load_benchmark("gpu_check"))
+    step = {"status": "ok", "seconds": 1.0, "data": summary, "output_tail": None}
+    failed = {"status": "failed (exit 1)", "seconds": 1.0, "data": None, "output_tail": "..."}
+    markdown = gpu_check.table({"dry_run": True, "hardware": "CPU", "seconds": 1.0, "steps": {
+        "training": failed, "exercise-7-3": step, "generation": failed, "memory": failed}})
+    assert ("| Exercise 7.3's size, tiny, 1 epoch (extrapolated from 1 measured steps): gpt-sft | CPU | "
+            f"{exercise['epoch_minutes_extrapolated']['gpt-sft']:.1f} min | – | – | 52,800 entries") in markdown
 
 
 def test_useful_flops_counts_real_tokens_only(training_benchmark):

@@ -32,20 +32,22 @@ def test_dry_run_measures_every_step_and_writes_json_and_markdown(gpu_check_dry_
     assert training["loss_checks"]["gpt-sft"]["passed"], "our defaults give book mode's losses"
     markdown = (out / "gpu-check.md").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| figure")]
-    assert any(re.search(r"2 epochs: book \| .* \| 1\.00x \|", r) for r in rows)
-    assert any("2 epochs: gpt-sft" in r and "losses equal book mode" in r for r in rows)
+    assert any(re.search(r"2 x one epoch\): book \| .* \| 1\.00x \| – \|", r) for r in rows)  # no TRL in a dry run
+    assert any("one epoch): gpt-sft" in r and "losses equal book mode" in r for r in rows)
     assert sum("test responses" in r for r in rows) == 3 and sum("peak memory" in r for r in rows) == 2
-    assert all(r.count("|") == 6 and "CPU" in r for r in rows), "every figure names its hardware"
+    assert all(r.count("|") == 7 and "CPU" in r for r in rows), "every figure names its hardware"
 
 
 def test_a_failed_step_is_reported_not_filled_in():
     gpu_check = _gpu_check_module()
     failed = {"status": "did not finish in 240 s", "seconds": 240.0, "data": None, "output_tail": "..."}
     report = {"dry_run": False, "hardware": "NVIDIA H200", "seconds": 300.0,
-              "steps": {"training": failed, "generation": dict(failed, status="failed (exit 1)"), "memory": failed}}
+              "steps": {"training": failed, "exercise-7-3": dict(failed, status="did not finish in 60 s"),
+                        "generation": dict(failed, status="failed (exit 1)"), "memory": failed}}
     markdown = gpu_check.table(report)
-    assert "| training | NVIDIA H200 | – | – | did not finish in 240 s |" in markdown
-    assert "| generation | NVIDIA H200 | – | – | failed (exit 1) |" in markdown
+    assert "| exercise-7-3 | NVIDIA H200 | – | – | – | did not finish in 60 s |" in markdown
+    assert "| training | NVIDIA H200 | – | – | – | did not finish in 240 s |" in markdown
+    assert "| generation | NVIDIA H200 | – | – | – | failed (exit 1) |" in markdown
 
 
 def test_the_carried_wheels_are_the_locked_versions():
