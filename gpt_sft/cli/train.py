@@ -104,7 +104,8 @@ def train(cfg: TrainConfig, setup_run: Callable[[TrainConfig, Any], Any] | None 
         for fmt in cfg.export:
             export(ExportConfig(model=str(output_dir), format=fmt, output=str(Path(output_dir) / "export" / fmt),
                                 overwrite=True))
-    verified = verify_after_training(output_dir, cfg.verify) if accelerator.is_main_process else None
+    verified = (verify_after_training(output_dir, cfg.verify, getattr(cfg, "prompt_style", None))
+                if accelerator.is_main_process else None)
     if cfg.push_to_hub and accelerator.is_main_process and verified is False:
         say(accelerator, f"Not pushed to {cfg.push_to_hub}: the model's quick checks failed")
     elif cfg.push_to_hub and accelerator.is_main_process:

@@ -34,6 +34,8 @@ class VerifyConfig:
                          "ends with): no fresh process, no gradients", switch=True)
     data: str | None = option(None, "The run's data file, when it is no longer where the recipe (recipe.json) says; "
                               "split as the recipe records")
+    prompt_style: str | None = option(None, "The prompt style the run was trained with, when it is code of your own "
+                                      "(module:NAME), which gpt-sft never imports because a recipe names it")
 
     def __post_init__(self) -> None:
         if not self.folder:
@@ -60,7 +62,7 @@ def verify(cfg: VerifyConfig) -> int:
 
     kind = "quick checks" if cfg.quick else "checks"
     print(f"gpt-sft verify: the {kind} of {cfg.folder}", file=sys.stderr)
-    verification = verify_folder(cfg.folder, quick=cfg.quick, data=cfg.data)
+    verification = verify_folder(cfg.folder, quick=cfg.quick, data=cfg.data, prompt_style=cfg.prompt_style)
     show(verification)
     written = write_verification(verification)
     card = " and its model card's Verified section" if len(written) > 1 else ""
@@ -68,16 +70,18 @@ def verify(cfg: VerifyConfig) -> int:
     return 0 if verification.passed else 1
 
 
-def verify_after_training(output_dir: str | Path, enabled: bool = True) -> bool | None:
+def verify_after_training(output_dir: str | Path, enabled: bool = True, prompt_style: str | None = None
+                          ) -> bool | None:
     """The quick checks of a finished run's saved model (``gpt-sft train`` and every other stage run them after
     the save unless ``--no-verify``): printed, written to ``verification.json`` and the model card. Returns whether
-    they passed (``None``: not run). A failure leaves the trained model where it is."""
+    they passed (``None``: not run). A failure leaves the trained model where it is. ``prompt_style``: the run's
+    ``--prompt-style`` (its own code, when the user named a module: the run may use what the user typed)."""
     if not enabled:
         return None
     from ..verify.report import write_verification
     from ..verify.run import verify_folder
 
-    verification = verify_folder(output_dir, quick=True)
+    verification = verify_folder(output_dir, quick=True, prompt_style=prompt_style)
     print(f"\ngpt-sft verify --quick {output_dir}:")
     show(verification)
     write_verification(verification)

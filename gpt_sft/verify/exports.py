@@ -38,13 +38,14 @@ def find_exports(run_dir: Path) -> dict[str, Path]:
     return {fmt: root / fmt for fmt in EXPORT_FORMATS if (root / fmt).is_dir() and any((root / fmt).iterdir())}
 
 
-def export_checks(run_dir: Path, *, quick: bool) -> list[Check]:
+def export_checks(run_dir: Path, *, quick: bool, prompt_style: str | None = None) -> list[Check]:
     """The checks of every export in ``run_dir/export/<format>`` against the checkpoint in ``run_dir``; no exports,
-    no rows. The checkpoint is converted to the other GGUF types once, for the first GGUF export."""
+    no rows. The checkpoint is converted to the other GGUF types once, for the first GGUF export. ``prompt_style``: the
+    style the run was trained with, where it is the user's own code (which a recipe cannot name)."""
     exports = find_exports(run_dir)
     if not exports:
         return []
-    held = HeldOut(run_dir, quick=quick)
+    held = HeldOut(run_dir, quick=quick, prompt_style=prompt_style)
     rows: list[Check] = []
     converted = quick
     for fmt, folder in exports.items():

@@ -51,12 +51,12 @@ class HeldOut:
     """The checkpoint, its prompt format and its held-out prompts; the model and its greedy tokens are computed
     once, when a check first needs them (a skipped check never loads the model)."""
 
-    def __init__(self, checkpoint: str | Path, *, quick: bool) -> None:
+    def __init__(self, checkpoint: str | Path, *, quick: bool, prompt_style: str | None = None) -> None:
         self.checkpoint = Path(checkpoint)
         self.quick = quick
         self.style: PromptStyle
-        self.style, recipe = checkpoint_style(self.checkpoint, None)
-        self.layout: ConversationLayout | None = checkpoint_layout(recipe, self.style)
+        self.style, recipe = checkpoint_style(self.checkpoint, prompt_style)
+        self.layout: ConversationLayout | None = checkpoint_layout(recipe, self.style)  # as trained
         count = QUICK_PROMPTS if quick else PROMPTS
         self.new_tokens = QUICK_NEW_TOKENS if quick else NEW_TOKENS
         self.entries, self.source = _held_out_entries(recipe, count, self.layout is not None)

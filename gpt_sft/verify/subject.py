@@ -113,16 +113,17 @@ def load_tokenizer_of(subject: Subject) -> None:
         subject.tokenizer_error = f"{folder}: the tokenizer does not load ({last_line(err)})"
 
 
-def load_data(subject: Subject, data: str | None) -> None:
-    """The run's format and entries, from its recipe (``data``: another path to its data file)."""
+def load_data(subject: Subject, data: str | None, prompt_style: str | None = None) -> None:
+    """The run's format and entries, from its recipe (``data``: another path to its data file; ``prompt_style``: the
+    style it was trained with, where that is code of the user's own, which only the user may name)."""
     folder = subject.folder
     recipe = Recipe.read(folder)
     if data is not None:
         recipe = dataclasses.replace(recipe or Recipe(), data=data)
     subject.recipe = recipe
     try:
-        subject.style = resolve_style(recipe, None)
-        subject.layout = checkpoint_layout(recipe, subject.style)
+        subject.style = resolve_style(recipe, prompt_style)
+        subject.layout = checkpoint_layout(recipe, subject.style)  # the layout it was trained with, as recorded
     except ValueError as err:
         subject.data_error = str(err)
         return
@@ -140,7 +141,7 @@ def load_data(subject: Subject, data: str | None) -> None:
         subject.data_error = f"{recipe.data}: the run's split holds no held-out entries (test or validation)"
 
 
-def load_subject(folder: str | Path, data: str | None = None) -> Subject:
+def load_subject(folder: str | Path, data: str | None = None, prompt_style: str | None = None) -> Subject:
     """Everything the checks read, loaded once (see :class:`Subject`). A part that does not load is recorded with
     its reason; the checks that need it then fail or are skipped, and say why."""
     folder = Path(folder)
@@ -156,7 +157,7 @@ def load_subject(folder: str | Path, data: str | None = None) -> Subject:
                       max_new_tokens=int(args.get("max_new_tokens") or 256))
     load_models(subject)
     load_tokenizer_of(subject)
-    load_data(subject, data)
+    load_data(subject, data, prompt_style)
     return subject
 
 

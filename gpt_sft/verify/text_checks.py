@@ -95,13 +95,13 @@ def template_check(subject: Subject, entries: list[dict]) -> Check:
         return Check(TEMPLATE, name, None, 0, detail=subject.tokenizer_error)
     if not entries:
         return skipped(TEMPLATE, name, subject.data_error)
-    if not subject.tokenizer.chat_template:
-        return Check(TEMPLATE, name, None, 0, detail=f"{subject.folder}: the tokenizer has no chat template "
-                                                    "(gpt-sft refresh-code adds its recipe's)")
     try:
         prompt_parts(subject.style)
     except ValueError as err:  # a style of functions: no template can be made for it, none to check
         return skipped(TEMPLATE, name, str(err))
+    if not subject.tokenizer.chat_template:
+        return Check(TEMPLATE, name, None, 0, detail=f"{subject.folder}: the tokenizer has no chat template "
+                                                    "(gpt-sft refresh-code adds its recipe's)")
     differing, detail = 0, ""
     for index, entry in enumerate(entries):
         for messages, generation_prompt, expected in rendered_and_expected(subject, entry):
