@@ -33,6 +33,7 @@ from gpt_sft.export.checkpoint import save_checkpoint
 from gpt_sft.export.ollama import modelfile
 from gpt_sft.generate.responses import generate_responses
 from gpt_sft.generate.settings import GenerationSettings
+from gpt_sft.verify.remote_code import NO_GPT_SFT
 from gpt_sft.model.configuration_gpt import GPTConfig
 from gpt_sft.model.loading import load_model
 from gpt_sft.model.modeling_gpt import GPTForCausalLM
@@ -69,13 +70,8 @@ def _our_logits(folder: Path, ids: list[int]) -> np.ndarray:
 
 # ------------------------------------------------------------------ stock GPT-2
 
-_FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, json, sys
-    class NoGptSft(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "gpt_sft":
-                raise ImportError("gpt_sft is not importable in this process")
-    sys.meta_path.insert(0, NoGptSft())
+_FRESH_PROCESS = NO_GPT_SFT + textwrap.dedent("""
+    import json
     import numpy as np, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
     seen = {}

@@ -28,19 +28,27 @@ GROUP = "checkpoint"
 NAME = "remote code in a fresh process vs installed code: logits"
 TIMEOUT_S = 1800  # loading a GPT-2 XL from disk and running a few prompts on a slow CPU, with room to spare
 
-FRESH_PROCESS = textwrap.dedent(
-    r'''
-    import importlib.abc, json, os, sys
+# The start of every fresh process that checks what runs without gpt-sft (this module's, and the stock GPT-2
+# export's in .stock_check): a finder first on sys.meta_path refuses ``import gpt_sft``, which may be installed here.
+NO_GPT_SFT = textwrap.dedent(
+    '''
+    import importlib.abc, sys
 
     class NoGptSft(importlib.abc.MetaPathFinder):
-        """gpt-sft may be installed here: the checkpoint must not need it."""
+        """gpt-sft may be installed here: what is checked must not need it."""
 
         def find_spec(self, name, path=None, target=None):
             if name == "gpt_sft" or name.startswith("gpt_sft."):
-                raise ModuleNotFoundError(f"{name}: blocked, the checkpoint's own code must run", name=name)
+                raise ModuleNotFoundError(f"{name}: blocked, what is checked must stand alone", name=name)
             return None
 
     sys.meta_path.insert(0, NoGptSft())
+    '''
+)
+
+FRESH_PROCESS = NO_GPT_SFT + textwrap.dedent(
+    r'''
+    import json, os
     folder, out, threads, adapter = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     prompts = json.loads(sys.stdin.read())
     import torch
@@ -110,4 +118,4 @@ def remote_code_check(subject: Subject, prompts_wanted: int) -> Check:
     return Check(GROUP, name, figure, LOGITS_BOUND, AT_MOST, f"{on} (loaded as {report['class']})")
 
 
-__all__ = ["FRESH_PROCESS", "GROUP", "NAME", "remote_code_check"]
+__all__ = ["FRESH_PROCESS", "GROUP", "NAME", "NO_GPT_SFT", "fresh_process_env", "remote_code_check"]

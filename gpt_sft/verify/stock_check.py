@@ -10,7 +10,6 @@ compares the three with the checkpoint's logits, GPT-2's token ids and the train
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import torch
 
 from .check import Check
 from .held_out import HeldOut, text_check
+from .remote_code import NO_GPT_SFT, fresh_process_env
 
 # The largest |logit difference| allowed between the stock GPT-2 and the checkpoint. Both compute the same function
 # in float32; they differ by the order of summation only (GPT-2 multiplies q, k and v as one fused matrix, with
@@ -32,15 +32,8 @@ NAMES = ("logits vs the checkpoint's (max abs difference), loaded by transformer
          "tokenizer vs GPT-2's (prompts tokenized differently)",
          "chat template, applied by transformers, vs the training text (prompts differing)")
 
-_FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class NoGptSft(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "gpt_sft":
-                raise ImportError("gpt_sft cannot be imported in this process: the export must stand alone")
-
-    sys.meta_path.insert(0, NoGptSft())
+_FRESH_PROCESS = NO_GPT_SFT + textwrap.dedent("""
+    import json
     import numpy as np, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,9 +64,8 @@ def stock_checks(folder: Path, held: HeldOut, group: str) -> list[Check]:
     with tempfile.TemporaryDirectory(prefix="gpt-sft-verify-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "logits.npz"
         job.write_text(json.dumps({"ids": held.ids, "prompts": held.prompts, "chats": held.chats}), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of ours on its path
         result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(folder), str(job), str(out)],
-                                capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
+                                capture_output=True, text=True, env=fresh_process_env(), cwd=tmp, timeout=900)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             return [Check(group, NAMES[0], None, STOCK_LOGITS_BOUND,
