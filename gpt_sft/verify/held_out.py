@@ -28,6 +28,7 @@ from ..generate.decode import generate_token_ids
 from ..generate.settings import GenerationSettings
 from ..model.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 from .check import Check
+from .text_checks import first_difference
 
 # Held-out prompts and greedy tokens per prompt: the full checks (about a minute for every export of the offline
 # demo, most of it transformers' start in a fresh process) and --quick.
@@ -134,10 +135,8 @@ def text_check(group: str, name: str, rendered: Sequence[str], held: HeldOut, wh
     wrong = [i for i, (a, b) in enumerate(zip(rendered, held.chat_texts)) if a != b]
     detail = held.source
     if wrong:
-        got, want = rendered[wrong[0]], held.chat_texts[wrong[0]]
-        at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        detail = (f"{held.describe(wrong[0])}: {what} gives {got[max(0, at - 20):at + 30]!r} where training has "
-                  f"{want[max(0, at - 20):at + 30]!r}; {held.source}")
+        difference = first_difference(rendered[wrong[0]], held.chat_texts[wrong[0]])
+        detail = f"{held.describe(wrong[0])}: {what} vs the training text, {difference}; {held.source}"
     return Check(group, name, float(len(wrong)), 0.0, detail=detail)
 
 
