@@ -35,6 +35,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# torch.compile's inductor otherwise starts a pool of compile processes, each importing torch, to compile kernels in
+# parallel: on a worker's one core that is pure overhead (the --compile test: 36 CPU-s with the pool, 18 without)
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 
@@ -298,10 +301,11 @@ def demo_run(tmp_path_factory):
 # outputs/demo-conversations.json 400 --conversations` (the generator's defaults: a word in turn 1, a one-word counting
 # task in turn 2, the question for the word in turn 3, one of 8 words, so chance is 1 in 8; a quarter of them cut after
 # an earlier answer; 15% with a system message), then scripts/recipes/demo-conversations.yaml trained on it (2 layers, width
-# 64, untied embeddings, the loss on the last answer only: the recipe's comments say why). It learns the recall at
-# about step 225; its 300 steps take about 100 s of one core. Training answers the 40 held-out conversations at the
-# end (test-responses.json, a few seconds: each answer is a word and its end-of-text). The recipe's values, read as
-# YAML (the tests use its prompt style, context length and max_new_tokens).
+# 64, untied embeddings, the loss on the last answer only: the recipe's comments say why). It learns the recall
+# between about step 225 and 300 (by the seed and the CPU); its 500 steps take about 75 s of one core (Intel Xeon).
+# Training answers the 40 held-out conversations at the end (test-responses.json, a few seconds: each answer is a word
+# and its end-of-text). The recipe's values, read as YAML (the tests use its prompt style, context length and
+# max_new_tokens).
 RECALL_TRAIN = yaml.safe_load(DEMO_CONVERSATIONS_RECIPE.read_text(encoding="utf-8"))
 
 
@@ -426,7 +430,7 @@ def gpu_check_dry_run(tmp_path_factory) -> Path:
 
 # Shared folders trained in the background from the session's start when a collected test needs them, each in a process
 # of its own, so that no worker waits idle for their minutes of training and a quick build is not queued behind a long
-# one; their tests run last, in this order (pytest_collection_modifyitems): the recall model's (about 100 s of a core)
+# one; their tests run last, in this order (pytest_collection_modifyitems): the recall model's (about 75 s of a core)
 # before the demo's (about 4 minutes), so that a worker is not held at a test of the demo while the recall model's
 # are ready.
 BACKGROUND_BUILDS = {"recall_run": ("recall", "build_recall"), "demo_run": ("demo", "build_demo")}
