@@ -162,6 +162,28 @@ def test_the_page_cannot_make_the_server_ask_an_endpoint_it_names(demo_page, lis
     assert seen == [], "nothing reaches the page's endpoint"
 
 
+def test_a_message_typed_while_an_answer_ends_is_not_wiped(listener):
+    """A conversation's turn empties the message box once, when its answer starts; its later updates leave the box as
+    it is. They emptied it every time, and the browser test that typed its next message at the status' "done" and
+    clicked Send saw that message wiped by the turn's last update ("type a message first", on 2 loaded cores)."""
+    import gradio
+
+    from gpt_sft.data.conversation_format import conversation_layout
+    from gpt_sft.generate.chat import ConversationFormat
+
+    url, _ = listener
+    cfg = parse_config(ChatConfig, ["--url", url, "--web"], prog="gpt-sft chat")
+    answer, _ = answerer(cfg)
+    phi3 = get_prompt_style("phi3")
+    chat = WebChat(ChatSession(answer, phi3, cfg.settings(), ConversationFormat(conversation_layout(phi3), len, None)),
+                   allow_page_endpoint=False)
+    updates = list(chat.converse("Hello.", "", 0, 0, 8, None, "", 0, []))
+    boxes = [update[-1] for update in updates]
+    assert len(boxes) >= 3 and boxes[0] == "" and all(box == gradio.skip() for box in boxes[1:]), boxes
+    assert updates[-1][2] == "done (turn 1): 1 new tokens, end of text"
+    assert updates[-1][5] == [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
+
+
 def test_with_allow_page_endpoint_the_key_goes_only_to_the_command_lines_url(listener, monkeypatch):
     """``--url`` (the command line's) gets ``Authorization: Bearer KEY``; the endpoint a page names, allowed by
     ``--allow-page-endpoint``, is asked and answers, but gets no Authorization header, even at the same URL."""

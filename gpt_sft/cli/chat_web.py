@@ -122,7 +122,10 @@ class WebChat:
         """A conversation's turn: ``(view, prompt, status, turns, turn id, history, note, message box)`` as the answer
         grows. ``history`` is the tab's conversation (user and assistant messages); the view shows it with the
         answer growing; ``note`` says which turns the prompt left out. The answer (as far as it came, when stopped)
-        joins the history at the end; after an error the history stays as it was and the message stays in its box."""
+        joins the history at the end; after an error the history stays as it was and the message stays in its box.
+        The message box is emptied once, when the answer starts: later updates leave it alone, so a message typed
+        while the answer ends is not wiped by the answer's last update."""
+        from gradio import skip  # the page's own update that leaves a component as it is
         turns, turn_id = int(turns or 0) + 1, next(self.turn_ids)
         history, message = list(history or []), (message or "").strip()
 
@@ -158,7 +161,7 @@ class WebChat:
                 if update.note:
                     status += f" (note: {update.note})"
                 view = [*history, asked, {"role": "assistant", "content": text}]
-                yield view, turn.prompt, status, turns, turn_id, history, note, ""
+                yield view, turn.prompt, status, turns, turn_id, history, note, skip()
         except EndpointError as err:
             yield failed(err)
             return
@@ -166,7 +169,7 @@ class WebChat:
             self.stopping.discard(turn_id)
         if text.strip():  # an empty answer is not kept, nor its message: a conversation's turns alternate
             history = [*history, asked, {"role": "assistant", "content": text}]
-        yield history, turn.prompt, status, turns, turn_id, history, note, ""
+        yield history, turn.prompt, status, turns, turn_id, history, note, skip()
 
     def reset(self) -> tuple:
         """The Reset button: ``(view, history, note, status)`` of a conversation forgotten."""
