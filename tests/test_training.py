@@ -193,12 +193,15 @@ def test_cpu_threads_default_shares_the_cores_among_local_processes(monkeypatch)
         TrainConfig(cpu_threads=-1)
 
 
-def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file):
-    """10 steps per epoch; stop at step 7, resume to step 13 (crossing into epoch 2), with dropout on."""
-    common = dict(batch_size=8, max_steps=13, epochs=2, drop_rate=0.1, save_every=7, eval_every=3)
+@pytest.mark.parametrize("stop", [7, 10], ids=["mid-epoch", "at-the-epochs-last-step"])
+def test_resume_equals_uninterrupted_across_an_epoch(tmp_path, data_file, stop):
+    """10 steps per epoch; stop at step 7, or at step 10, the epoch's last (its checkpoint records every batch of the
+    epoch done: Accelerate 1.1, asked to skip them all, gave None batches and the resume failed), resume to step 13
+    (in epoch 2), with dropout on."""
+    common = dict(batch_size=8, max_steps=13, epochs=2, drop_rate=0.1, save_every=stop, eval_every=3)
     straight = run(tmp_path, "straight", data_file, **common)
-    run(tmp_path, "resumed", data_file, **{**common, "max_steps": 7})
-    ckpt = tmp_path / "resumed" / "checkpoints" / "step-000007"
+    run(tmp_path, "resumed", data_file, **{**common, "max_steps": stop})
+    ckpt = tmp_path / "resumed" / "checkpoints" / f"step-{stop:06d}"
     assert (ckpt / "trainer_state.json").is_file()
     resumed = run(tmp_path, "resumed", data_file, **common, resume_from_checkpoint="latest")
     assert_same_weights(straight, resumed)

@@ -271,7 +271,11 @@ def fit(run: Run, interruptions: Interruptions) -> TrainerState:
             loader = data.train
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(state.epoch)
-            if state.micro_batches_in_epoch:
+            if state.micro_batches_in_epoch >= len(loader):
+                # a checkpoint saved at the epoch's last step: the epoch is over (asked to skip every batch, Accelerate
+                # 1.1's skip_first_batches gave None batches; newer ones give none)
+                loader = []
+            elif state.micro_batches_in_epoch:
                 loader = accelerator.skip_first_batches(loader, state.micro_batches_in_epoch)
             batches = iter(loader)
             while window := [b for b in itertools.islice(batches, cfg.gradient_accumulation_steps)]:
