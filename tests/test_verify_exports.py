@@ -26,6 +26,8 @@ from gpt_sft.verify import gguf_check
 from gpt_sft.verify.exports import check_export, export_checks
 from gpt_sft.verify.report import format_table
 from gpt_sft.verify.held_out import QUICK_PROMPTS
+from gpt_sft.verify.run import verify_folder
+from gpt_sft.verify.subject import Subject, load_subject
 
 pytest.importorskip("llama_cpp")
 
@@ -82,7 +84,7 @@ def test_the_demo_exports_pass_every_export_check(verified_demo):
     """Every export of the trained demo, each by its own engine: stock GPT-2's logits within the bound, the GGUF files'
     logits equal to a fresh conversion's and their greedy tokens ours in f32, f16 and q8_0, every template the training
     text. The table names each check with its figure and bound."""
-    checks = export_checks(verified_demo["run"], quick=False)
+    checks = export_checks(load_subject(verified_demo["run"]), quick=False)
     table = format_table(checks)
     print(table)
     statuses = _by_status(checks)
@@ -98,11 +100,30 @@ def test_the_demo_exports_pass_every_export_check(verified_demo):
         "llama.cpp greedy tokens of the exported q8_0 file agreeing with ours (share)"}, "f32/f16/q8_0 once each"
     assert all(c.figure == 0 for n, c in greedy.items() if "prompts differing" in n)
     assert all("20 of 20 prompts identical" in c.detail for c in greedy.values()), "the demo keeps every token"
-    assert all("20 held-out prompts of the recipe's test split" in c.detail for c in checks)
+    assert all("20 held-out prompts of the run's split" in c.detail for c in checks)
     stock = next(c for c in checks if c.group == "export hf-gpt2" and c.name.startswith("logits"))
     assert stock.figure < stock.bound and "GPT2LMHeadModel" in stock.detail
     assert table.splitlines()[0].split() == ["group", "check", "figure", "bound", "result", "detail"]
-    assert not export_checks(verified_demo["root"] / "foreign", quick=True), "no export folder, no rows"
+    assert not export_checks(Subject(verified_demo["root"] / "foreign"), quick=True), "no export folder, no rows"
+
+
+def test_verify_data_serves_the_export_checks_too(verified_demo, go_renderer, tmp_path, monkeypatch):
+    """``gpt-sft verify DIR --data PATH`` on a run whose data moved: the export checks answer the held-out prompts of
+    PATH, the entries the checkpoint's checks read (loaded once, model included). They read the recipe again and,
+    --data unheard, fell back to synthetic prompts."""
+    monkeypatch.setenv("GPT_SFT_CACHE", str(go_renderer.parent.parent))  # the session's built renderer
+    run = tmp_path / "moved"
+    shutil.copytree(verified_demo["run"], run, ignore=shutil.ignore_patterns("export"))
+    (run / "export").symlink_to(verified_demo["run"] / "export")
+    recipe = json.loads((run / "recipe.json").read_text())
+    data, recipe["data"] = recipe["data"], str(tmp_path / "gone.json")
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    verification = verify_folder(run, quick=True, data=data)
+    table = format_table(verification.checks)
+    exported = [c for c in verification.checks if c.group.startswith("export ") and c.status != "skip"]
+    assert {c.group for c in exported} == {"export gguf", "export ollama"}, table
+    assert all(c.status == "pass" for c in verification.checks if c.status != "skip"), table
+    assert all(f"{QUICK_PROMPTS} held-out prompts of the run's split" in c.detail for c in exported), table
 
 
 def test_export_verify_keeps_a_passing_export(verified_demo):
@@ -117,7 +138,7 @@ def test_export_verify_keeps_a_passing_export(verified_demo):
 def test_weights_changed_after_the_export_fail_the_logits_checks(verified_demo):
     """10% noise on the checkpoint's matrices after its exports: its greedy answers stay the demo's (so the greedy
     checks pass), but every export's logits are no longer the checkpoint's, and those checks say so."""
-    quick = export_checks(verified_demo["changed"], quick=True)  # the stock export needs a process: not --quick's
+    quick = export_checks(load_subject(verified_demo["changed"]), quick=True)  # the stock export needs a process: not --quick's
     stock = check_export(verified_demo["changed"] / "export" / "hf-gpt2", "hf-gpt2", verified_demo["changed"],
                          quick=False)
     checks = [c for c in quick if c.group != "export hf-gpt2"] + stock

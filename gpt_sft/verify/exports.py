@@ -23,6 +23,7 @@ from .gguf_check import gguf_checks, unreadable
 from .held_out import HeldOut
 from .ollama_check import modelfile_parts, template_check
 from .stock_check import NAMES as STOCK_NAMES, stock_checks
+from .subject import Subject
 
 EXPORT_FOLDER = "export"
 
@@ -38,14 +39,14 @@ def find_exports(run_dir: Path) -> dict[str, Path]:
     return {fmt: root / fmt for fmt in EXPORT_FORMATS if (root / fmt).is_dir() and any((root / fmt).iterdir())}
 
 
-def export_checks(run_dir: Path, *, quick: bool, prompt_style: str | None = None) -> list[Check]:
-    """The checks of every export in ``run_dir/export/<format>`` against the checkpoint in ``run_dir``; no exports,
-    no rows. The checkpoint is converted to the other GGUF types once, for the first GGUF export. ``prompt_style``: the
-    style the run was trained with, where it is the user's own code (which a recipe cannot name)."""
-    exports = find_exports(run_dir)
+def export_checks(subject: Subject, *, quick: bool) -> list[Check]:
+    """The checks of every export in ``<run>/export/<format>`` against the checkpoint ``gpt-sft verify`` loaded as
+    ``subject`` (its model, format and held-out entries, ``--data`` and ``--prompt-style`` honoured); no exports, no
+    rows. The checkpoint is converted to the other GGUF types once, for the first GGUF export."""
+    exports = find_exports(subject.folder)
     if not exports:
         return []
-    held = HeldOut(run_dir, quick=quick, prompt_style=prompt_style)
+    held = HeldOut(subject.folder, quick=quick, subject=subject)
     rows: list[Check] = []
     converted = quick
     for fmt, folder in exports.items():

@@ -28,6 +28,7 @@ from ..generate.decode import generate_token_ids
 from ..generate.settings import GenerationSettings
 from ..model.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 from .check import Check
+from .subject import Subject
 from .text_checks import first_difference
 
 # Held-out prompts and greedy tokens per prompt: the full checks (about a minute for every export of the offline
@@ -52,21 +53,38 @@ class HeldOut:
     """The checkpoint, its prompt format and its held-out prompts; the model and its greedy tokens are computed
     once, when a check first needs them (a skipped check never loads the model)."""
 
-    def __init__(self, checkpoint: str | Path, *, quick: bool, prompt_style: str | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, *, quick: bool, prompt_style: str | None = None,
+                 subject: Subject | None = None) -> None:
+        """``subject``: the folder as ``gpt-sft verify`` loaded it for the checkpoint's checks; its style, layout,
+        held-out entries (the recipe's split, ``--data`` honoured) and model are used, not read again. Without it
+        (``gpt-sft export --verify``) they are read here from ``checkpoint``."""
         self.checkpoint = Path(checkpoint)
         self.quick = quick
-        self.style: PromptStyle
-        self.style, recipe = checkpoint_style(self.checkpoint, prompt_style)
-        self.layout: ConversationLayout | None = checkpoint_layout(recipe, self.style)  # as trained
         count = QUICK_PROMPTS if quick else PROMPTS
         self.new_tokens = QUICK_NEW_TOKENS if quick else NEW_TOKENS
-        self.entries, self.source = _held_out_entries(recipe, count, self.layout is not None)
+        self.style: PromptStyle
+        self.layout: ConversationLayout | None  # as trained
+        self._model = None
+        if subject is not None and subject.style is not None:
+            self.style, self.layout, self._model = subject.style, subject.layout, subject.model
+            if subject.held_out:
+                self.entries = subject.held_out[:count]
+                self.source = f"{len(self.entries)} held-out prompts of the run's split"
+            else:
+                self.entries, self.source = _synthetic_entries(count, self.layout is not None, subject.data_error)
+        else:
+            self.style, recipe = checkpoint_style(self.checkpoint, prompt_style)
+            self.layout = checkpoint_layout(recipe, self.style)
+            self.entries, self.source = _held_out_entries(recipe, count, self.layout is not None)
         self.prompts = [entry_prompt(e, self.style, self.layout) for e in self.entries]
         tokenizer = get_tokenizer()
         self.ids = [tokenizer.encode(p, allowed_special={END_OF_TEXT}) for p in self.prompts]
 
     @functools.cached_property
     def model(self):
+        """The checkpoint in float32 as ``gpt-sft export`` loads it (LoRA merged): the subject's, where given."""
+        if self._model is not None:
+            return self._model
         return plain_model(str(self.checkpoint)).float()
 
     @functools.cached_property
@@ -158,6 +176,12 @@ def _held_out_entries(recipe: Recipe | None, count: int, conversational: bool) -
             reason = "the recipe's test split is empty"
     elif recipe is not None:
         reason = "the checkpoint's recipe names no data"
+    return _synthetic_entries(count, conversational, reason)
+
+
+def _synthetic_entries(count: int, conversational: bool, reason: str) -> tuple[list[dict[str, Any]], str]:
+    """``count`` seeded synthetic instructions (as one-exchange conversations for a run on conversations), and a
+    source that says they stand in for the held-out prompts, and why."""
     entries = make_synthetic_instructions(count, seed=0)
     if conversational:
         entries = [{"messages": [{"role": "user", "content": e["instruction"] + (f"\n{e['input']}" if e["input"]

@@ -65,7 +65,7 @@ def verify_folder(folder: str | Path, *, quick: bool = False, data: str | None =
     subject = load_subject(folder, data, prompt_style)
     verification = Verification(subject.folder, quick)
     verification.checks += checkpoint_checks(subject, quick)
-    verification.checks += export_checks(subject.folder, quick=quick, prompt_style=prompt_style)
+    verification.checks += export_checks(subject, quick=quick)
     verification.seconds = time.perf_counter() - start
     return verification
 
