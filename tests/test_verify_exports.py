@@ -138,7 +138,8 @@ def test_export_verify_keeps_a_passing_export(verified_demo):
 def test_weights_changed_after_the_export_fail_the_logits_checks(verified_demo):
     """10% noise on the checkpoint's matrices after its exports: its greedy answers stay the demo's (so the greedy
     checks pass), but every export's logits are no longer the checkpoint's, and those checks say so."""
-    quick = export_checks(load_subject(verified_demo["changed"]), quick=True)  # the stock export needs a process: not --quick's
+    # the stock export needs a process: not --quick's
+    quick = export_checks(load_subject(verified_demo["changed"]), quick=True)
     stock = check_export(verified_demo["changed"] / "export" / "hf-gpt2", "hf-gpt2", verified_demo["changed"],
                          quick=False)
     checks = [c for c in quick if c.group != "export hf-gpt2"] + stock

@@ -53,8 +53,7 @@ class HeldOut:
     """The checkpoint, its prompt format and its held-out prompts; the model and its greedy tokens are computed
     once, when a check first needs them (a skipped check never loads the model)."""
 
-    def __init__(self, checkpoint: str | Path, *, quick: bool, prompt_style: str | None = None,
-                 subject: Subject | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, *, quick: bool, subject: Subject | None = None) -> None:
         """``subject``: the folder as ``gpt-sft verify`` loaded it for the checkpoint's checks; its style, layout,
         held-out entries (the recipe's split, ``--data`` honoured) and model are used, not read again. Without it
         (``gpt-sft export --verify``) they are read here from ``checkpoint``."""
@@ -73,7 +72,7 @@ class HeldOut:
             else:
                 self.entries, self.source = _synthetic_entries(count, self.layout is not None, subject.data_error)
         else:
-            self.style, recipe = checkpoint_style(self.checkpoint, prompt_style)
+            self.style, recipe = checkpoint_style(self.checkpoint, None)
             self.layout = checkpoint_layout(recipe, self.style)
             self.entries, self.source = _held_out_entries(recipe, count, self.layout is not None)
         self.prompts = [entry_prompt(e, self.style, self.layout) for e in self.entries]

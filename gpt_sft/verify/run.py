@@ -60,7 +60,8 @@ def verify_folder(folder: str | Path, *, quick: bool = False, data: str | None =
                   prompt_style: str | None = None) -> Verification:
     """Run the checks of ``folder`` (a checkpoint, a run folder or an unmerged LoRA adapter folder); ``data``: where
     the run's data is now, when not where its recipe says; ``prompt_style``: the style it was trained with, when that
-    is the user's own code (a recipe names it but may not import it). Writes nothing (:func:`.report.write_verification`)."""
+    is the user's own code (a recipe names it but may not import it). Writes nothing
+    (:func:`.report.write_verification`)."""
     start = time.perf_counter()
     subject = load_subject(folder, data, prompt_style)
     verification = Verification(subject.folder, quick)
